@@ -1,0 +1,59 @@
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hdml_jax import statistics
+from tests import reference
+
+
+class StatisticsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_block_means_match_loop_reference(self):
+    rng = np.random.default_rng(0)
+    values_m = rng.uniform(1, 100, size=23)
+    values_g = rng.uniform(1e3, 1e4, size=23)
+    values_m[[3, 9]] = [np.nan, np.inf]
+    values_g[[4]] = [-np.inf]
+    ref = reference.BlockMeans(block=5, init=1e6)
+    state = statistics.init_statistics(block_length=5)
+    update = self.variant(statistics.update_statistics)
+    for m, g in zip(values_m, values_g):
+      state = update(state, jnp.float32(m), jnp.float32(g))
+      ref.add(float(np.float32(m)), float(np.float32(g)))
+      np.testing.assert_allclose(state.j_avg, ref.j_avg, rtol=1e-5)
+      np.testing.assert_allclose(state.j_gen, ref.j_gen, rtol=1e-5)
+
+  def test_first_block_reads_initial_value(self):
+    state = statistics.init_statistics()   # defaults: 64, 1e6
+    self.assertEqual(state.block_length, 64)
+    for _ in range(63):
+      state = statistics.update_statistics(state, 5.0, 7.0)
+    self.assertEqual(float(state.j_avg), 1e6)
+    state = statistics.update_statistics(state, 5.0, 7.0)
+    self.assertAlmostEqual(float(state.j_avg), 5.0, places=5)
+    self.assertAlmostEqual(float(state.j_gen), 7.0, places=5)
+    self.assertEqual(int(state.steps_in_block), 0)
+
+  def test_all_non_finite_block_keeps_previous(self):
+    state = statistics.init_statistics(block_length=2, initial_value=3.0)
+    state = statistics.update_statistics(state, math.nan, 1.0)
+    state = statistics.update_statistics(state, math.inf, 3.0)
+    self.assertEqual(float(state.j_avg), 3.0)
+    self.assertEqual(float(state.j_gen), 2.0)
+
+  def test_is_a_pytree_and_not_differentiated(self):
+    state = statistics.init_statistics(block_length=1)
+    leaves = jax.tree_util.tree_leaves(state)
+    self.assertEqual(len(leaves), 7)   # block_length is static
+    g = jax.grad(lambda x: statistics.update_statistics(state, x, x).j_avg)(2.0)
+    self.assertEqual(float(g), 0.0)
+
+  def test_errors(self):
+    with self.assertRaisesRegex(ValueError, "block_length must be >= 1, got 0"):
+      statistics.init_statistics(block_length=0)
+    with self.assertRaisesRegex(ValueError, "initial_value must be > 0"):
+      statistics.init_statistics(initial_value=0.0)
