@@ -120,18 +120,28 @@ def classifier_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return cross_entropy(logits, labels)
 
 
-def _is_decayed_leaf(path) -> bool:
-  """Kernels and biases decay; BatchNorm scales/offsets and others do not."""
-  last = path[-1]
-  name = getattr(last, "key", getattr(last, "name", None))
-  return name in ("kernel", "bias")
+def _key_name(entry) -> str:
+  return str(getattr(entry, "key", getattr(entry, "name", entry)))
+
+
+def is_decayed_leaf(path) -> bool:
+  """Weights and biases of dense and convolution layers decay.
+
+  A leaf decays when it is named ``kernel`` or ``bias`` and no enclosing
+  module is a BatchNorm (named ``bn...`` or ``BatchNorm_...``): BatchNorm
+  scales and offsets never decay.
+  """
+  names = [_key_name(p) for p in path]
+  if names[-1] not in ("kernel", "bias"):
+    return False
+  return not any(n.lower().startswith("bn") or "batchnorm" in n.lower() for n in names[:-1])
 
 
 def weight_decay(
     params: Any,
     *,
     wd: float,
-    include: Callable[[tuple], bool] = _is_decayed_leaf,
+    include: Callable[[tuple], bool] = is_decayed_leaf,
 ) -> jax.Array:
   """The reference weight-decay term ``wd * sum ||w||^2 / 2``.
 
@@ -139,12 +149,12 @@ def weight_decay(
   ``J_metric``), not decoupled AdamW decay. Pass the parameter subtree it
   covers (the reference: backbone weights and biases and fc1, not BN1, the
   generator or the classifier). ``include(path)`` selects leaves; by default
-  leaves named ``kernel`` or ``bias``.
+  :func:`is_decayed_leaf` (kernels and biases outside BatchNorm layers).
 
   >>> import jax.numpy as jnp
   >>> p = {"fc1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
-  ...      "bn": {"scale": jnp.ones(2)}}
-  >>> float(weight_decay(p, wd=0.1))   # 0.1 * (4 + 2) / 2
+  ...      "bn": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}
+  >>> float(weight_decay(p, wd=0.1))   # 0.1 * (4 + 2) / 2; "bn" is skipped
   0.3
   """
   leaves = [
