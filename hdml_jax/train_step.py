@@ -228,7 +228,7 @@ def make_train_step(
     metrics["stat/j_avg"] = stats.j_avg
     metrics["stat/j_gen"] = stats.j_gen
     for key, g in grads.items():
-      metrics[f"grad_norm/{key}"] = optax.global_norm(g)
+      metrics[f"grad_norm/{key}"] = optax.tree.norm(g)
     metrics["finite"] = jnp.all(jnp.isfinite(jnp.stack([metrics["loss"]] + (
         [metrics["j_gen"], metrics["j_cls"]] if config.hdml else []))))
     new_state = state.apply_gradients(grads=grads).replace(batch_stats=new_bstats, stats=new_stats)

@@ -20,8 +20,8 @@ from hdml_jax.models.registry import register_backbone
 class SmallConvNet(nn.Module):
   """A VGG-style network sized for CPU work, for 28 to 128 px inputs.
 
-  ``len(widths)`` stages; each has ``depth`` 3x3 convolutions with BatchNorm
-  and ReLU, then a 2x2 max pool (skipped once the map is 1x1). Global
+  ``len(widths)`` stages; each has ``depth`` 3x3 convolutions (no bias: the
+  BatchNorm that follows would cancel it) with BatchNorm and ReLU, then a 2x2 max pool (skipped once the map is 1x1). Global
   average pooling gives ``F = widths[-1]`` non-negative features, like the
   pooled GoogLeNet feature.
   """
@@ -42,7 +42,7 @@ class SmallConvNet(nn.Module):
     x = images
     for s, width in enumerate(self.widths):
       for d in range(self.depth):
-        x = Conv(width, (3, 3), name=f"conv{s}_{d}")(x)
+        x = Conv(width, (3, 3), use_bias=False, name=f"conv{s}_{d}")(x)
         x = batch_norm(train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                        name=f"bn{s}_{d}")(x)
         x = nn.relu(x)

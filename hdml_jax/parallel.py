@@ -1,0 +1,144 @@
+"""Running the train step on many devices and hosts.
+
+* Default, :func:`jit_train_step`: ``jax.jit`` over a 1-D ``('data',)``
+  mesh; the batch is sharded along its first axis, the state replicated and
+  donated. The step sees the *global* batch (global-batch semantics: the same
+  losses, tuples and BatchNorm statistics as on one device).
+* :func:`pmap_train_step`: the same step under ``jax.pmap`` (build it with
+  ``make_train_step(..., axis_name=PMAP_AXIS)``); tuples are formed per
+  device and gradients/statistics averaged. A thin wrapper: ``jax.pmap`` is
+  in maintenance mode.
+* Multi-host: call :func:`initialize_distributed` (``jax.distributed``)
+  first; every process then builds the same global batch of indices and
+  feeds only its own rows (:func:`process_rows`), assembled into one global
+  array by :func:`shard_batch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+PMAP_AXIS = "devices"
+
+
+def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh named ``('data',)`` over ``devices`` (default: all, all hosts)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def jit_train_step(step, mesh: Mesh, *, donate: bool = True):
+  """``jax.jit`` of a ``(state, batch, rng)`` step with mesh shardings."""
+  rep, dat = replicated(mesh), data_sharded(mesh)
+  return jax.jit(
+      step,
+      in_shardings=(rep, dat, rep),
+      out_shardings=(rep, rep),
+      donate_argnums=(0,) if donate else (),
+  )
+
+
+def replicate_state(state: Any, mesh: Mesh) -> Any:
+  """Places every leaf of ``state`` on all devices of ``mesh``."""
+  return jax.device_put(state, replicated(mesh))
+
+
+def _check_divisible(batch_size: int, n: int, what: str):
+  if batch_size % n:
+    raise ValueError(f"{what}: the batch size {batch_size} is not divisible by {n}.")
+
+
+def process_rows(global_batch_size: int) -> slice:
+  """The contiguous rows of the global batch that this process feeds."""
+  n = jax.process_count()
+  _check_divisible(global_batch_size, n, "process_rows (process count)")
+  per = global_batch_size // n
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def shard_batch(batch: dict, mesh: Mesh, *, global_batch_size: int | None = None) -> dict:
+  """Host arrays -> global ``jax.Array``s sharded along ``'data'``.
+
+  With one process, ``batch`` is the whole global batch. With several,
+  ``batch`` holds this process's rows (:func:`process_rows`) and
+  ``global_batch_size`` the total.
+  """
+  sharding = data_sharded(mesh)
+  if jax.process_count() == 1:
+    for v in jax.tree_util.tree_leaves(batch):
+      _check_divisible(v.shape[0], mesh.size, "shard_batch (devices)")
+    return jax.device_put(batch, sharding)
+  if global_batch_size is None:
+    raise ValueError("shard_batch: global_batch_size is required with several processes.")
+  _check_divisible(global_batch_size, mesh.size, "shard_batch (devices)")
+
+  def make(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x, (global_batch_size,) + x.shape[1:])
+
+  return jax.tree_util.tree_map(make, batch)
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int, process_id: int, **kwargs):
+  """Starts ``jax.distributed`` (call before any other JAX work)."""
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes,
+      process_id=process_id, **kwargs)
+
+
+# --- pmap ------------------------------------------------------------------
+
+
+def pmap_train_step(step, *, axis_name: str = PMAP_AXIS, donate: bool = True):
+  """``jax.pmap`` of a step built with ``make_train_step(..., axis_name=axis_name)``."""
+  return jax.pmap(step, axis_name=axis_name, donate_argnums=(0,) if donate else ())
+
+
+def split_for_devices(batch: dict, num_devices: int, *, groups: int) -> dict:
+  """Splits a tuple-structured batch into ``[num_devices, B/num_devices, ...]``.
+
+  ``groups`` is 2 for ``[anchors; positives]`` and 3 for
+  ``[anchors; positives; negatives]``: each device receives matching rows of
+  every group, so its sub-batch keeps the same layout.
+  """
+
+  def split(x):
+    x = np.asarray(x)
+    b = x.shape[0]
+    _check_divisible(b, groups * num_devices, "split_for_devices")
+    per = b // (groups * num_devices)
+    x = x.reshape((groups, num_devices, per) + x.shape[1:])
+    x = np.swapaxes(x, 0, 1)
+    return x.reshape((num_devices, groups * per) + x.shape[3:])
+
+  return jax.tree_util.tree_map(split, batch)
+
+
+def replicate_for_pmap(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+  """Stacks one copy of ``tree`` per device along a new leading axis."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), PartitionSpec(PMAP_AXIS))
+
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
+
+  return jax.tree_util.tree_map(put, tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first replica of a pmapped pytree."""
+  return jax.tree_util.tree_map(lambda x: x[0], tree)

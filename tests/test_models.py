@@ -1,0 +1,53 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hdml_jax import models
+from tests.helpers import tiny_state
+
+
+class ModelsTest(chex.TestCase):
+
+  def test_registry(self):
+    self.assertLessEqual({"small_cnn", "mlp", "tiny"}, set(models.available_backbones()))
+    with self.assertRaisesRegex(ValueError, "unknown backbone 'nope'.*registered"):
+      models.get_backbone("nope")
+    with self.assertRaisesRegex(TypeError, "bad arguments"):
+      models.get_backbone("tiny", widths=3)
+    with self.assertRaisesRegex(ValueError, "already registered"):
+      models.register_backbone("tiny")(object)
+
+  def test_small_cnn_sizes(self):
+    net = models.get_backbone("small_cnn", widths=(8, 16, 32), depth=2)
+    for size in (28, 64, 128):
+      x = jnp.zeros((2, size, size, 3))
+      variables = net.init(jax.random.key(0), x, train=False)
+      y = net.apply(variables, x, train=False)
+      chex.assert_shape(y, (2, 32))
+    with self.assertRaisesRegex(ValueError, r"\[B, H, W, C\], got shape \(2, 28\)"):
+      net.init(jax.random.key(0), jnp.zeros((2, 28)), train=False)
+
+  def test_heads_shapes_and_reference_init(self):
+    head = models.EmbeddingHead(5)
+    v = head.init(jax.random.key(0), jnp.ones((3, 7)), train=False)
+    self.assertEqual(head.bn_momentum, 0.99)
+    self.assertEqual(head.bn_epsilon, 1e-3)
+    np.testing.assert_array_equal(v["params"]["fc1"]["bias"], 0.0)
+    # Glorot uniform: |w| <= sqrt(6 / (fan_in + fan_out)).
+    limit = np.sqrt(6 / (7 + 5))
+    self.assertLessEqual(float(jnp.max(jnp.abs(v["params"]["fc1"]["kernel"]))), limit)
+    gen = models.Generator(feature_dim=7, hidden_dim=4)
+    gv = gen.init(jax.random.key(1), jnp.ones((3, 5)), train=False)
+    chex.assert_shape(gen.apply(gv, jnp.ones((3, 5)), train=False), (3, 7))
+    cls = models.Classifier(4)
+    cv = cls.init(jax.random.key(2), jnp.ones((3, 7)))
+    chex.assert_shape(cls.apply(cv, jnp.ones((3, 7))), (3, 4))
+
+  def test_train_state_groups(self):
+    state = tiny_state()
+    self.assertEqual(set(state.params), {"backbone", "embedding", "generator", "classifier"})
+    self.assertEqual(set(state.batch_stats), {"backbone", "embedding", "generator"})
+    self.assertEqual(float(state.stats.j_avg), 1e6)
+    base = tiny_state(hdml=False)
+    self.assertEqual(set(base.params), {"backbone", "embedding"})
