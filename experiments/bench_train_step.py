@@ -1,0 +1,100 @@
+"""Benchmark: train-step time of the baseline and HDML, measured side by side.
+
+Each variant is compiled first; then the variants are timed in interleaved
+rounds (A B C D, A B C D, ...) so that machine noise hits all of them alike,
+and the median step time per variant is reported with the HDML/baseline
+ratio for each loss. Prints a table and writes JSON.
+
+    python -m experiments.bench_train_step --image_size 64 --batch 32 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import numpy as np
+
+from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
+from hdml_jax.train_step import make_train_step
+
+
+def _batch(loss, batch_size, image_size, channels, seed=0):
+  rng = np.random.default_rng(seed)
+  if loss == "npair":
+    p = batch_size // 2
+    cls = np.arange(p)
+    labels = np.concatenate([cls, cls])
+  else:
+    t = batch_size // 3
+    labels = np.concatenate([np.arange(t), np.arange(t), np.arange(t, 2 * t)])
+  images = rng.normal(size=(len(labels), image_size, image_size, channels)).astype(np.float32)
+  return {"images": jax.device_put(images), "labels": jax.device_put(labels.astype(np.int32))}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--backbone", default="small_cnn")
+  ap.add_argument("--widths", default="32,64,128,256", help="small_cnn stage widths")
+  ap.add_argument("--image_size", type=int, default=64)
+  ap.add_argument("--channels", type=int, default=3)
+  ap.add_argument("--batch", type=int, default=48, help="global batch (even for N-pair, /3 for triplet)")
+  ap.add_argument("--embedding_dim", type=int, default=128)
+  ap.add_argument("--losses", default="npair,triplet")
+  ap.add_argument("--steps_per_round", type=int, default=5)
+  ap.add_argument("--rounds", type=int, default=5)
+  ap.add_argument("--out", default="bench_train_step.json")
+  args = ap.parse_args(argv)
+
+  kwargs = {}
+  if args.backbone == "small_cnn":
+    kwargs = {"widths": tuple(int(w) for w in args.widths.split(","))}
+  variants = {}
+  for loss in args.losses.split(","):
+    for hdml in (False, True):
+      name = f"{loss}/{'hdml' if hdml else 'baseline'}"
+      config = HDMLConfig(loss=loss, hdml=hdml)
+      state = create_train_state(
+          jax.random.key(0), image_shape=(args.image_size, args.image_size, args.channels),
+          num_classes=args.batch, embedding_dim=args.embedding_dim, backbone=args.backbone,
+          backbone_kwargs=kwargs, config=config, optimizer=OptimizerConfig())
+      step = jax.jit(make_train_step(state.networks, config), donate_argnums=0)
+      batch = _batch(loss, args.batch, args.image_size, args.channels)
+      t0 = time.perf_counter()
+      state, m = step(state, batch, jax.random.key(0))
+      jax.block_until_ready(m)
+      variants[name] = {"step": step, "state": state, "batch": batch,
+                        "compile_s": time.perf_counter() - t0, "times": []}
+
+  for _ in range(args.rounds):
+    for v in variants.values():
+      state = v["state"]
+      t0 = time.perf_counter()
+      for i in range(args.steps_per_round):
+        state, m = v["step"](state, v["batch"], jax.random.key(i))
+      jax.block_until_ready((state.params, m))
+      v["times"].append((time.perf_counter() - t0) / args.steps_per_round)
+      v["state"] = state
+
+  results = {"device": str(jax.devices()[0]), "platform": platform.platform(),
+             "jax": jax.__version__, "args": vars(args), "variants": {}}
+  print(f"device: {results['device']}  batch {args.batch} at {args.image_size}px, "
+        f"backbone {args.backbone} {kwargs}")
+  print(f"{'variant':<22}{'compile s':>10}{'step ms':>10}{'img/s':>10}{'vs baseline':>13}")
+  for name, v in variants.items():
+    med = float(np.median(v["times"]))
+    base = float(np.median(variants[name.split('/')[0] + "/baseline"]["times"]))
+    results["variants"][name] = {"compile_s": v["compile_s"], "step_s_median": med,
+                                 "step_s_all": v["times"], "images_per_s": args.batch / med,
+                                 "ratio_to_baseline": med / base}
+    print(f"{name:<22}{v['compile_s']:>10.1f}{med * 1e3:>10.1f}{args.batch / med:>10.1f}{med / base:>13.2f}")
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,458 @@
+"""Retrieval and clustering evaluation, exact and bounded in memory.
+
+``evaluate(embeddings, labels)`` returns::
+
+  recall@K      a query counts if any of its K nearest neighbours (itself
+                excluded) shares its label (the paper's Recall@K)
+  precision@1   the nearest neighbour shares the label (equals recall@1)
+  r_precision   mean over queries of |same-label among the R nearest| / R,
+                R = the number of other items with the query's label
+  map@r         mean over queries of (1/R) sum_{i<=R} P@i * rel_i
+                (Musgrave, Belongie and Lim 2020, "A Metric Learning Reality
+                Check")
+  nmi           2 I(classes; clusters) / (H(classes) + H(clusters)) for a
+                k-means clustering with k = the number of classes
+  f1            pair-counting F-measure between clusters and classes
+
+Neighbours are exact: squared Euclidean distances computed on device for one
+chunk of queries at a time (memory ``O(chunk x N)``), then ``lax.top_k``.
+Ties are broken by the smaller gallery index (``lax.top_k`` keeps the
+earlier of equal values; identical embeddings give bit-identical distances).
+Queries with no other item of their class (R = 0) are left out of
+``r_precision`` and ``map@r``; they still count (as misses) for recall.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ---------------------------------------------------------------------------
+# Input checks (host side: evaluation inputs are concrete arrays)
+
+
+def _as_embeddings(x, name: str, where: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"{where}: `{name}` must be [N, D], got shape {x.shape}.")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise TypeError(f"{where}: `{name}` must be floating point, got dtype {x.dtype}.")
+  if x.shape[0] == 0:
+    raise ValueError(f"{where}: `{name}` is empty.")
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    raise ValueError(
+        f"{where}: `{name}` has {rows.size} rows with NaN or infinite values "
+        f"(first rows: {rows[:5].tolist()})."
+    )
+  return x.astype(np.float32, copy=False)
+
+
+def _as_labels(labels, n: int, name: str, where: str) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.shape != (n,):
+    raise ValueError(f"{where}: `{name}` must have shape ({n},) to match the embeddings, got {labels.shape}.")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise TypeError(f"{where}: `{name}` must hold integer class ids, got dtype {labels.dtype}.")
+  return labels
+
+
+# ---------------------------------------------------------------------------
+# Exact k-nearest neighbours in chunks
+
+
+@functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
+def _knn_chunk(queries, query_offset, gallery, gallery_sq, *, k, exclude_self):
+  q_sq = jnp.sum(jnp.square(queries), axis=1)
+  prod = jnp.matmul(queries, gallery.T, precision=jax.lax.Precision.HIGHEST)
+  d2 = jnp.maximum(q_sq[:, None] + gallery_sq[None, :] - 2.0 * prod, 0.0)
+  if exclude_self:
+    rows = query_offset + jnp.arange(queries.shape[0])
+    d2 = jnp.where(rows[:, None] == jnp.arange(gallery.shape[0])[None, :], jnp.inf, d2)
+  neg, idx = jax.lax.top_k(-d2, k)
+  return idx, -neg
+
+
+def nearest_neighbors(
+    queries,
+    gallery=None,
+    *,
+    k: int,
+    chunk_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Exact k nearest neighbours by Euclidean distance.
+
+  Args:
+    queries: ``[Q, D]``.
+    gallery: ``[N, D]``; ``None`` searches ``queries`` among themselves and
+      excludes each query itself.
+    k: neighbours per query (at most the gallery size, minus one when the
+      query itself is excluded).
+    chunk_size: queries per device call; memory is ``O(chunk_size * N)``.
+
+  Returns:
+    ``indices [Q, k]`` (int32) and ``squared distances [Q, k]``, nearest
+    first; ties go to the smaller gallery index.
+  """
+  where = "nearest_neighbors"
+  queries = _as_embeddings(queries, "queries", where)
+  exclude_self = gallery is None
+  gallery = queries if exclude_self else _as_embeddings(gallery, "gallery", where)
+  if gallery.shape[1] != queries.shape[1]:
+    raise ValueError(f"{where}: queries {queries.shape} and gallery {gallery.shape} differ in D.")
+  available = gallery.shape[0] - (1 if exclude_self else 0)
+  if not 1 <= k <= available:
+    raise ValueError(
+        f"{where}: k={k} neighbours requested but only {available} gallery items are "
+        f"available{' (the query itself excluded)' if exclude_self else ''}."
+    )
+  chunk_size = max(1, min(chunk_size, queries.shape[0]))
+  g = jnp.asarray(gallery)
+  g_sq = jnp.sum(jnp.square(g), axis=1)
+  idx_out = np.empty((queries.shape[0], k), np.int32)
+  d_out = np.empty((queries.shape[0], k), np.float32)
+  for start in range(0, queries.shape[0], chunk_size):
+    chunk = queries[start:start + chunk_size]
+    n = chunk.shape[0]
+    if n < chunk_size:  # pad: one compiled shape for every chunk
+      chunk = np.concatenate([chunk, np.zeros((chunk_size - n, chunk.shape[1]), np.float32)])
+    idx, d2 = _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=k, exclude_self=exclude_self)
+    idx_out[start:start + n] = np.asarray(idx)[:n]
+    d_out[start:start + n] = np.asarray(d2)[:n]
+  return idx_out, d_out
+
+
+# ---------------------------------------------------------------------------
+# Retrieval metrics from neighbour labels
+
+
+def recall_at_k(neighbor_labels: np.ndarray, query_labels: np.ndarray, ks: Sequence[int]) -> dict:
+  """``{K: fraction of queries with a same-label item among the first K}``."""
+  hits = neighbor_labels == query_labels[:, None]
+  out = {}
+  for k in ks:
+    if not 1 <= k <= neighbor_labels.shape[1]:
+      raise ValueError(f"recall_at_k: K={k} exceeds the {neighbor_labels.shape[1]} neighbours given.")
+    out[k] = float(np.mean(hits[:, :k].any(axis=1)))
+  return out
+
+
+def r_precision_and_map_at_r(
+    neighbor_labels: np.ndarray, query_labels: np.ndarray, num_relevant: np.ndarray
+) -> tuple[float, float, int]:
+  """R-precision and MAP@R over the queries with ``R >= 1``.
+
+  Args:
+    neighbor_labels: ``[Q, k]`` labels of the nearest neighbours, ``k >=
+      max(R)``.
+    query_labels: ``[Q]``.
+    num_relevant: ``[Q]`` R for each query.
+
+  Returns:
+    ``(r_precision, map_at_r, number of queries used)``; NaN metrics when no
+    query has R >= 1.
+  """
+  used = num_relevant > 0
+  if not used.any():
+    return math.nan, math.nan, 0
+  nl, ql, r = neighbor_labels[used], query_labels[used], num_relevant[used]
+  max_r = int(r.max())
+  if nl.shape[1] < max_r:
+    raise ValueError(f"r_precision_and_map_at_r: need {max_r} neighbours, got {nl.shape[1]}.")
+  rel = (nl[:, :max_r] == ql[:, None])
+  within = np.arange(max_r)[None, :] < r[:, None]
+  rel = rel & within
+  cum = np.cumsum(rel, axis=1)
+  precision_at_i = cum / np.arange(1, max_r + 1)[None, :]
+  ap = np.sum(precision_at_i * rel, axis=1) / r
+  rp = cum[np.arange(len(r)), r - 1] / r
+  return float(np.mean(rp)), float(np.mean(ap)), int(used.sum())
+
+
+# ---------------------------------------------------------------------------
+# k-means in JAX
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _assign(x, centers, *, chunk):
+  """Nearest centre of every point, computed ``chunk`` points at a time."""
+  c_sq = jnp.sum(jnp.square(centers), axis=1)
+
+  def one(xc):
+    d2 = c_sq[None, :] - 2.0 * jnp.matmul(xc, centers.T, precision=jax.lax.Precision.HIGHEST)
+    idx = jnp.argmin(d2, axis=1)
+    best = jnp.take_along_axis(d2, idx[:, None], axis=1)[:, 0] + jnp.sum(jnp.square(xc), axis=1)
+    return idx.astype(jnp.int32), jnp.maximum(best, 0.0)
+
+  n, d = x.shape
+  xs = x.reshape(n // chunk, chunk, d)
+  idx, d2 = jax.lax.map(one, xs)
+  return idx.reshape(n), d2.reshape(n)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _update_centers(x, weights, assign, old_centers, *, k):
+  sums = jax.ops.segment_sum(x * weights[:, None], assign, num_segments=k)
+  counts = jax.ops.segment_sum(weights, assign, num_segments=k)
+  new = sums / jnp.maximum(counts, 1.0)[:, None]
+  return jnp.where(counts[:, None] > 0, new, old_centers), counts
+
+
+def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+  n = x.shape[0]
+  pad = (-n) % multiple
+  w = np.ones(n + pad, np.float32)
+  if pad:
+    x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
+    w[n:] = 0.0
+  return x, w
+
+
+def _kmeans_pp_init(x, weights, k, rng, per_round, chunk):
+  """D^2 sampling; ``per_round`` centres are drawn per round (1 = exact k-means++)."""
+  n = int(weights.sum())
+  xj = jnp.asarray(x)
+  centers = [np.asarray(x[int(rng.integers(n))])]
+  _, d2 = _assign(xj, jnp.asarray(centers[0][None]), chunk=chunk)
+  d2 = np.asarray(d2)
+  while len(centers) < k:
+    take = min(per_round, k - len(centers))
+    p = d2[:n].astype(np.float64)
+    if np.count_nonzero(p) >= take:
+      picks = rng.choice(n, size=take, replace=False, p=p / p.sum())
+    else:  # fewer distinct points left than centres wanted
+      picks = rng.choice(n, size=take, replace=False)
+    new = np.asarray(x[picks])
+    centers.extend(new)
+    _, d_new = _assign(xj, jnp.asarray(new), chunk=chunk)
+    d2 = np.minimum(d2, np.asarray(d_new))
+  return np.stack(centers)
+
+
+def kmeans(
+    x,
+    k: int,
+    *,
+    seed: int = 0,
+    max_iter: int = 100,
+    init: str = "k-means++",
+    init_per_round: int | None = None,
+    tol: float = 1e-4,
+    chunk_size: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Lloyd's k-means on device, chunked so memory stays ``O(chunk x k)``.
+
+  Initialisation (seeded): ``"k-means++"`` (D^2 sampling; to keep large k
+  affordable, ``init_per_round`` centres are drawn per D^2 round, by default
+  ``max(1, k // 256)``: exact k-means++ for k < 512) or ``"random"`` (k
+  distinct points, Forgy). Iterates until no point changes cluster, the
+  centres move less than ``tol`` times the data's mean squared norm, or
+  ``max_iter``. An empty cluster keeps its previous centre.
+
+  Returns:
+    ``(assignments [N] int32, centres [k, D])``.
+  """
+  where = "kmeans"
+  x = _as_embeddings(x, "x", where)
+  n = x.shape[0]
+  if not 1 <= k <= n:
+    raise ValueError(f"{where}: k={k} must lie in [1, {n}] (the number of points).")
+  if init not in ("k-means++", "random"):
+    raise ValueError(f"{where}: init must be 'k-means++' or 'random', got {init!r}.")
+  chunk = min(chunk_size, max(1, n))
+  xp, w = _pad_rows(x, chunk)
+  rng = np.random.default_rng(seed)
+  if init == "random":
+    centers = x[rng.choice(n, size=k, replace=False)]
+  else:
+    per_round = init_per_round or max(1, k // 256)
+    centers = _kmeans_pp_init(xp, w, k, rng, per_round, chunk)
+  xj, wj = jnp.asarray(xp), jnp.asarray(w)
+  centers = jnp.asarray(centers, jnp.float32)
+  scale = float(np.mean(np.sum(x.astype(np.float64) ** 2, axis=1))) or 1.0
+  assign = None
+  for _ in range(max_iter):
+    new_assign, _ = _assign(xj, centers, chunk=chunk)
+    new_centers, _ = _update_centers(xj, wj, new_assign, centers, k=k)
+    shift = float(jnp.sum(jnp.square(new_centers - centers)))
+    stable = assign is not None and bool(jnp.all(new_assign[:n] == assign[:n]))
+    assign, centers = new_assign, new_centers
+    if stable or shift <= tol * scale:
+      break
+  assign, _ = _assign(xj, centers, chunk=chunk)
+  return np.asarray(assign)[:n], np.asarray(centers)
+
+
+# ---------------------------------------------------------------------------
+# Clustering metrics from the (sparse) contingency table
+
+
+def contingency(labels_true, labels_pred):
+  """The non-zero cells of the class x cluster table and both marginals.
+
+  Never materialises the dense table nor any N x N pair matrix.
+
+  Returns:
+    ``(cell_counts, cell_class, cell_cluster, class_counts, cluster_counts)``
+    where ``cell_class``/``cell_cluster`` index the marginals.
+  """
+  labels_true = np.asarray(labels_true)
+  labels_pred = np.asarray(labels_pred)
+  if labels_true.shape != labels_pred.shape or labels_true.ndim != 1 or labels_true.size == 0:
+    raise ValueError(f"contingency: label arrays must be 1-D, non-empty and of one length, got "
+                     f"{labels_true.shape} and {labels_pred.shape}.")
+  _, t = np.unique(labels_true, return_inverse=True)
+  _, p = np.unique(labels_pred, return_inverse=True)
+  width = int(p.max()) + 1
+  codes, cells = np.unique(t.astype(np.int64) * width + p, return_counts=True)
+  return cells, codes // width, codes % width, np.bincount(t), np.bincount(p)
+
+
+def _entropy(counts: np.ndarray) -> float:
+  p = counts[counts > 0] / counts.sum()
+  return float(-np.sum(p * np.log(p)))
+
+
+def normalized_mutual_information(labels_true, labels_pred) -> float:
+  """NMI with arithmetic normalisation, ``2 I / (H_true + H_pred)``.
+
+  Both labelings constant: 1.0 (they agree perfectly), as in scikit-learn.
+  """
+  cells, ti, pi, a, b = contingency(labels_true, labels_pred)
+  n = float(a.sum())
+  h_t, h_p = _entropy(a), _entropy(b)
+  if h_t == 0.0 and h_p == 0.0:
+    return 1.0
+  mi = float(np.sum(cells / n * (np.log(cells * n) - np.log(a[ti].astype(np.float64) * b[pi]))))
+  return float(min(1.0, max(0.0, 2.0 * mi / (h_t + h_p))))  # clip rounding
+
+
+def _pairs(c: np.ndarray) -> float:
+  c = c.astype(np.float64)
+  return float(np.sum(c * (c - 1) / 2))
+
+
+def pair_f1(labels_true, labels_pred) -> float:
+  """Pair-counting F1: precision and recall of "same cluster" vs "same class".
+
+  ``TP = sum_ij C(n_ij, 2)``, precision ``TP / sum_j C(n_.j, 2)``, recall
+  ``TP / sum_i C(n_i., 2)``. A side with no pairs has precision (or recall)
+  0; F1 is 0 when both are 0.
+  """
+  cells, _, _, a, b = contingency(labels_true, labels_pred)
+  tp = _pairs(cells)
+  pred_pairs, true_pairs = _pairs(b), _pairs(a)
+  precision = tp / pred_pairs if pred_pairs else 0.0
+  recall = tp / true_pairs if true_pairs else 0.0
+  return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------------------
+# The entry points
+
+
+def evaluate(
+    embeddings,
+    labels,
+    *,
+    recall_ks: Sequence[int] = (1, 2, 4, 8),
+    normalize: bool = False,
+    clustering: bool = True,
+    kmeans_backend: str = "jax",
+    kmeans_seed: int = 0,
+    kmeans_init: str = "k-means++",
+    chunk_size: int = 1024,
+) -> dict:
+  """Every retrieval and clustering metric of one test set (leave-one-out).
+
+  Args:
+    embeddings: ``[N, D]`` finite floats.
+    labels: ``[N]`` integer classes; at least two distinct.
+    recall_ks: the K of ``recall@K``; each must be ``<= N - 1``.
+    normalize: L2-normalise the embeddings first.
+    clustering: compute ``nmi`` and ``f1`` (k-means with k = #classes).
+    kmeans_backend: ``"jax"`` (this module) or ``"sklearn"`` (scikit-learn's
+      ``KMeans``, for cross-checking).
+
+  Returns:
+    ``{"recall@K": ..., "precision@1", "r_precision", "map@r", "nmi", "f1",
+    "num_queries_map@r"}`` as Python floats.
+  """
+  where = "evaluate"
+  x = _as_embeddings(embeddings, "embeddings", where)
+  y = _as_labels(labels, x.shape[0], "labels", where)
+  classes, inverse, class_sizes = np.unique(y, return_inverse=True, return_counts=True)
+  if classes.size < 2:
+    raise ValueError(f"{where}: need at least 2 classes to evaluate, got {classes.size}.")
+  ks = sorted(set(int(k) for k in recall_ks))
+  if ks and (ks[0] < 1 or ks[-1] > x.shape[0] - 1):
+    raise ValueError(
+        f"{where}: recall K values {ks} must lie in [1, {x.shape[0] - 1}] (N - 1 = the "
+        f"gallery without the query)."
+    )
+  if normalize:
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  num_relevant = class_sizes[inverse] - 1
+  k = max([1] + ks + [int(num_relevant.max())])
+  idx, _ = nearest_neighbors(x, k=k, chunk_size=chunk_size)
+  neighbor_labels = y[idx]
+  out = {f"recall@{kk}": v for kk, v in recall_at_k(neighbor_labels, y, ks).items()}
+  out["precision@1"] = float(np.mean(neighbor_labels[:, 0] == y))
+  rp, mapr, used = r_precision_and_map_at_r(neighbor_labels, y, num_relevant)
+  out["r_precision"], out["map@r"], out["num_queries_map@r"] = rp, mapr, used
+  if clustering:
+    out.update(cluster_metrics(x, y, backend=kmeans_backend, seed=kmeans_seed, init=kmeans_init))
+  return out
+
+
+def cluster_metrics(x, y, *, backend: str = "jax", seed: int = 0, init: str = "k-means++") -> dict:
+  """``nmi`` and ``f1`` of a k-means clustering with k = number of classes."""
+  k = int(np.unique(y).size)
+  if backend == "jax":
+    assign, _ = kmeans(x, k, seed=seed, init=init)
+  elif backend == "sklearn":
+    from sklearn.cluster import KMeans
+    assign = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(np.asarray(x))
+  else:
+    raise ValueError(f"cluster_metrics: backend must be 'jax' or 'sklearn', got {backend!r}.")
+  return {"nmi": normalized_mutual_information(y, assign), "f1": pair_f1(y, assign)}
+
+
+def evaluate_query_gallery(
+    queries, query_labels, gallery, gallery_labels, *,
+    recall_ks: Sequence[int] = (1, 10, 20, 30, 40, 50), normalize: bool = False,
+    chunk_size: int = 1024,
+) -> dict:
+  """Retrieval metrics with separate query and gallery sets (In-Shop style).
+
+  No item is excluded: a query's neighbours come from the gallery only. R is
+  the number of gallery items with the query's label.
+  """
+  where = "evaluate_query_gallery"
+  q = _as_embeddings(queries, "queries", where)
+  g = _as_embeddings(gallery, "gallery", where)
+  ql = _as_labels(query_labels, q.shape[0], "query_labels", where)
+  gl = _as_labels(gallery_labels, g.shape[0], "gallery_labels", where)
+  ks = sorted(set(int(k) for k in recall_ks))
+  if ks and (ks[0] < 1 or ks[-1] > g.shape[0]):
+    raise ValueError(f"{where}: recall K values {ks} must lie in [1, {g.shape[0]}] (the gallery size).")
+  if normalize:
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+  g_classes, g_counts = np.unique(gl, return_counts=True)
+  lookup = dict(zip(g_classes.tolist(), g_counts.tolist()))
+  num_relevant = np.array([lookup.get(int(c), 0) for c in ql])
+  k = max([1] + ks + [int(num_relevant.max())])
+  idx, _ = nearest_neighbors(q, g, k=min(k, g.shape[0]), chunk_size=chunk_size)
+  neighbor_labels = gl[idx]
+  out = {f"recall@{kk}": v for kk, v in recall_at_k(neighbor_labels, ql, ks).items()}
+  out["precision@1"] = float(np.mean(neighbor_labels[:, 0] == ql))
+  rp, mapr, used = r_precision_and_map_at_r(neighbor_labels, ql, num_relevant)
+  out["r_precision"], out["map@r"], out["num_queries_map@r"] = rp, mapr, used
+  return out

@@ -1,0 +1,235 @@
+import itertools
+
+import chex
+import numpy as np
+from absl.testing import parameterized
+from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
+
+from hdml_jax import evaluation as ev
+
+
+def brute_neighbors(q, g, exclude_self):
+  """Sorted by (distance, index) with plain loops."""
+  out = []
+  for i in range(len(q)):
+    cands = []
+    for j in range(len(g)):
+      if exclude_self and i == j:
+        continue
+      d = sum((float(a) - float(b)) ** 2 for a, b in zip(q[i], g[j]))
+      cands.append((d, j))
+    cands.sort()
+    out.append([j for _, j in cands])
+  return out
+
+
+def brute_metrics(x, y, ks):
+  nbrs = brute_neighbors(x, x, True)
+  rec = {k: np.mean([any(y[j] == y[i] for j in nb[:k]) for i, nb in enumerate(nbrs)]) for k in ks}
+  rps, aps = [], []
+  for i, nb in enumerate(nbrs):
+    r = sum(1 for j in range(len(y)) if j != i and y[j] == y[i])
+    if r == 0:
+      continue
+    hits, ap = 0, 0.0
+    for pos, j in enumerate(nb[:r], start=1):
+      if y[j] == y[i]:
+        hits += 1
+        ap += hits / pos
+    rps.append(hits / r)
+    aps.append(ap / r)
+  return rec, np.mean(rps), np.mean(aps), len(aps)
+
+
+def brute_pair_f1(y, c):
+  tp = fp = fn = 0
+  for i, j in itertools.combinations(range(len(y)), 2):
+    same_class, same_cluster = y[i] == y[j], c[i] == c[j]
+    tp += same_class and same_cluster
+    fp += same_cluster and not same_class
+    fn += same_class and not same_cluster
+  p = tp / (tp + fp) if tp + fp else 0.0
+  r = tp / (tp + fn) if tp + fn else 0.0
+  return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def blobs(seed=0, n=120, classes=6, d=5, spread=0.6):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, classes, n)
+  centers = rng.normal(size=(classes, d)) * 3
+  return (centers[y] + spread * rng.normal(size=(n, d))).astype(np.float32), y
+
+
+class NeighborsTest(chex.TestCase):
+
+  @parameterized.product(chunk=(1, 7, 1000))
+  def test_matches_brute_force(self, chunk):
+    x, _ = blobs(n=40)
+    idx, d2 = ev.nearest_neighbors(x, k=39, chunk_size=chunk)
+    want = brute_neighbors(x, x, True)
+    np.testing.assert_array_equal(idx, np.array(want))
+    np.testing.assert_allclose(d2[:, 0], [np.sum((x[i] - x[want[i][0]]) ** 2) for i in range(40)],
+                               rtol=1e-4, atol=1e-4)
+    g, _ = blobs(seed=1, n=25)
+    idx, _ = ev.nearest_neighbors(x, g, k=25, chunk_size=chunk)
+    np.testing.assert_array_equal(idx, np.array(brute_neighbors(x, g, False)))
+
+  def test_ties_go_to_smaller_index(self):
+    x = np.array([[0.0], [1.0], [1.0], [1.0], [5.0]], np.float32)
+    idx, _ = ev.nearest_neighbors(x, k=4)
+    np.testing.assert_array_equal(idx[0], [1, 2, 3, 4])
+    np.testing.assert_array_equal(idx[2], [1, 3, 0, 4])
+
+  def test_errors(self):
+    x, _ = blobs(n=5)
+    with self.assertRaisesRegex(ValueError, r"k=5 neighbours requested but only 4 .*query itself excluded"):
+      ev.nearest_neighbors(x, k=5)
+    with self.assertRaisesRegex(ValueError, "differ in D"):
+      ev.nearest_neighbors(x, x[:, :2], k=1)
+
+
+class RetrievalMetricsTest(chex.TestCase):
+
+  def test_matches_brute_force(self):
+    x, y = blobs(seed=2, n=60, spread=2.5)
+    got = ev.evaluate(x, y, recall_ks=(1, 2, 4, 8, 16), clustering=False)
+    rec, rp, mapr, used = brute_metrics(x, y, (1, 2, 4, 8, 16))
+    for k, v in rec.items():
+      self.assertAlmostEqual(got[f"recall@{k}"], v)
+    self.assertAlmostEqual(got["precision@1"], rec[1])
+    self.assertAlmostEqual(got["r_precision"], rp)
+    self.assertAlmostEqual(got["map@r"], mapr)
+    self.assertEqual(got["num_queries_map@r"], used)
+
+  def test_hand_made_map_at_r_and_singletons(self):
+    # 1-D points: class A at 0, 1, 3; class B at 2 (and 2.1); class C a singleton at 10.
+    x = np.array([[0.0], [1.0], [3.0], [2.0], [2.1], [10.0]], np.float32)
+    y = np.array([0, 0, 0, 1, 1, 2])
+    got = ev.evaluate(x, y, recall_ks=(1, 2), clustering=False)
+    # Query 0: R=2, order 1(A), 3(B) -> AP = (1/1)/2 = 0.5, RP = 0.5.
+    # Query 1: R=2, order 0(A) (d=1), 3(B) (d=1, index 0 < 3 tie) -> AP 0.5, RP 0.5.
+    # Query 2: R=2, order 4(B) .9, 3(B) 1 -> AP 0, RP 0.
+    # Query 3: R=1, order 4(B) -> 1.  Query 4: R=1, order 3(B) -> 1.
+    # Query 5 (singleton C): left out of MAP@R and R-precision.
+    self.assertEqual(got["num_queries_map@r"], 5)
+    self.assertAlmostEqual(got["map@r"], (0.5 + 0.5 + 0 + 1 + 1) / 5)
+    self.assertAlmostEqual(got["r_precision"], (0.5 + 0.5 + 0 + 1 + 1) / 5)
+    # Recall counts the singleton as a miss.
+    self.assertAlmostEqual(got["recall@1"], 4 / 6)
+
+  def test_k_beyond_class_size_and_gallery(self):
+    x, _ = blobs(seed=3, n=12, classes=4)
+    y = np.repeat(np.arange(4), 3)
+    got = ev.evaluate(x, y, recall_ks=(11,), clustering=False)
+    self.assertEqual(got["recall@11"], 1.0)   # the whole gallery holds every class
+    with self.assertRaisesRegex(ValueError, r"recall K values \[12\] must lie in \[1, 11\]"):
+      ev.evaluate(x, y, recall_ks=(12,))
+
+  def test_query_gallery_mode(self):
+    q, ql = blobs(seed=4, n=30, spread=2.0)
+    g, gl = blobs(seed=5, n=50, spread=2.0)
+    got = ev.evaluate_query_gallery(q, ql, g, gl, recall_ks=(1, 5))
+    nbrs = brute_neighbors(q, g, False)
+    for k in (1, 5):
+      self.assertAlmostEqual(got[f"recall@{k}"], np.mean([any(gl[j] == ql[i] for j in nb[:k])
+                                                          for i, nb in enumerate(nbrs)]))
+    aps = []
+    for i, nb in enumerate(nbrs):
+      r = int(np.sum(gl == ql[i]))
+      if r:
+        rel = [gl[j] == ql[i] for j in nb[:r]]
+        aps.append(sum(np.mean(rel[:p + 1]) for p in range(r) if rel[p]) / r)
+    self.assertAlmostEqual(got["map@r"], np.mean(aps))
+
+  def test_errors(self):
+    x, y = blobs(n=10)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with self.assertRaisesRegex(ValueError, r"1 rows with NaN or infinite values \(first rows: \[3\]\)"):
+      ev.evaluate(bad, y)
+    bad[3, 1] = np.inf
+    with self.assertRaisesRegex(ValueError, "NaN or infinite"):
+      ev.evaluate(bad, y)
+    with self.assertRaisesRegex(ValueError, r"`labels` must have shape \(10,\).*\(9,\)"):
+      ev.evaluate(x, y[:9])
+    with self.assertRaisesRegex(ValueError, "at least 2 classes"):
+      ev.evaluate(x, np.zeros(10, int))
+    with self.assertRaisesRegex(TypeError, "integer class ids"):
+      ev.evaluate(x, y.astype(float))
+    with self.assertRaisesRegex(ValueError, r"must be \[N, D\]"):
+      ev.evaluate(x[0], y)
+
+
+class ClusteringTest(chex.TestCase):
+
+  def test_nmi_matches_sklearn(self):
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+      y = rng.integers(0, 7, 200)
+      c = np.where(rng.random(200) < 0.6, y, rng.integers(0, 9, 200))
+      self.assertAlmostEqual(ev.normalized_mutual_information(y, c),
+                             normalized_mutual_info_score(y, c, average_method="arithmetic"), places=10)
+    self.assertEqual(ev.normalized_mutual_information([1, 1, 1], [0, 0, 0]), 1.0)
+
+  def test_contingency_matches_sklearn(self):
+    rng = np.random.default_rng(1)
+    y, c = rng.integers(0, 5, 100) * 10, rng.integers(0, 4, 100) + 3
+    cells, ti, pi, a, b = ev.contingency(y, c)
+    dense = contingency_matrix(y, c)
+    rebuilt = np.zeros_like(dense)
+    rebuilt[ti, pi] = cells
+    np.testing.assert_array_equal(rebuilt, dense)
+    np.testing.assert_array_equal(a, dense.sum(1))
+    np.testing.assert_array_equal(b, dense.sum(0))
+
+  def test_pair_f1_matches_brute_force(self):
+    rng = np.random.default_rng(2)
+    for _ in range(4):
+      y, c = rng.integers(0, 4, 40), rng.integers(0, 5, 40)
+      self.assertAlmostEqual(ev.pair_f1(y, c), brute_pair_f1(y, c))
+    self.assertEqual(ev.pair_f1([0, 1, 2], [0, 1, 2]), 0.0)   # no pairs at all
+    self.assertEqual(ev.pair_f1([0, 0, 1, 1], [5, 5, 7, 7]), 1.0)
+
+  @parameterized.parameters("k-means++", "random")
+  def test_kmeans_recovers_separated_blobs(self, init):
+    x, y = blobs(seed=3, n=300, classes=5, spread=0.2)
+    assign, centers = ev.kmeans(x, 5, seed=0, init=init)
+    chex.assert_shape(centers, (5, 5))
+    if init == "k-means++":
+      self.assertEqual(ev.normalized_mutual_information(y, assign), 1.0)
+    a2, _ = ev.kmeans(x, 5, seed=0, init=init)
+    np.testing.assert_array_equal(assign, a2)   # seeded
+
+  def test_kmeans_inertia_close_to_sklearn(self):
+    from sklearn.cluster import KMeans
+    x, _ = blobs(seed=4, n=400, classes=12, spread=1.5)
+    assign, centers = ev.kmeans(x, 12, seed=0)
+    ours = np.sum((x - centers[assign]) ** 2)
+    theirs = KMeans(n_clusters=12, n_init=1, random_state=0).fit(x).inertia_
+    self.assertLess(ours, 1.15 * theirs)
+    # Every point sits at its nearest centre (a Lloyd fixed point).
+    d = ((x[:, None, :] - centers[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(d[np.arange(len(x)), assign], d.min(1), rtol=1e-5, atol=1e-5)
+
+  def test_kmeans_batched_init_and_duplicates(self):
+    x, _ = blobs(seed=5, n=200, classes=20, spread=0.5)
+    assign, _ = ev.kmeans(x, 20, init_per_round=4)
+    self.assertEqual(assign.shape, (200,))
+    dup = np.repeat(x[:3], 10, axis=0)   # 3 distinct points, k = 5
+    assign, centers = ev.kmeans(dup, 5)
+    self.assertTrue(np.all(np.isfinite(centers)))
+    with self.assertRaisesRegex(ValueError, r"k=31 must lie in \[1, 30\]"):
+      ev.kmeans(dup, 31)
+    with self.assertRaisesRegex(ValueError, "init must be"):
+      ev.kmeans(dup, 2, init="farthest")
+
+  def test_evaluate_clustering_backends(self):
+    x, y = blobs(seed=6, n=150, classes=5, spread=0.2)
+    ours = ev.evaluate(x, y)
+    sk = ev.evaluate(x, y, kmeans_backend="sklearn")
+    self.assertAlmostEqual(ours["nmi"], 1.0)
+    self.assertAlmostEqual(sk["nmi"], 1.0)
+    self.assertAlmostEqual(ours["f1"], 1.0)
+    with self.assertRaisesRegex(ValueError, "backend must be"):
+      ev.evaluate(x, y, kmeans_backend="faiss")
