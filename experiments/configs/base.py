@@ -1,0 +1,81 @@
+"""Every key a run reads, with the reference's values where it has them.
+
+Config files start from ``get_base_config()`` and change what differs; the
+returned ConfigDict is locked, so a mistyped key (``--config.hdml.alfa``)
+fails instead of being ignored.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "digits"            # digits | image_folder
+  c.dataset.data_dir = ""              # image_folder: root/<class>/<images>
+  c.dataset.train_classes = (0, 0)     # image_folder: [start, stop) of the sorted classes
+  c.dataset.test_classes = (0, 0)
+  c.dataset.num_val_classes = 0        # held out from the END of the training classes
+  c.dataset.resize = 256               # images are warped to resize x resize
+  c.dataset.crop = 227                 # then cropped (random for training, centre for testing)
+  c.dataset.preprocess = "paper"       # paper | standard | unit
+  c.dataset.skip_unreadable = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "small_cnn"
+  c.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (32, 64, 128, 256), "depth": 1})
+  c.model.embedding_dim = 128
+  c.model.generator_hidden = 512
+
+  c.hdml = ml_collections.ConfigDict()
+  c.hdml.loss = "npair"                # npair | triplet | contrastive
+  c.hdml.enabled = True                # False: the plain baseline
+  c.hdml.alpha = 90.0
+  c.hdml.beta = 1e4
+  c.hdml.lam = 0.5
+  c.hdml.softmax_factor = 1e4
+  c.hdml.l2_reg = 3e-3
+  c.hdml.weight_decay = 5e-3
+  c.hdml.margin = 1.0
+  c.hdml.contrastive_margin = 1.0
+  c.hdml.bn1_update = "both"
+  c.hdml.stats_block_length = 64
+  c.hdml.stats_initial_value = 1e6
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.metric_lr = 7e-5
+  c.optimizer.metric_boundaries = (5632, 6848)
+  c.optimizer.metric_decay = 0.5
+  c.optimizer.generator_lr = 1e-2
+  c.optimizer.classifier_lr = 1e-3
+  c.optimizer.clip_value = ml_collections.config_dict.placeholder(float)
+
+  c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive
+  c.num_steps = 8000
+  c.seed = 0
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 2
+  c.data_threads = 4                   # grain threads assembling batches
+  c.prefetch = 4
+
+  c.selection = ml_collections.ConfigDict()
+  c.selection.split = "val"            # val (held-out training classes) | test (reference rule) | none
+  c.selection.metric = "recall@1"
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.recall_ks = (1, 2, 4, 8)
+  c.eval.batch_size = 256
+  c.eval.kmeans_backend = "jax"        # jax | sklearn
+
+  c.num_devices = 0                    # 0: all devices of all processes
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""   # set (host:port) for multi-host runs
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+
+  c.compilation_cache_dir = "~/.cache/hdml_jax/xla"   # "" disables the persistent cache
+  c.plots = True
+  return c

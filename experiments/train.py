@@ -1,0 +1,222 @@
+"""The training loop: ``train_and_evaluate(config, workdir) -> results``.
+
+Data order and random streams are pure functions of ``(seed, step)`` and the
+whole train state is checkpointed, so a run killed at any point resumes from
+its last checkpoint and reaches the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import checkpoints, datasets, logs
+from hdml_jax import evaluation, parallel
+from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
+from hdml_jax.train_step import embed_in_batches, make_train_step
+
+SELECTION_SPLITS = ("val", "test", "none")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss stopped being finite; the last good checkpoint is kept."""
+
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Clear errors for values the lower layers would reject late or obscurely."""
+  positive = {"batch_size": cfg.batch_size, "num_steps": cfg.num_steps, "log_every": cfg.log_every,
+              "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every,
+              "keep_checkpoints": cfg.keep_checkpoints, "eval.batch_size": cfg.eval.batch_size,
+              "model.embedding_dim": cfg.model.embedding_dim, "data_threads": cfg.data_threads}
+  for name, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  if cfg.selection.split not in SELECTION_SPLITS:
+    raise ValueError(f"config.selection.split must be one of {SELECTION_SPLITS}, got {cfg.selection.split!r}.")
+  if cfg.selection.split == "val" and cfg.dataset.num_val_classes < 2:
+    raise ValueError(
+        "config.selection.split='val' needs config.dataset.num_val_classes >= 2 held-out "
+        "training classes (or choose selection.split='test' or 'none').")
+  if cfg.eval.kmeans_backend not in ("jax", "sklearn"):
+    raise ValueError(f"config.eval.kmeans_backend must be 'jax' or 'sklearn', got {cfg.eval.kmeans_backend!r}.")
+
+
+def hdml_config(cfg) -> HDMLConfig:
+  h = cfg.hdml
+  return HDMLConfig(loss=h.loss, hdml=h.enabled, alpha=h.alpha, beta=h.beta, lam=h.lam,
+                    softmax_factor=h.softmax_factor, l2_reg=h.l2_reg, weight_decay=h.weight_decay,
+                    margin=h.margin, contrastive_margin=h.contrastive_margin, bn1_update=h.bn1_update)
+
+
+def optimizer_config(cfg) -> OptimizerConfig:
+  o = cfg.optimizer
+  return OptimizerConfig(metric_lr=o.metric_lr, metric_boundaries=tuple(o.metric_boundaries),
+                         metric_decay=o.metric_decay, generator_lr=o.generator_lr,
+                         classifier_lr=o.classifier_lr, clip_value=o.clip_value)
+
+
+def build_state(cfg, data: datasets.Data):
+  return create_train_state(
+      jax.random.key(cfg.seed), image_shape=data.image_shape, num_classes=data.train.num_classes,
+      embedding_dim=cfg.model.embedding_dim, backbone=cfg.model.backbone,
+      backbone_kwargs=cfg.model.backbone_kwargs.to_dict(), generator_hidden=cfg.model.generator_hidden,
+      config=hdml_config(cfg), optimizer=optimizer_config(cfg),
+      stats_block_length=cfg.hdml.stats_block_length, stats_initial_value=cfg.hdml.stats_initial_value)
+
+
+def setup_runtime(cfg) -> None:
+  """Multi-host start and the persistent compilation cache (call once, first)."""
+  if cfg.distributed.coordinator_address and not getattr(setup_runtime, "_distributed", False):
+    parallel.initialize_distributed(cfg.distributed.coordinator_address,
+                                    cfg.distributed.num_processes, cfg.distributed.process_id)
+    setup_runtime._distributed = True
+  if cfg.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def local_copy(tree):
+  """Host copy of a replicated pytree (works on every process of a multi-host run)."""
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+
+
+def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: int) -> np.ndarray:
+  images = data.prepare(split.images, False, None)
+  return embed_in_batches(local_copy(state), images, batch_size=batch_size)
+
+
+def evaluate_split(cfg, state, data, split, *, clustering: bool = True) -> dict:
+  emb = embed_split(state, data, split, cfg.eval.batch_size)
+  ks = [k for k in cfg.eval.recall_ks if k <= len(split.labels) - 1]
+  return evaluation.evaluate(emb, split.labels, recall_ks=ks, clustering=clustering,
+                             kmeans_backend=cfg.eval.kmeans_backend, kmeans_seed=cfg.seed)
+
+
+def _selection_name(cfg) -> str:
+  if cfg.selection.split == "test":
+    return f"test/{cfg.selection.metric} (the reference's rule: selects on the test set)"
+  return f"{cfg.selection.split}/{cfg.selection.metric}"
+
+
+def train_and_evaluate(
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    step_hook: Callable[[int, dict], None] | None = None,
+) -> dict:
+  """Trains, checkpoints, selects, evaluates; writes ``results.json`` and plots.
+
+  Args:
+    cfg: a config from ``experiments/configs``.
+    workdir: checkpoints, metrics, results and plots go here; an existing
+      checkpoint there is resumed.
+    step_hook: called as ``step_hook(step, metrics)`` after each step (for
+      tests and callers that monitor the run).
+
+  Returns:
+    The ``results.json`` content.
+  """
+  validate_config(cfg)
+  setup_runtime(cfg)
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  data = datasets.load_data(cfg)
+  devices = jax.devices() if not cfg.num_devices else jax.devices()[:cfg.num_devices]
+  mesh = parallel.make_data_mesh(devices)
+  if cfg.batch_size % len(devices):
+    raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {len(devices)} devices.")
+
+  template = build_state(cfg, data)
+  ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+  best_mgr = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1)
+  best_path = os.path.join(workdir, "best.json")
+  if ckpt.latest_step() is not None:
+    state = checkpoints.restore(ckpt, template)
+    logging.info("resumed from step %d in %s", int(state.step), workdir)
+  else:
+    state = template
+  best = json.load(open(best_path)) if os.path.exists(best_path) else None
+  start = int(state.step)
+
+  state = parallel.replicate_state(state, mesh)
+  step_fn = parallel.jit_train_step(make_train_step(state.networks, state.config), mesh)
+  rows = parallel.process_rows(cfg.batch_size)
+  batches = datasets.train_batches(cfg, data, start_step=start, rows=rows)
+  key = jax.random.key(cfg.seed)
+  writer = logs.MetricWriter(workdir, enabled=is_main)
+  selection_split = {"val": data.val, "test": data.test}.get(cfg.selection.split)
+
+  def maybe_select(step_done: int):
+    nonlocal best
+    if selection_split is None:
+      return
+    clustering = cfg.selection.metric in ("nmi", "f1")
+    metrics = evaluate_split(cfg, state, data, selection_split, clustering=clustering)
+    writer.write(step_done, {f"{cfg.selection.split}/{k}": v for k, v in metrics.items()})
+    value = metrics[cfg.selection.metric]
+    if best is None or value > best["value"]:
+      best = {"step": step_done, "value": value, "selection": _selection_name(cfg)}
+      checkpoints.save(best_mgr, step_done, state)
+      best_mgr.wait_until_finished()
+      if is_main:
+        checkpoints.write_json_atomic(best_path, best)
+
+  progress = logs.Progress(start, cfg.num_steps, enabled=is_main)
+  window = []   # per-step metrics since the last log line; logged as means
+  try:
+    for step in range(start, cfg.num_steps):
+      batch = parallel.shard_batch(next(batches), mesh, global_batch_size=cfg.batch_size)
+      state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
+      done = step + 1
+      host = {k: float(v) for k, v in local_copy(metrics).items()}
+      if not host["finite"]:
+        raise NonFiniteLossError(
+            f"a loss is not finite at step {step} (the step that would make step {done}): "
+            f"{ {k: v for k, v in host.items() if k.startswith('j_') or k == 'loss'} }. "
+            f"The last good checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints.")
+      window.append(host)
+      if step_hook is not None:
+        step_hook(step, host)
+      if done % cfg.log_every == 0 or done == cfg.num_steps:
+        means = {f"train/{k}": float(np.mean([h[k] for h in window])) for k in host}
+        writer.write(done, means)
+        progress.update(done, means["train/loss"])
+        window = []
+      if done % cfg.eval_every == 0 or done == cfg.num_steps:
+        maybe_select(done)
+      if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+        checkpoints.save(ckpt, done, state)
+  finally:
+    progress.close()
+    ckpt.wait_until_finished()
+    writer.flush()
+
+  train_seconds = time.time() - t_start
+  final = evaluate_split(cfg, state, data, data.test)
+  results = {"final": {"step": int(state.step), **final}, "best": None,
+             "train_wall_seconds": train_seconds}
+  if best is not None:
+    best_state = checkpoints.restore(best_mgr, template, best["step"])
+    results["best"] = {**best, **evaluate_split(cfg, best_state, data, data.test)}
+  results["wall_seconds"] = time.time() - t_start
+  results["devices"] = {"count": len(devices), "kind": devices[0].device_kind, "processes": jax.process_count()}
+  results["config"] = json.loads(cfg.to_json_best_effort())
+  if is_main:
+    checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    if cfg.plots:
+      from experiments import plots
+      plots.write_all(workdir, data, embed_split(state, data, data.test, cfg.eval.batch_size))
+  ckpt.close()
+  best_mgr.close()
+  writer.close()
+  return results

@@ -1,0 +1,60 @@
+"""Image preprocessing on host arrays (numpy), for training and testing.
+
+Two recipes:
+
+* ``"paper"`` (the reference): images are warped to ``resize`` (256) square,
+  training takes a random ``crop`` (227) and a horizontal flip with p = 0.5,
+  testing the centre crop; channels BGR, range 0-255 minus the Caffe mean
+  ``[104, 117, 123]`` (B, G, R).
+* ``"standard"``: RGB scaled to [0, 1], minus the ImageNet mean, divided by
+  its standard deviation; same crop and flip rule.
+
+Inputs are ``[B, H, W, 3] uint8`` RGB already resized to ``resize``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CAFFE_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+RECIPES = ("paper", "standard", "unit")
+
+
+def _crop(images: np.ndarray, crop: int, rng: np.random.Generator | None) -> np.ndarray:
+  b, h, w, _ = images.shape
+  if crop > h or crop > w:
+    raise ValueError(f"crop size {crop} exceeds the image size {h}x{w}.")
+  if rng is None:  # centre crop
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return images[:, top:top + crop, left:left + crop]
+  tops = rng.integers(0, h - crop + 1, size=b)
+  lefts = rng.integers(0, w - crop + 1, size=b)
+  out = np.stack([images[i, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(tops, lefts))])
+  flip = rng.random(b) < 0.5
+  out[flip] = out[flip, :, ::-1]
+  return out
+
+
+def preprocess(
+    images: np.ndarray, *, recipe: str, crop: int, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+  """``[B, H, W, 3] uint8`` -> ``[B, crop, crop, 3] float32``.
+
+  ``train=True`` needs ``rng`` (random crop and flip); ``False`` centre-crops.
+  ``recipe="unit"`` only scales to [0, 1] (for small grey or synthetic data).
+  """
+  if recipe not in RECIPES:
+    raise ValueError(f"preprocess: recipe must be one of {RECIPES}, got {recipe!r}.")
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"preprocess: images must be [B, H, W, C], got shape {images.shape}.")
+  if train and rng is None:
+    raise ValueError("preprocess: training needs an rng for the random crop and flip.")
+  x = _crop(images, crop, rng if train else None).astype(np.float32)
+  if recipe == "paper":
+    return x[..., ::-1] - CAFFE_MEAN_BGR
+  if recipe == "standard":
+    return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  return x / 255.0

@@ -1,0 +1,175 @@
+"""End-to-end runs of experiments/ on tiny settings."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import chex
+import jax
+import numpy as np
+
+from experiments import checkpoints, datasets
+from experiments.configs import cub100, default, paper
+from experiments.evaluate import evaluate_checkpoint
+from experiments.train import NonFiniteLossError, build_state, train_and_evaluate
+from tests.helpers import max_abs_diff
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUB100 = os.path.join(os.path.dirname(REPO), "shared", "data", "cub100", "images")
+RESULT_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
+               "map@r", "nmi", "f1"}
+
+
+def fast_default(**overrides):
+  c = default.get_config()
+  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 12, 4, 6, 4
+  c.compilation_cache_dir = ""
+  c.plots = False
+  c.num_devices = 1   # the suite runs with 8 fake devices; these batches are small
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def restored_latest(cfg, workdir):
+  data = datasets.load_data(cfg)
+  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=10)
+  state = checkpoints.restore(mgr, build_state(cfg, data))
+  mgr.close()
+  return state
+
+
+class ExperimentsTest(chex.TestCase):
+
+  def test_default_end_to_end_results_and_plots(self):
+    workdir = tempfile.mkdtemp()
+    cfg = fast_default(plots=True)
+    results = train_and_evaluate(cfg, workdir)
+    on_disk = json.load(open(os.path.join(workdir, "results.json")))
+    self.assertEqual(on_disk["final"]["step"], 12)
+    self.assertLessEqual(RESULT_KEYS, set(on_disk["final"]))
+    for k in RESULT_KEYS:
+      self.assertTrue(0.0 <= on_disk["final"][k] <= 1.0, k)
+    self.assertIsNone(on_disk["best"])   # the default selects nothing (no validation classes)
+    self.assertEqual(on_disk["config"]["hdml"]["loss"], "npair")
+    self.assertGreater(on_disk["wall_seconds"], 0)
+    self.assertEqual(results["final"], on_disk["final"])
+    for name in ("curves.png", "embedding_projection.png"):
+      path = os.path.join(workdir, name)
+      self.assertTrue(os.path.getsize(path) > 1000, name)
+      with open(path, "rb") as f:
+        self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    self.assertEqual([r["step"] for r in rows], [4, 8, 12])
+    self.assertLessEqual({"train/j_m", "train/j_syn", "train/j_gen", "train/w", "train/hardness",
+                          "train/stat/j_avg"}, set(rows[0]))
+    self.assertTrue(os.listdir(os.path.join(workdir, "tensorboard")))
+    # The evaluate entry point reproduces the final metrics from the checkpoint.
+    again = evaluate_checkpoint(cfg, workdir, split="test", which="latest")
+    self.assertEqual(again["step"], 12)
+    self.assertAlmostEqual(again["recall@1"], results["final"]["recall@1"], places=6)
+    self.assertAlmostEqual(again["map@r"], results["final"]["map@r"], places=6)
+
+  def test_resume_after_a_crash_matches_an_uninterrupted_run(self):
+    cfg = fast_default()
+    straight = tempfile.mkdtemp()
+    train_and_evaluate(cfg, straight)
+
+    crashed = tempfile.mkdtemp()
+
+    def crash(step, metrics):
+      if step == 9:    # steps 0..9 ran; the last checkpoint holds step 8
+        raise KeyboardInterrupt("simulated kill")
+
+    with self.assertRaises(KeyboardInterrupt):
+      train_and_evaluate(cfg, crashed, step_hook=crash)
+    self.assertEqual(int(restored_latest(cfg, crashed).step), 8)
+    train_and_evaluate(cfg, crashed)
+    a, b = restored_latest(cfg, straight), restored_latest(cfg, crashed)
+    self.assertEqual(int(a.step), 12)
+    self.assertEqual(int(b.step), 12)
+    self.assertLess(max_abs_diff(a.params, b.params), 1e-6)
+    self.assertLess(max_abs_diff(a.opt_state, b.opt_state), 1e-6)
+    self.assertLess(max_abs_diff(a.stats, b.stats), 1e-6)
+
+  def test_best_checkpoint_on_held_out_training_classes(self):
+    cfg = fast_default(**{"dataset.num_val_classes": 2, "selection.split": "val", "batch_size": 6})
+    workdir = tempfile.mkdtemp()
+    results = train_and_evaluate(cfg, workdir)
+    best = json.load(open(os.path.join(workdir, "best.json")))
+    self.assertIn(best["step"], (6, 12))
+    self.assertEqual(results["best"]["selection"], "val/recall@1")
+    self.assertLessEqual(RESULT_KEYS, set(results["best"]))
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    self.assertTrue(any("val/recall@1" in r for r in rows))
+    evaluated = evaluate_checkpoint(cfg, workdir, split="val", which="best")
+    self.assertEqual(evaluated["step"], best["step"])
+    self.assertAlmostEqual(evaluated["recall@1"], best["value"], places=6)
+
+  def test_non_finite_loss_stops_with_the_step_named(self):
+    cfg = fast_default(**{"optimizer.metric_lr": 1e30, "checkpoint_every": 1})
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(NonFiniteLossError, r"not finite at step (\d+).*last good checkpoint"):
+      train_and_evaluate(cfg, workdir)
+    state = restored_latest(cfg, workdir)
+    chex.assert_tree_all_finite(state.params)
+
+  def test_config_errors(self):
+    with self.assertRaisesRegex(ValueError, "batch_size must be a positive integer"):
+      train_and_evaluate(fast_default(batch_size=0), tempfile.mkdtemp())
+    with self.assertRaisesRegex(ValueError, "selection.split='val' needs"):
+      train_and_evaluate(fast_default(**{"selection.split": "val"}), tempfile.mkdtemp())
+    with self.assertRaisesRegex(ValueError, "HDMLConfig.loss must be one of"):
+      train_and_evaluate(fast_default(**{"hdml.loss": "arcface"}), tempfile.mkdtemp())
+    with self.assertRaisesRegex(ValueError, "dataset.name must be"):
+      train_and_evaluate(fast_default(**{"dataset.name": "mnist"}), tempfile.mkdtemp())
+    with self.assertRaisesRegex(ValueError, "config string must be"):
+      paper.get_config("imagenet,npair,hdml")
+    # The command line rejects unknown keys (the config is locked).
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.main", "--workdir", tempfile.mkdtemp(),
+         "--config.hdml.alfa=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    self.assertNotEqual(out.returncode, 0)
+    self.assertIn("alfa", out.stderr)
+
+  def test_image_folder_run_writes_a_retrieval_grid(self):
+    cfg = cub100.get_config()
+    cfg.dataset.data_dir = CUB100
+    cfg.dataset.train_classes, cfg.dataset.test_classes = (0, 6), (50, 53)
+    cfg.dataset.num_val_classes = 2
+    cfg.dataset.resize, cfg.dataset.crop = 20, 16
+    cfg.model.backbone_kwargs = {"widths": (4, 8), "depth": 1}
+    cfg.model.embedding_dim, cfg.model.generator_hidden = 8, 16
+    cfg.batch_size, cfg.num_steps = 8, 3
+    cfg.log_every = cfg.eval_every = cfg.checkpoint_every = 3
+    cfg.compilation_cache_dir = ""
+    cfg.num_devices = 1
+    workdir = tempfile.mkdtemp()
+    results = train_and_evaluate(cfg, workdir)
+    self.assertEqual(results["final"]["step"], 3)
+    self.assertTrue(os.path.getsize(os.path.join(workdir, "retrieval_grid.png")) > 1000)
+    data = datasets.load_data(cfg)
+    self.assertEqual(data.train.num_classes, 4)
+    self.assertEqual(data.val.num_classes, 2)
+    self.assertEqual(data.test.num_classes, 3)
+    self.assertEqual(data.train.images.dtype, np.uint8)
+    self.assertEqual(data.image_shape, (16, 16, 3))
+    cfg.dataset.test_classes = (5, 8)
+    with self.assertRaisesRegex(ValueError, "overlap"):
+      datasets.load_data(cfg)
+
+  def test_persistent_compilation_cache_is_written(self):
+    cache = tempfile.mkdtemp()
+    cfg = fast_default(compilation_cache_dir=cache, num_steps=2, log_every=1, eval_every=2,
+                       checkpoint_every=2)
+    try:
+      train_and_evaluate(cfg, tempfile.mkdtemp())
+      self.assertTrue(os.listdir(cache))
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
