@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from experiments import checkpoints, datasets, logs
-from hdml_jax import evaluation, parallel
+from hdml_jax import evaluation, parallel, weights
 from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
 from hdml_jax.train_step import embed_in_batches, make_train_step
 
@@ -64,6 +64,13 @@ def optimizer_config(cfg) -> OptimizerConfig:
 
 
 def build_state(cfg, data: datasets.Data):
+  state = _fresh_state(cfg, data)
+  if cfg.model.pretrained:
+    state = weights.load_pretrained_backbone(state, os.path.expanduser(cfg.model.pretrained))
+  return state
+
+
+def _fresh_state(cfg, data: datasets.Data):
   return create_train_state(
       jax.random.key(cfg.seed), image_shape=data.image_shape, num_classes=data.train.num_classes,
       embedding_dim=cfg.model.embedding_dim, backbone=cfg.model.backbone,

@@ -27,6 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (32, 64, 128, 256), "depth": 1})
   c.model.embedding_dim = 128
   c.model.generator_hidden = 512
+  c.model.pretrained = ""              # a params file from experiments.convert_weights
 
   c.hdml = ml_collections.ConfigDict()
   c.hdml.loss = "npair"                # npair | triplet | contrastive

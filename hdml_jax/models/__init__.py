@@ -15,3 +15,5 @@ __all__ = [
     "get_backbone",
     "register_backbone",
 ]
+
+from hdml_jax.models import googlenet as _googlenet  # noqa: E402  (registers googlenet, googlenet_bn)

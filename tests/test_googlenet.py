@@ -1,0 +1,173 @@
+import os
+import tempfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+from scipy.signal import correlate
+
+from experiments.convert_weights import convert
+from hdml_jax import weights
+from hdml_jax.models import get_backbone
+from hdml_jax.models.googlenet import lrn
+from tests.helpers import tiny_state
+
+
+def _init(name, size, seed=0, **kw):
+  net = get_backbone(name, **kw)
+  x = jnp.zeros((1, size, size, 3))
+  return net, jax.jit(lambda: net.init(jax.random.key(seed), x, train=False))()
+
+
+def _perturb_stats(variables, seed=1):
+  rng = np.random.default_rng(seed)
+  stats = jax.tree_util.tree_map(lambda v: rng.uniform(0.5, 1.5, v.shape).astype(np.float32),
+                                 variables["batch_stats"])
+  return {"params": variables["params"], "batch_stats": stats}
+
+
+def _same(a, b):
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (p, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(p))
+
+
+def reference_stem(image_hwc, kernel_oihw, bias, mode):
+  """conv1 (7x7, stride 2, pad 3) + ReLU, ceil-mode 3x3/2 max pool, LRN: NumPy/SciPy loops."""
+  x = np.pad(image_hwc.astype(np.float64), ((3, 3), (3, 3), (0, 0)))
+  out_c = kernel_oihw.shape[0]
+  full = np.stack([
+      sum(correlate(x[:, :, i], kernel_oihw[o, i], mode="valid") for i in range(x.shape[2])) + bias[o]
+      for o in range(out_c)], axis=-1)
+  conv = np.maximum(full[::2, ::2], 0.0)
+  h, w, _ = conv.shape
+  oh, ow = -(-(h - 3) // 2) + 1, -(-(w - 3) // 2) + 1   # Caffe ceil mode
+  pooled = np.zeros((oh, ow, out_c))
+  for i in range(oh):
+    for j in range(ow):
+      pooled[i, j] = conv[2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(0, 1))   # clipped window
+  radius, alpha = (5, 1e-4) if mode == "tf" else (2, 1e-4 / 5)
+  normed = np.zeros_like(pooled)
+  for c in range(out_c):
+    lo, hi = max(0, c - radius), min(out_c, c + radius + 1)
+    normed[..., c] = pooled[..., c] / (1.0 + alpha * np.sum(pooled[..., lo:hi] ** 2, axis=-1)) ** 0.75
+  return normed
+
+
+class GoogLeNetTest(chex.TestCase):
+
+  # googlenet at 227 is covered by test_reference_spatial_sizes_at_227.
+  @parameterized.parameters(("googlenet", 224), ("googlenet_bn", 227), ("googlenet_bn", 224))
+  def test_output_shapes(self, name, size):
+    net, variables = _init(name, size)
+    y = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, jnp.ones((2, size, size, 3)))
+    chex.assert_shape(y, (2, 1024))
+    chex.assert_tree_all_finite(y)
+
+  def test_reference_spatial_sizes_at_227(self):
+    net, variables = _init("googlenet", 227)
+    y, inter = jax.jit(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True))(
+        variables, jnp.ones((2, 227, 227, 3)))
+    chex.assert_shape(y, (2, 1024))
+    inter = inter["intermediates"]
+    sizes = [inter[m]["__call__"][0].shape[1] for m in ("conv1", "pool1", "pool2", "pool3", "pool4")]
+    self.assertEqual(sizes, [114, 57, 28, 14, 7])
+    self.assertEqual(inter["inception_5b"]["__call__"][0].shape, (2, 7, 7, 1024))
+    n = sum(p.size for p in jax.tree_util.tree_leaves(variables["params"]))
+    self.assertEqual(n, 5973552)   # Caffe GoogLeNet without its auxiliary heads and classifier
+
+  @parameterized.parameters("tf", "caffe")
+  def test_stem_against_numpy_scipy_reference(self, mode):
+    net, variables = _init("googlenet", 37, lrn=mode)
+    rng = np.random.default_rng(0)
+    kernel_oihw = rng.normal(size=(64, 3, 7, 7)).astype(np.float32) * 0.1
+    bias = rng.normal(size=64).astype(np.float32)
+    blobs = weights.params_to_caffe_blobs(variables["params"])
+    blobs["conv1/7x7_s2"], blobs["conv1/7x7_s2_bias"] = kernel_oihw, bias
+    params = weights.caffe_blobs_to_params(blobs, variables["params"])
+    image = rng.uniform(-100, 100, size=(37, 37, 3)).astype(np.float32)
+    _, inter = net.apply({"params": params}, image[None], train=False, capture_intermediates=True)
+    got = np.asarray(inter["intermediates"]["pool1"]["__call__"][0][0])
+    want = reference_stem(image, kernel_oihw, bias, mode)
+    self.assertEqual(got.shape, want.shape)   # 37 -> 19 -> 10
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
+    self.assertGreater(np.abs(want).max(), 1.0)   # a real signal, not all zeros
+
+  def test_lrn_matches_loop_formula(self):
+    x = np.random.default_rng(1).uniform(0, 30, size=(1, 2, 2, 20)).astype(np.float32)
+    got = np.asarray(lrn(jnp.asarray(x), mode="tf"))
+    for c in range(20):
+      s = np.sum(x[..., max(0, c - 5):c + 6] ** 2, axis=-1)
+      np.testing.assert_allclose(got[..., c], x[..., c] / (1 + 1e-4 * s) ** 0.75, rtol=1e-5)
+
+
+class WeightImportTest(chex.TestCase):
+
+  def test_caffe_round_trip_mat_and_npz(self):
+    _, variables = _init("googlenet", 35, seed=3)
+    params = variables["params"]
+    blobs = weights.params_to_caffe_blobs(params)
+    self.assertEqual(blobs["conv1/7x7_s2"].shape, (64, 3, 7, 7))   # OIHW
+    self.assertIn("inception_3a/3x3_reduce_bias", blobs)
+    d = tempfile.mkdtemp()
+    weights.save_caffe_mat(os.path.join(d, "g.mat"), blobs)
+    np.savez(os.path.join(d, "g.npz"), **blobs)
+    for loaded in (weights.load_caffe_mat(os.path.join(d, "g.mat")), weights.load_npz(os.path.join(d, "g.npz"))):
+      _same(weights.caffe_blobs_to_params(loaded, params), params)
+
+  def test_torchvision_round_trip_safetensors(self):
+    from safetensors.numpy import save_file
+    _, variables = _init("googlenet_bn", 35, seed=4)
+    variables = _perturb_stats(variables)
+    state = weights.variables_to_torchvision(variables)
+    self.assertEqual(state["inception3a.branch2.0.conv.weight"].shape, (96, 192, 1, 1))
+    self.assertIn("conv1.bn.running_var", state)
+    # A real torchvision file also holds these; they are ignored.
+    state["fc.weight"] = np.zeros((1000, 1024), np.float32)
+    state["aux1.conv.conv.weight"] = np.zeros((128, 512, 1, 1), np.float32)
+    state["conv1.bn.num_batches_tracked"] = np.zeros((), np.int64)
+    path = os.path.join(tempfile.mkdtemp(), "googlenet.safetensors")
+    save_file(state, path)
+    _same(weights.torchvision_to_variables(weights.load_torchvision_state(path), variables), variables)
+
+  def test_mismatches_listed_in_one_message(self):
+    _, variables = _init("googlenet", 35)
+    blobs = weights.params_to_caffe_blobs(variables["params"])
+    del blobs["inception_4a/5x5"]
+    blobs["loss3/classifier"] = np.zeros((1000, 1024))
+    blobs["conv2/3x3_bias"] = np.zeros(7)
+    with self.assertRaisesRegex(weights.WeightMismatchError,
+                                r"missing \(1\): \['inception_4a/5x5'\].*unexpected \(1\): "
+                                r"\['loss3/classifier'\].*mis-shaped \(1\): conv2/3x3_bias is \(7,\), expected \(192,\)"):
+      weights.caffe_blobs_to_params(blobs, variables["params"])
+    with self.assertRaisesRegex(ValueError, "unknown torchvision weight format"):
+      weights.load_torchvision_state("weights.bin")
+
+  def test_convert_command_and_pretrained_config(self):
+    _, variables = _init("googlenet", 35, seed=5)
+    d = tempfile.mkdtemp()
+    np.savez(os.path.join(d, "blobs.npz"), **weights.params_to_caffe_blobs(variables["params"]))
+    out = os.path.join(d, "converted", "googlenet.npz")
+    convert("caffe_npz", os.path.join(d, "blobs.npz"), out)
+    loaded = weights.load_variables(out)
+    _same(loaded["params"], variables["params"])
+    # Loading into a state whose backbone differs fails with the names.
+    with self.assertRaisesRegex(weights.WeightMismatchError, "do not match the backbone.*missing"):
+      weights.load_pretrained_backbone(tiny_state(), out)
+    with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
+      weights.load_pretrained_backbone(tiny_state(), os.path.join(d, "nope.npz"))
+
+  def test_pretrained_backbone_replaces_only_the_backbone(self):
+    state = tiny_state()
+    new_backbone = jax.tree_util.tree_map(lambda x: np.full(x.shape, 0.5, np.float32),
+                                          {"params": state.params["backbone"],
+                                           "batch_stats": state.batch_stats["backbone"]})
+    path = os.path.join(tempfile.mkdtemp(), "bb.npz")
+    weights.save_variables(path, new_backbone)
+    loaded = weights.load_pretrained_backbone(state, path)
+    _same(loaded.params["backbone"], new_backbone["params"])
+    _same(loaded.batch_stats["backbone"], new_backbone["batch_stats"])
+    _same(loaded.params["embedding"], state.params["embedding"])
