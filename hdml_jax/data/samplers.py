@@ -91,12 +91,102 @@ class TripletSampler:
     return np.concatenate([pairs[:, 0], pairs[:, 1], negatives])
 
 
-def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0):
-  """The sampler whose layout ``loss`` expects, for a global ``batch_size``."""
+class MPerClassSampler:
+  """Class-balanced batches that visit every training image once per epoch.
+
+  A batch holds ``batch_size / m`` distinct classes with ``m`` images each,
+  laid out class by class (``[c0 x m, c1 x m, ...]``). Each epoch, every
+  class's images are shuffled and cut into chunks of ``m`` (the last chunk
+  topped up with other images of that class), and batches take one chunk from
+  each of the classes with the most chunks left, so classes stay distinct
+  within a batch. When fewer classes than needed still have chunks, the
+  batch is filled with random chunks of other classes (images seen again).
+  Deterministic in ``(seed, step)``; epochs are planned lazily and cached.
+  """
+
+  def __init__(self, labels, *, m: int, batch_size: int, seed: int = 0):
+    if m < 1 or batch_size % m:
+      raise ValueError(f"MPerClassSampler: batch_size={batch_size} must be a multiple of m={m} >= 1.")
+    self._by_class = _class_index(labels, m, "MPerClassSampler")
+    self._classes = np.array(sorted(self._by_class))
+    self.classes_per_batch = batch_size // m
+    if self.classes_per_batch > self._classes.size:
+      raise ValueError(
+          f"MPerClassSampler: {self.classes_per_batch} distinct classes per batch requested but the "
+          f"data has only {self._classes.size} classes.")
+    self.m, self.batch_size, self.seed = m, batch_size, seed
+    self._epochs: list[np.ndarray] = []   # epoch -> [num_batches, batch_size]
+
+  def _plan(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, 2, epoch])
+    chunks = {}
+    for c in self._classes:
+      idx = rng.permutation(self._by_class[int(c)])
+      pad = (-idx.size) % self.m
+      if pad:  # top up the last chunk with other images of the class (n_c >= m)
+        partial = idx[idx.size - (self.m - pad):]
+        idx = np.concatenate([idx, rng.choice(np.setdiff1d(idx, partial), size=pad, replace=False)])
+      chunks[int(c)] = list(idx.reshape(-1, self.m))
+    batches = []
+    while any(chunks.values()):
+      order = sorted((c for c in chunks if chunks[c]), key=lambda c: (-len(chunks[c]), rng.random()))
+      chosen = order[:self.classes_per_batch]
+      rows = [chunks[c].pop() for c in chosen]
+      if len(chosen) < self.classes_per_batch:
+        others = rng.choice(np.setdiff1d(self._classes, chosen),
+                            size=self.classes_per_batch - len(chosen), replace=False)
+        rows += [rng.choice(self._by_class[int(c)], size=self.m, replace=False) for c in others]
+      batches.append(np.concatenate(rows))
+    return np.stack(batches)
+
+  def epoch_of(self, step: int) -> tuple[int, int]:
+    """``(epoch, position within it)`` of a global step."""
+    epoch = 0
+    while True:
+      while len(self._epochs) <= epoch:
+        self._epochs.append(self._plan(len(self._epochs)))
+      n = len(self._epochs[epoch])
+      if step < n:
+        return epoch, step
+      step -= n
+      epoch += 1
+
+  def __call__(self, step: int) -> np.ndarray:
+    epoch, pos = self.epoch_of(step)
+    return self._epochs[epoch][pos]
+
+
+class EpochNPairSampler:
+  """N-pair batches ``[anchors; positives]`` that cover every image once per epoch.
+
+  :class:`MPerClassSampler` with ``m = 2``, rearranged to the N-pair layout.
+  """
+
+  groups = 2
+
+  def __init__(self, labels, *, num_pairs: int, seed: int = 0):
+    self._inner = MPerClassSampler(labels, m=2, batch_size=2 * num_pairs, seed=seed)
+    self.num_pairs, self.batch_size = num_pairs, 2 * num_pairs
+
+  def __call__(self, step: int) -> np.ndarray:
+    return self._inner(step).reshape(self.num_pairs, 2).T.reshape(-1)
+
+
+def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0, epochs: bool = False):
+  """The sampler whose layout ``loss`` expects, for a global ``batch_size``.
+
+  ``epochs=True`` (N-pair only) visits every training image once per epoch
+  (:class:`EpochNPairSampler`); the default draws classes afresh each step,
+  as the reference does.
+  """
   if loss == "npair":
     if batch_size % 2:
       raise ValueError(f"make_sampler: an N-pair batch size must be even, got {batch_size}.")
+    if epochs:
+      return EpochNPairSampler(labels, num_pairs=batch_size // 2, seed=seed)
     return NPairSampler(labels, num_pairs=batch_size // 2, seed=seed)
+  if epochs:
+    raise ValueError(f"make_sampler: epoch coverage is offered for N-pair batches only, not {loss!r}.")
   if loss in ("triplet", "contrastive"):
     if batch_size % 3:
       raise ValueError(f"make_sampler: a {loss} batch size must be divisible by 3, got {batch_size}.")
