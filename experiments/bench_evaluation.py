@@ -28,12 +28,12 @@ SCALES = {"sop": (60502, 11316, 512, (1, 10, 100)), "cub": (5924, 100, 512, (1, 
 FAMILIES = ("retrieval", "kmeans", "nmi_f1", "evaluate")
 
 
-def make_data(scale: str, seed: int = 0):
+def make_data(scale: str, seed: int = 0, noise: float = 1.2):
   n, c, d, _ = SCALES[scale]
   rng = np.random.default_rng(seed)
   y = rng.integers(0, c, n)
   centers = rng.normal(size=(c, d)).astype(np.float32)
-  x = centers[y] + 0.8 * rng.normal(size=(n, d)).astype(np.float32)
+  x = centers[y] + noise * rng.normal(size=(n, d)).astype(np.float32)
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   return x, y
 

@@ -5,17 +5,26 @@ rounds (A B C D, A B C D, ...) so that machine noise hits all of them alike,
 and the median step time per variant is reported with the HDML/baseline
 ratio for each loss. Prints a table and writes JSON.
 
-    python -m experiments.bench_train_step --image_size 64 --batch 32 --rounds 5
+    python -m experiments.bench_train_step --image_size 64 --batch 48 --rounds 5
+
+On a GPU (the paper's setting: GoogLeNet, 227 px, batch 128; float32 and
+bfloat16, HDML and baseline, 100 timed steps each):
+
+    python -m experiments.bench_train_step --backbone googlenet --image_size 227 \
+        --batch 128 --embedding_dim 512 --losses npair --dtypes float32,bfloat16 \
+        --steps_per_round 20 --rounds 5 --out bench_gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
@@ -44,6 +53,8 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=48, help="global batch (even for N-pair, /3 for triplet)")
   ap.add_argument("--embedding_dim", type=int, default=128)
   ap.add_argument("--losses", default="npair,triplet")
+  ap.add_argument("--dtypes", default="float32",
+                  help="backbone compute dtypes, e.g. float32,bfloat16 (googlenet/small_cnn)")
   ap.add_argument("--steps_per_round", type=int, default=5)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--out", default="bench_train_step.json")
@@ -53,14 +64,16 @@ def main(argv=None):
   if args.backbone == "small_cnn":
     kwargs = {"widths": tuple(int(w) for w in args.widths.split(","))}
   variants = {}
-  for loss in args.losses.split(","):
-    for hdml in (False, True):
-      name = f"{loss}/{'hdml' if hdml else 'baseline'}"
+  for dtype, loss, hdml in itertools.product(args.dtypes.split(","), args.losses.split(","), (False, True)):
+      name = f"{loss}/{dtype}/{'hdml' if hdml else 'baseline'}"
       config = HDMLConfig(loss=loss, hdml=hdml)
+      bb_kwargs = dict(kwargs)
+      if dtype != "float32":
+        bb_kwargs["dtype"] = getattr(jnp, dtype)
       state = create_train_state(
           jax.random.key(0), image_shape=(args.image_size, args.image_size, args.channels),
           num_classes=args.batch, embedding_dim=args.embedding_dim, backbone=args.backbone,
-          backbone_kwargs=kwargs, config=config, optimizer=OptimizerConfig())
+          backbone_kwargs=bb_kwargs, config=config, optimizer=OptimizerConfig())
       step = jax.jit(make_train_step(state.networks, config), donate_argnums=0)
       batch = _batch(loss, args.batch, args.image_size, args.channels)
       t0 = time.perf_counter()
@@ -83,14 +96,14 @@ def main(argv=None):
              "jax": jax.__version__, "args": vars(args), "variants": {}}
   print(f"device: {results['device']}  batch {args.batch} at {args.image_size}px, "
         f"backbone {args.backbone} {kwargs}")
-  print(f"{'variant':<22}{'compile s':>10}{'step ms':>10}{'img/s':>10}{'vs baseline':>13}")
+  print(f"{'variant':<30}{'compile s':>10}{'step ms':>10}{'img/s':>10}{'vs baseline':>13}")
   for name, v in variants.items():
     med = float(np.median(v["times"]))
-    base = float(np.median(variants[name.split('/')[0] + "/baseline"]["times"]))
+    base = float(np.median(variants[name.rsplit('/', 1)[0] + "/baseline"]["times"]))
     results["variants"][name] = {"compile_s": v["compile_s"], "step_s_median": med,
                                  "step_s_all": v["times"], "images_per_s": args.batch / med,
                                  "ratio_to_baseline": med / base}
-    print(f"{name:<22}{v['compile_s']:>10.1f}{med * 1e3:>10.1f}{args.batch / med:>10.1f}{med / base:>13.2f}")
+    print(f"{name:<30}{v['compile_s']:>10.1f}{med * 1e3:>10.1f}{args.batch / med:>10.1f}{med / base:>13.2f}")
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"wrote {args.out}")

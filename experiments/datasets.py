@@ -1,4 +1,10 @@
-"""Config -> in-memory splits, and a grain pipeline of training batches."""
+"""Config -> class-disjoint splits, and a grain pipeline of training batches.
+
+A :class:`Split` holds labels and a ``load(indices)`` function returning the
+stored images (float32 digits, or uint8 RGB warped to ``dataset.resize``),
+so that large datasets (TFDS array_record) stream from disk and small ones
+(digits, image folders read into memory) share the same path.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +16,28 @@ import numpy as np
 
 from hdml_jax.data import digits, image_folder, make_sampler, preprocess
 
+TFDS_NAMES = {"cub": "cub200_2011_dml", "cars": "cars196_dml", "sop": "sop_dml",
+              "tfds_image_folder": "image_folder_dml"}
+
 
 @dataclasses.dataclass
 class Split:
-  images: np.ndarray        # stored form: float32 (digits) or uint8 [N, resize, resize, 3]
-  labels: np.ndarray        # int32, 0 .. num_classes - 1 within the split
+  labels: np.ndarray                      # int32, 0 .. num_classes - 1 within the split
   class_names: list
+  load: Callable[[np.ndarray], np.ndarray]
 
   @property
   def num_classes(self) -> int:
     return int(np.unique(self.labels).size)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def subset(self, mask: np.ndarray) -> "Split":
+    rows = np.flatnonzero(mask)
+    kept = np.unique(self.labels[rows])
+    names = [self.class_names[c] for c in kept] if len(self.class_names) > int(kept.max()) else []
+    return Split(_dense(self.labels[rows]), names, lambda idx: self.load(rows[np.asarray(idx)]))
 
 
 @dataclasses.dataclass
@@ -37,6 +55,10 @@ def _dense(labels: np.ndarray) -> np.ndarray:
   return inv.astype(np.int32)
 
 
+def in_memory(images: np.ndarray, labels: np.ndarray, names: list) -> Split:
+  return Split(_dense(labels), list(names), lambda idx: images[np.asarray(idx)])
+
+
 def _split_val(train: Split, num_val: int) -> tuple[Split, Split | None]:
   if num_val <= 0:
     return train, None
@@ -45,12 +67,23 @@ def _split_val(train: Split, num_val: int) -> tuple[Split, Split | None]:
     raise ValueError(
         f"dataset.num_val_classes={num_val} leaves fewer than 2 of the {classes.size} "
         "training classes for training.")
-  val_cls = classes[-num_val:]
-  is_val = np.isin(train.labels, val_cls)
-  names = np.asarray(train.class_names, dtype=object)
-  tr = Split(train.images[~is_val], _dense(train.labels[~is_val]), list(names[classes[:-num_val]]))
-  va = Split(train.images[is_val], _dense(train.labels[is_val]), list(names[val_cls]))
-  return tr, va
+  is_val = np.isin(train.labels, classes[-num_val:])
+  return train.subset(~is_val), train.subset(is_val)
+
+
+def _tfds_splits(d):
+  from hdml_jax.data import tfds_source
+
+  builder = tfds_source.prepare(TFDS_NAMES[d.name], data_dir=d.tfds_data_dir, manual_dir=d.data_dir or None,
+                                num_train_classes=d.num_train_classes,
+                                skip_unreadable=d.skip_unreadable)
+  out = []
+  for split in ("train", "test"):
+    src = tfds_source.open_split(builder, split)
+    names = [str(c) for c in np.unique(src.labels)]
+    out.append(Split(_dense(src.labels), names,
+                     lambda idx, src=src: src.images(np.asarray(idx), size=d.resize)))
+  return out
 
 
 def load_data(cfg) -> Data:
@@ -59,27 +92,31 @@ def load_data(cfg) -> Data:
   if d.name == "digits":
     xtr, ytr = digits.load_digits_split("train")
     xte, yte = digits.load_digits_split("test")
-    train = Split(xtr, _dense(ytr), [str(c) for c in digits.TRAIN_CLASSES])
-    test = Split(xte, _dense(yte), [str(c) for c in digits.TEST_CLASSES])
+    train = in_memory(xtr, ytr, [str(c) for c in digits.TRAIN_CLASSES])
+    test = in_memory(xte, yte, [str(c) for c in digits.TEST_CLASSES])
     prepare = lambda images, train, rng: images
     shape, is_image = xtr.shape[1:], False
-  elif d.name == "image_folder":
-    if not d.data_dir:
-      raise ValueError("dataset.data_dir must name a folder of class sub-folders for image_folder.")
-    load = lambda rng_: image_folder.load_image_folder(
-        d.data_dir, size=d.resize, class_range=tuple(rng_), skip_unreadable=d.skip_unreadable)
-    xtr, ytr, ntr = load(d.train_classes)
-    xte, yte, nte = load(d.test_classes)
-    if set(ntr) & set(nte):
-      raise ValueError(f"dataset.train_classes {tuple(d.train_classes)} and test_classes "
-                       f"{tuple(d.test_classes)} overlap: the protocol is class-disjoint.")
-    train, test = Split(xtr, ytr, ntr), Split(xte, yte, nte)
+  elif d.name in ("image_folder",) + tuple(TFDS_NAMES):
+    if d.name == "image_folder":
+      if not d.data_dir:
+        raise ValueError("dataset.data_dir must name a folder of class sub-folders for image_folder.")
+      load = lambda r: image_folder.load_image_folder(
+          d.data_dir, size=d.resize, class_range=tuple(r), skip_unreadable=d.skip_unreadable)
+      xtr, ytr, ntr = load(d.train_classes)
+      xte, yte, nte = load(d.test_classes)
+      if set(ntr) & set(nte):
+        raise ValueError(f"dataset.train_classes {tuple(d.train_classes)} and test_classes "
+                         f"{tuple(d.test_classes)} overlap: the protocol is class-disjoint.")
+      train, test = in_memory(xtr, ytr, ntr), in_memory(xte, yte, nte)
+    else:
+      train, test = _tfds_splits(d)
     recipe, crop = d.preprocess, d.crop
     prepare = lambda images, train, rng: preprocess.preprocess(
         images, recipe=recipe, crop=crop, train=train, rng=rng)
     shape, is_image = (d.crop, d.crop, 3), True
   else:
-    raise ValueError(f"dataset.name must be 'digits' or 'image_folder', got {d.name!r}.")
+    raise ValueError(f"dataset.name must be one of {('digits', 'image_folder') + tuple(TFDS_NAMES)}, "
+                     f"got {d.name!r}.")
   train, val = _split_val(train, d.num_val_classes)
   return Data(train, val, test, prepare, tuple(shape), is_image)
 
@@ -93,7 +130,7 @@ class _MakeBatch:
   def __call__(self, step: int) -> dict:
     idx = self.sampler(step)[self.rows]
     rng = np.random.default_rng([self.seed, 1, step])
-    images = self.data.prepare(self.data.train.images[idx], True, rng)
+    images = self.data.prepare(self.data.train.load(idx), True, rng)
     return {"images": np.ascontiguousarray(images, np.float32), "labels": self.data.train.labels[idx]}
 
 
@@ -102,7 +139,15 @@ def train_batches(cfg, data: Data, *, start_step: int, rows: slice):
 
   ``rows`` selects this process's rows of each global batch.
   """
-  sampler = make_sampler(cfg.hdml.loss, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed)
+  sampler = make_sampler(cfg.hdml.loss, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed,
+                         epochs=cfg.epoch_sampler)
   ds = grain.MapDataset.range(start_step, cfg.num_steps).map(_MakeBatch(data, sampler, cfg.seed, rows))
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.data_threads,
                                                    prefetch_buffer_size=cfg.prefetch)))
+
+
+def eval_batches(data: Data, split: Split, batch_size: int):
+  """``(start, model-ready images)`` chunks of a split, in order."""
+  for start in range(0, len(split), batch_size):
+    idx = np.arange(start, min(start + batch_size, len(split)))
+    yield start, data.prepare(split.load(idx), False, None)

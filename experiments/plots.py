@@ -63,9 +63,12 @@ def plot_projection(embeddings: np.ndarray, labels: np.ndarray, out_path: str, t
   plt.close(fig)
 
 
-def plot_retrieval_grid(images: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, out_path: str,
+def plot_retrieval_grid(load, labels: np.ndarray, embeddings: np.ndarray, out_path: str,
                         *, num_queries: int = 6, k: int = 5, seed: int = 0) -> None:
-  """Queries (left) and their k nearest neighbours; green frame right, red wrong."""
+  """Queries (left) and their k nearest neighbours; green frame right, red wrong.
+
+  ``load(indices)`` returns the stored images (uint8 RGB or [0, 1] floats).
+  """
   rng = np.random.default_rng(seed)
   queries = rng.choice(len(labels), size=min(num_queries, len(labels)), replace=False)
   fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.6 * (k + 1), 1.6 * len(queries)))
@@ -76,7 +79,7 @@ def plot_retrieval_grid(images: np.ndarray, labels: np.ndarray, embeddings: np.n
     nbrs = np.argsort(d, kind="stable")[:k]
     for col, idx in enumerate([q] + list(nbrs)):
       ax = axes[row, col]
-      img = images[idx]
+      img = load(np.array([idx]))[0]
       ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None)
       ax.set_xticks([])
       ax.set_yticks([])
@@ -102,5 +105,5 @@ def write_all(workdir: str, data, test_embeddings: np.ndarray) -> list[str]:
   plot_projection(test_embeddings, data.test.labels, out[-1])
   if data.is_image:
     out.append(os.path.join(workdir, "retrieval_grid.png"))
-    plot_retrieval_grid(data.test.images, data.test.labels, test_embeddings, out[-1])
+    plot_retrieval_grid(data.test.load, data.test.labels, test_embeddings, out[-1])
   return out

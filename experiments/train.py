@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from typing import Callable
@@ -97,8 +96,11 @@ def local_copy(tree):
 
 
 def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: int) -> np.ndarray:
-  images = data.prepare(split.images, False, None)
-  return embed_in_batches(local_copy(state), images, batch_size=batch_size)
+  """Embeddings of a whole split, streamed in fixed-size batches."""
+  state = local_copy(state)
+  out = [embed_in_batches(state, images, batch_size=batch_size)
+         for _, images in datasets.eval_batches(data, split, batch_size)]
+  return np.concatenate(out)
 
 
 def evaluate_split(cfg, state, data, split, *, clustering: bool = True) -> dict:

@@ -35,11 +35,23 @@ from hdml_jax.objective import (
     weight_decay,
 )
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
+from hdml_jax.evaluation import evaluate, evaluate_query_gallery
+from hdml_jax.train_state import HDMLConfig, HDMLTrainState, OptimizerConfig, create_train_state
+from hdml_jax.train_step import embed_in_batches, make_embed_fn, make_train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveStatistics",
+    "HDMLConfig",
+    "HDMLTrainState",
+    "OptimizerConfig",
+    "create_train_state",
+    "embed_in_batches",
+    "evaluate",
+    "evaluate_query_gallery",
+    "make_embed_fn",
+    "make_train_step",
     "NPairTuples",
     "classifier_loss",
     "contrastive_loss",

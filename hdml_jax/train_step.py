@@ -17,7 +17,7 @@ Batches are dicts ``{"images": [B, ...], "labels": [B]}`` laid out
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

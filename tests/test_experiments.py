@@ -158,7 +158,7 @@ class ExperimentsTest(chex.TestCase):
     self.assertEqual(data.train.num_classes, 4)
     self.assertEqual(data.val.num_classes, 2)
     self.assertEqual(data.test.num_classes, 3)
-    self.assertEqual(data.train.images.dtype, np.uint8)
+    self.assertEqual(data.train.load(np.arange(3)).dtype, np.uint8)
     self.assertEqual(data.image_shape, (16, 16, 3))
     cfg.dataset.test_classes = (5, 8)
     with self.assertRaisesRegex(ValueError, "overlap"):
@@ -173,3 +173,54 @@ class ExperimentsTest(chex.TestCase):
       self.assertTrue(os.listdir(cache))
     finally:
       jax.config.update("jax_compilation_cache_dir", None)
+
+
+class TfdsExperimentTest(chex.TestCase):
+
+  def test_cub_official_layout_streams_through_a_run(self):
+    from tests.test_data import make_cub_tree
+
+    manual = tempfile.mkdtemp()
+    make_cub_tree(manual, class_ids=(1, 2, 3, 101, 102))
+    cfg = cub100.get_config()
+    cfg.dataset.name, cfg.dataset.data_dir = "cub", manual
+    cfg.dataset.tfds_data_dir = tempfile.mkdtemp()
+    cfg.dataset.num_val_classes = 0
+    cfg.dataset.resize, cfg.dataset.crop = 20, 16
+    cfg.selection.split = "none"
+    cfg.epoch_sampler = True
+    cfg.model.backbone_kwargs = {"widths": (4, 8), "depth": 1}
+    cfg.model.embedding_dim, cfg.model.generator_hidden = 8, 16
+    cfg.batch_size, cfg.num_steps, cfg.num_devices = 6, 4, 1
+    cfg.log_every = cfg.eval_every = cfg.checkpoint_every = 2
+    cfg.eval.batch_size = 4            # 6 test images: two streamed batches, the last padded
+    cfg.compilation_cache_dir = ""
+    workdir = tempfile.mkdtemp()
+    results = train_and_evaluate(cfg, workdir)
+    self.assertEqual(results["final"]["step"], 4)
+    data = datasets.load_data(cfg)
+    self.assertEqual((len(data.train), len(data.test)), (9, 6))
+    self.assertEqual(data.test.num_classes, 2)
+    self.assertTrue(os.path.exists(os.path.join(workdir, "retrieval_grid.png")))
+
+
+class StudyScriptTest(chex.TestCase):
+
+  def test_study_runs_resumes_and_tabulates(self):
+    from experiments import study_cub100
+
+    workdir = tempfile.mkdtemp()
+    argv = ["--workdir", workdir, "--methods", "npair_hdml,npair_baseline", "--seeds", "0",
+            "--num_steps", "2", "--set", "dataset.resize=20", "--set", "dataset.crop=16",
+            "--set", "dataset.train_classes=(0, 8)", "--set", "dataset.test_classes=(50, 54)",
+            "--set", "num_devices=1", "--set", "compilation_cache_dir=", "--set", "plots=False",
+            "--set", "eval_every=2", "--set", "checkpoint_every=2", "--set", "batch_size=8",
+            "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16"]
+    study_cub100.main(argv)
+    table = json.load(open(os.path.join(workdir, "study.json")))
+    self.assertEqual(set(table), {"npair_hdml", "npair_baseline"})
+    self.assertEqual(len(table["npair_hdml"]["recall@1"]), 2)   # mean, std
+    self.assertTrue(os.path.exists(os.path.join(workdir, "hardness.png")))
+    mtime = os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json"))
+    study_cub100.main(argv)   # finished runs are skipped
+    self.assertEqual(os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json")), mtime)

@@ -96,6 +96,14 @@ class GoogLeNetTest(chex.TestCase):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
     self.assertGreater(np.abs(want).max(), 1.0)   # a real signal, not all zeros
 
+  def test_bfloat16_compute_keeps_float32_params_and_output(self):
+    net32, variables = _init("googlenet", 67)
+    net16 = get_backbone("googlenet", dtype=jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(2).uniform(-50, 50, (1, 67, 67, 3)), jnp.float32)
+    y32, y16 = net32.apply(variables, x, train=False), net16.apply(variables, x, train=False)
+    self.assertEqual(y16.dtype, jnp.float32)
+    self.assertLess(float(jnp.max(jnp.abs(y16 - y32)) / jnp.max(jnp.abs(y32))), 3e-2)
+
   def test_lrn_matches_loop_formula(self):
     x = np.random.default_rng(1).uniform(0, 30, size=(1, 2, 2, 20)).astype(np.float32)
     got = np.asarray(lrn(jnp.asarray(x), mode="tf"))

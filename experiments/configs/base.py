@@ -12,8 +12,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "digits"            # digits | image_folder
-  c.dataset.data_dir = ""              # image_folder: root/<class>/<images>
+  c.dataset.name = "digits"            # digits | image_folder | cub | cars | sop | tfds_image_folder
+  c.dataset.data_dir = ""              # image_folder: root/<class>/<images>; cub/cars/sop: the manual_dir
+  c.dataset.tfds_data_dir = "~/tensorflow_datasets"   # where the TFDS builders write array_record
+  c.dataset.num_train_classes = 0      # tfds_image_folder: the first N classes train (0: half)
   c.dataset.train_classes = (0, 0)     # image_folder: [start, stop) of the sorted classes
   c.dataset.test_classes = (0, 0)
   c.dataset.num_val_classes = 0        # held out from the END of the training classes
@@ -53,6 +55,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.clip_value = ml_collections.config_dict.placeholder(float)
 
   c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive
+  c.epoch_sampler = False              # N-pair: visit every training image once per epoch
   c.num_steps = 8000
   c.seed = 0
   c.log_every = 50

@@ -7,12 +7,18 @@ Pick the dataset, loss and method with a config string:
     python -m experiments.main --workdir runs/cars_base_triplet \\
         --config experiments/configs/paper.py:cars,triplet,baseline
 
-Datasets (``cub``, ``cars``, ``sop``) are read as image folders prepared from
-the official archives (train and test classes as in the paper: CUB 1-100 /
-101-200, Cars196 1-98 / 99-196, SOP by Ebay_train.txt / Ebay_test.txt); pass
-``--config.dataset.data_dir``. The GoogLeNet backbone and its ImageNet
-weights come with the backbone issue: until the ``googlenet`` backbone is
-registered, these configs stop at start-up with "unknown backbone".
+Datasets (``cub``, ``cars``, ``sop``) are built once by the TFDS builders
+from the official archives, unpacked into the folder given as
+``--config.dataset.data_dir`` (train and test classes as in the paper: CUB
+1-100 / 101-200, Cars196 1-98 / 99-196, SOP by Ebay_train.txt /
+Ebay_test.txt). ImageNet weights: convert them with
+``python -m experiments.convert_weights`` and pass
+``--config.model.pretrained=weights/googlenet.npz``; without them the
+backbone starts from random weights (not the paper's setting).
+
+Model selection follows the reference: the checkpoint with the best *test*
+NMI (named as such in results.json); ``--config.selection.split=none``
+reports the last step instead.
 
 Paper results (HDML, N-pair, ImageNet-pretrained GoogLeNet; Zheng et al.
 2019, Tables 1-3): CUB R@1/2/4/8 53.7/65.7/76.7/85.7; Cars196
@@ -22,27 +28,25 @@ R@1 about 51.9, Cars196 about 68.9.
 
 from experiments.configs.base import get_base_config
 
-# dataset: (classes train, classes test, embedding, beta, wd, lr, l2_reg, recall Ks)
+# dataset: (embedding, beta, wd, lr, l2_reg, recall Ks), reference values
 _DATASETS = {
-    "cub": ((0, 100), (100, 200), 256, 5e3, 1e-3, 6e-5, 1.5e-2, (1, 2, 4, 8)),
-    "cars": ((0, 98), (98, 196), 128, 1e4, 5e-3, 7e-5, 3e-3, (1, 2, 4, 8)),
-    "sop": ((0, 11318), (11318, 22634), 512, 5e4, 9e-3, 2e-5, 3e-3, (1, 10, 100)),
+    "cub": (256, 5e3, 1e-3, 6e-5, 1.5e-2, (1, 2, 4, 8)),
+    "cars": (128, 1e4, 5e-3, 7e-5, 3e-3, (1, 2, 4, 8)),
+    "sop": (512, 5e4, 9e-3, 2e-5, 3e-3, (1, 10, 100)),
 }
 
 
 def get_config(arg: str = "cub,npair,hdml"):
   try:
     name, loss, method = arg.split(",")
-    train, test, emb, beta, wd, lr, l2, ks = _DATASETS[name]
+    emb, beta, wd, lr, l2, ks = _DATASETS[name]
   except (ValueError, KeyError):
     raise ValueError(f"paper.py config string must be '<cub|cars|sop>,<npair|triplet>,<hdml|baseline>', "
                      f"got {arg!r}.") from None
   if loss not in ("npair", "triplet") or method not in ("hdml", "baseline"):
     raise ValueError(f"paper.py: loss must be npair|triplet and method hdml|baseline, got {arg!r}.")
   c = get_base_config()
-  c.dataset.name = "image_folder"
-  c.dataset.train_classes = train
-  c.dataset.test_classes = test
+  c.dataset.name = name
   c.dataset.resize, c.dataset.crop, c.dataset.preprocess = 256, 227, "paper"
   c.model.backbone = "googlenet"
   c.model.backbone_kwargs = {}

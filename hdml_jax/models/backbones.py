@@ -6,13 +6,13 @@ Each is registered by name and returns pooled ``[B, F]`` features from
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Conv, Dense, batch_norm
+from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Conv, Dense
 from hdml_jax.models.registry import register_backbone
 
 
@@ -30,6 +30,7 @@ class SmallConvNet(nn.Module):
   depth: int = 1
   bn_momentum: float = BN_MOMENTUM
   bn_epsilon: float = BN_EPSILON
+  dtype: Any = jnp.float32   # compute dtype (bfloat16 on accelerators); parameters stay float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -39,16 +40,16 @@ class SmallConvNet(nn.Module):
       )
     if self.depth < 1 or not self.widths:
       raise ValueError(f"SmallConvNet: need depth >= 1 and widths, got {self.depth}, {self.widths}.")
-    x = images
+    x = images.astype(self.dtype)
     for s, width in enumerate(self.widths):
       for d in range(self.depth):
-        x = Conv(width, (3, 3), use_bias=False, name=f"conv{s}_{d}")(x)
-        x = batch_norm(train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                       name=f"bn{s}_{d}")(x)
+        x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{s}_{d}")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, dtype=self.dtype, name=f"bn{s}_{d}")(x)
         x = nn.relu(x)
       if x.shape[1] > 1 and x.shape[2] > 1:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 @register_backbone("mlp")

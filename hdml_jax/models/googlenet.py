@@ -21,7 +21,7 @@ pool4, ImageNet-normalised RGB input with torchvision's optional
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -73,11 +73,13 @@ class _Conv(nn.Module):
   """A named group of ReLU convolutions (``conv1``, ``conv2``)."""
 
   layers: Sequence[tuple]   # (name, features, kernel, stride, pad)
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for name, feat, k, s, p in self.layers:
-      x = nn.relu(Conv(feat, (k, k), strides=(s, s), padding=((p, p), (p, p)), name=name)(x))
+      x = nn.relu(Conv(feat, (k, k), strides=(s, s), padding=((p, p), (p, p)), dtype=self.dtype,
+                       name=name)(x))
     return x
 
 
@@ -96,13 +98,14 @@ class Inception(nn.Module):
   """One Inception v1 module; children named as the Caffe blobs."""
 
   spec: tuple
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c1, c3r, c3, c5r, c5, pp = self.spec
 
     def conv(feat, k, name, inp):
-      return nn.relu(Conv(feat, (k, k), padding=((k // 2, k // 2),) * 2, name=name)(inp))
+      return nn.relu(Conv(feat, (k, k), padding=((k // 2, k // 2),) * 2, dtype=self.dtype, name=name)(inp))
 
     b1 = conv(c1, 1, "1x1", x)
     b2 = conv(c3, 3, "3x3", conv(c3r, 1, "3x3_reduce", x))
@@ -113,9 +116,14 @@ class Inception(nn.Module):
 
 @register_backbone("googlenet")
 class GoogLeNet(nn.Module):
-  """The paper's backbone: ``[B, H, W, 3] -> [B, 1024]`` (227 px in the paper)."""
+  """The paper's backbone: ``[B, H, W, 3] -> [B, 1024]`` (227 px in the paper).
+
+  ``dtype=jnp.bfloat16`` computes the convolutions in bfloat16 (parameters
+  stay float32; the pooled feature is returned in float32), for accelerators.
+  """
 
   lrn: str = "tf"   # "tf" (reference) | "caffe"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -124,17 +132,17 @@ class GoogLeNet(nn.Module):
       raise ValueError(f"GoogLeNet: images must be [B, H, W, 3], got shape {tuple(images.shape)}.")
     if self.lrn not in ("tf", "caffe"):
       raise ValueError(f"GoogLeNet: lrn must be 'tf' or 'caffe', got {self.lrn!r}.")
-    x = _Conv((("7x7_s2", 64, 7, 2, 3),), name="conv1")(images)
+    x = _Conv((("7x7_s2", 64, 7, 2, 3),), dtype=self.dtype, name="conv1")(images.astype(self.dtype))
     x = _PoolNorm(self.lrn, name="pool1")(x)
-    x = _Conv((("3x3_reduce", 64, 1, 1, 0), ("3x3", 192, 3, 1, 1)), name="conv2")(x)
+    x = _Conv((("3x3_reduce", 64, 1, 1, 0), ("3x3", 192, 3, 1, 1)), dtype=self.dtype, name="conv2")(x)
     x = lrn(x, mode=self.lrn)
     x = _PoolNorm(None, name="pool2")(x)
     for i, stage in enumerate(STAGES):
       for name in stage:
-        x = Inception(INCEPTION_SPECS[name], name=name)(x)
+        x = Inception(INCEPTION_SPECS[name], dtype=self.dtype, name=name)(x)
       if i < len(STAGES) - 1:
         x = _PoolNorm(None, name=f"pool{i + 3}")(x)
-    return jnp.mean(x, axis=(1, 2))   # the 7x7 average pool at 227/224 px
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))   # the 7x7 average pool at 227/224 px
 
 
 # --- torchvision's GoogLeNet ---------------------------------------------------
