@@ -212,7 +212,7 @@ class StudyScriptTest(chex.TestCase):
     workdir = tempfile.mkdtemp()
     argv = ["--workdir", workdir, "--methods", "npair_hdml,npair_baseline", "--seeds", "0",
             "--num_steps", "2", "--set", "dataset.resize=20", "--set", "dataset.crop=16",
-            "--set", "dataset.train_classes=(0, 8)", "--set", "dataset.test_classes=(50, 54)",
+            "--set", "dataset.train_classes=(0, 10)", "--set", "dataset.test_classes=(50, 54)",
             "--set", "num_devices=1", "--set", "compilation_cache_dir=", "--set", "plots=False",
             "--set", "eval_every=2", "--set", "checkpoint_every=2", "--set", "batch_size=8",
             "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16"]

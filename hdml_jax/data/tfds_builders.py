@@ -99,7 +99,26 @@ def _readable(builder, path: str) -> bool:
                      "to leave such images out)") from e
 
 
-class Cub2002011Dml(tfds.core.GeneratorBasedBuilder):
+class _OfficialBuilder(tfds.core.GeneratorBasedBuilder):
+  """Shared parts of the official-layout builders (abstract: not registered).
+
+  Subclasses set ``NUM_CLASSES`` and make items ``(key, path, 1-based class, file name)``.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  NUM_CLASSES = 0
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=_features(self.NUM_CLASSES),
+                                 supervised_keys=("image", "label"))
+
+  def _generate_examples(self, items):
+    for key, path, label, rel in items:
+      if _readable(self, path):
+        yield key, {"image": path, "label": label - 1, "file_name": rel}
+
+
+class Cub2002011Dml(_OfficialBuilder):
   """CUB-200-2011 from the official ``CUB_200_2011.tgz``, unpacked in manual_dir."""
 
   name = "cub200_2011_dml"
@@ -108,10 +127,7 @@ class Cub2002011Dml(tfds.core.GeneratorBasedBuilder):
   REQUIRED = ["CUB_200_2011/images.txt", "CUB_200_2011/image_class_labels.txt"]
   LAYOUT = ("CUB_200_2011/images.txt ('<id> <path>'), CUB_200_2011/image_class_labels.txt "
             "('<id> <class id>'), CUB_200_2011/images/<class folder>/<file>.jpg; ids from 1")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=_features(200),
-                                 supervised_keys=("image", "label"))
+  NUM_CLASSES = 200
 
   def _split_generators(self, dl_manager):
     images_txt, labels_txt = _require(dl_manager.manual_dir, self.REQUIRED, self.name, self.LAYOUT)
@@ -120,30 +136,20 @@ class Cub2002011Dml(tfds.core.GeneratorBasedBuilder):
     if set(paths) != set(labels):
       raise ValueError(f"{self.name}: images.txt and image_class_labels.txt list different image ids.")
     root = os.path.join(str(dl_manager.manual_dir), "CUB_200_2011", "images")
-    items = [(i, os.path.join(root, paths[i]), labels[i]) for i in sorted(paths, key=int)]
+    items = [(i, os.path.join(root, paths[i]), labels[i], paths[i]) for i in sorted(paths, key=int)]
     return {"train": self._generate_examples([x for x in items if x[2] <= 100]),
             "test": self._generate_examples([x for x in items if x[2] > 100])}
 
-  def _generate_examples(self, items):
-    for image_id, path, label in items:
-      if _readable(self, path):
-        yield image_id, {"image": path, "label": label - 1,
-                         "file_name": os.path.relpath(path, os.path.dirname(os.path.dirname(path)))}
 
-
-class Cars196Dml(tfds.core.GeneratorBasedBuilder):
+class Cars196Dml(_OfficialBuilder):
   """Cars196 from the official ``car_ims.tgz`` and ``cars_annos.mat`` in manual_dir."""
 
   name = "cars196_dml"
-  VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Put cars_annos.mat and the unpacked car_ims/ folder in manual_dir."
   REQUIRED = ["cars_annos.mat"]
   LAYOUT = ("cars_annos.mat (struct 'annotations' with relative_im_path and class, classes "
             "1-196) and car_ims/<file>.jpg")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=_features(196),
-                                 supervised_keys=("image", "label"))
+  NUM_CLASSES = 196
 
   def _split_generators(self, dl_manager):
     from scipy.io import loadmat
@@ -162,26 +168,16 @@ class Cars196Dml(tfds.core.GeneratorBasedBuilder):
     return {"train": self._generate_examples([x for x in items if x[2] <= 98]),
             "test": self._generate_examples([x for x in items if x[2] > 98])}
 
-  def _generate_examples(self, items):
-    for n, path, label, rel in items:
-      if _readable(self, path):
-        yield n, {"image": path, "label": label - 1, "file_name": rel}
 
-
-class SopDml(tfds.core.GeneratorBasedBuilder):
+class SopDml(_OfficialBuilder):
   """Stanford Online Products from the official ``Stanford_Online_Products.zip``."""
 
   name = "sop_dml"
-  VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Unzip Stanford_Online_Products.zip into manual_dir."
   REQUIRED = ["Stanford_Online_Products/Ebay_train.txt", "Stanford_Online_Products/Ebay_test.txt"]
   LAYOUT = ("Stanford_Online_Products/Ebay_train.txt and Ebay_test.txt (header, then "
             "'<image_id> <class_id> <super_class_id> <path>'), images under Stanford_Online_Products/")
   NUM_CLASSES = 22634
-
-  def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=_features(self.NUM_CLASSES),
-                                 supervised_keys=("image", "label"))
 
   def _split_generators(self, dl_manager):
     train_txt, test_txt = _require(dl_manager.manual_dir, self.REQUIRED, self.name, self.LAYOUT)
@@ -190,11 +186,6 @@ class SopDml(tfds.core.GeneratorBasedBuilder):
                          for r in _read_table(txt, 4, self.name, header=True)]
     return {"train": self._generate_examples(split(train_txt)),
             "test": self._generate_examples(split(test_txt))}
-
-  def _generate_examples(self, items):
-    for image_id, path, label, rel in items:
-      if _readable(self, path):
-        yield image_id, {"image": path, "label": label - 1, "file_name": rel}
 
 
 @dataclasses.dataclass
