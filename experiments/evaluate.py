@@ -30,6 +30,8 @@ def evaluate_checkpoint(cfg, workdir: str, *, split: str = "test", which: str = 
   from experiments import checkpoints, datasets
   from experiments.train import build_state, evaluate_split, setup_runtime
 
+  if which not in ("latest", "best") and not str(which).isdigit():
+    raise ValueError(f"--which must be 'latest', 'best' or a step number, got {which!r}.")
   setup_runtime(cfg)
   data = datasets.load_data(cfg)
   chosen = getattr(data, split)
@@ -37,6 +39,10 @@ def evaluate_checkpoint(cfg, workdir: str, *, split: str = "test", which: str = 
     raise ValueError(f"the config has no {split!r} split (dataset.num_val_classes is 0).")
   sub = "best" if which == "best" else "checkpoints"
   manager = checkpoints.make_manager(os.path.join(workdir, sub), max_to_keep=10**6)
+  if manager.latest_step() is None:
+    hint = (" (the run keeps a best checkpoint only when config.selection.split is 'val' or 'test')"
+            if which == "best" else "")
+    raise FileNotFoundError(f"no {which} checkpoint in {manager.directory}{hint}.")
   step = None if which in ("latest", "best") else int(which)
   if step is not None and step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint at step {step} in {manager.directory}; "
