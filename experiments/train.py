@@ -57,9 +57,12 @@ def hdml_config(cfg) -> HDMLConfig:
 
 def optimizer_config(cfg) -> OptimizerConfig:
   o = cfg.optimizer
-  return OptimizerConfig(metric_lr=o.metric_lr, metric_boundaries=tuple(o.metric_boundaries),
-                         metric_decay=o.metric_decay, generator_lr=o.generator_lr,
-                         classifier_lr=o.classifier_lr, clip_value=o.clip_value)
+  return OptimizerConfig(
+      metric_lr=o.metric_lr, metric_boundaries=tuple(o.metric_boundaries), metric_decay=o.metric_decay,
+      generator_lr=o.generator_lr, generator_boundaries=tuple(o.generator_boundaries),
+      generator_decay=o.generator_decay, classifier_lr=o.classifier_lr,
+      classifier_boundaries=tuple(o.classifier_boundaries), classifier_decay=o.classifier_decay,
+      clip_value=o.clip_value)
 
 
 def build_state(cfg, data: datasets.Data):

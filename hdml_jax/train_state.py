@@ -88,6 +88,9 @@ class OptimizerConfig:
       6848).
     generator_lr: the generator, trained on ``J_gen`` (reference 1e-2).
     classifier_lr: the classifier, trained on ``J_cls`` (reference 1e-3).
+    generator_boundaries, classifier_boundaries, generator_decay,
+      classifier_decay: the same step schedule for the other two groups
+      (constant in the reference).
     clip_value: if set, metric gradients are clipped element-wise to
       ``[-clip_value, clip_value]`` (the reference's SOP runs used 2).
   """
@@ -97,18 +100,23 @@ class OptimizerConfig:
   metric_decay: float = 0.5
   generator_lr: float = 1e-2
   classifier_lr: float = 1e-3
+  generator_boundaries: Sequence[int] = ()
+  generator_decay: float = 0.5
+  classifier_boundaries: Sequence[int] = ()
+  classifier_decay: float = 0.5
   clip_value: float | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "metric_boundaries", tuple(int(b) for b in self.metric_boundaries))
-    for name in ("metric_lr", "generator_lr", "classifier_lr"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"OptimizerConfig.{name} must be >= 0, got {getattr(self, name)}.")
+    for group in ("metric", "generator", "classifier"):
+      name = f"{group}_boundaries"
+      object.__setattr__(self, name, tuple(int(b) for b in getattr(self, name)))
+      if getattr(self, f"{group}_lr") < 0:
+        raise ValueError(f"OptimizerConfig.{group}_lr must be >= 0, got {getattr(self, group + '_lr')}.")
 
-  def metric_schedule(self) -> optax.Schedule:
-    return optax.piecewise_constant_schedule(
-        self.metric_lr, {b: self.metric_decay for b in self.metric_boundaries}
-    )
+  def schedule(self, group: str) -> optax.Schedule:
+    """The step schedule of ``group`` (``metric``, ``generator`` or ``classifier``)."""
+    lr, decay = getattr(self, f"{group}_lr"), getattr(self, f"{group}_decay")
+    return optax.piecewise_constant_schedule(lr, {b: decay for b in getattr(self, f"{group}_boundaries")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +133,14 @@ GROUP_OF = {"backbone": "metric", "embedding": "metric", "generator": "generator
 
 
 def make_optimizer(optimizer: OptimizerConfig, *, hdml: bool) -> optax.GradientTransformation:
-  """``optax.multi_transform`` of one Adam per parameter group."""
-  metric = optax.adam(optimizer.metric_schedule())
+  """``optax.multi_transform`` of one Adam per parameter group, each with its schedule."""
+  metric = optax.adam(optimizer.schedule("metric"))
   if optimizer.clip_value is not None:
     metric = optax.chain(optax.clip(optimizer.clip_value), metric)
   transforms = {"metric": metric}
   if hdml:
-    transforms["generator"] = optax.adam(optimizer.generator_lr)
-    transforms["classifier"] = optax.adam(optimizer.classifier_lr)
+    transforms["generator"] = optax.adam(optimizer.schedule("generator"))
+    transforms["classifier"] = optax.adam(optimizer.schedule("classifier"))
   labels = lambda params: {k: jax.tree_util.tree_map(lambda _: GROUP_OF[k], v) for k, v in params.items()}
   return optax.multi_transform(transforms, labels)
 

@@ -44,6 +44,17 @@ class ModelsTest(chex.TestCase):
     cv = cls.init(jax.random.key(2), jnp.ones((3, 7)))
     chex.assert_shape(cls.apply(cv, jnp.ones((3, 7))), (3, 4))
 
+  def test_per_group_schedules(self):
+    from hdml_jax.train_state import OptimizerConfig
+    opt = OptimizerConfig(metric_lr=1.0, metric_boundaries=(10, 20), generator_lr=2.0,
+                          generator_boundaries=(5,), generator_decay=0.1, classifier_lr=3.0)
+    m, g, c = (opt.schedule(k) for k in ("metric", "generator", "classifier"))
+    np.testing.assert_allclose([m(0), m(10), m(20)], [1.0, 0.5, 0.25])   # the reference's halvings
+    np.testing.assert_allclose([g(4), g(5)], [2.0, 0.2])
+    np.testing.assert_allclose([c(0), c(10 ** 6)], [3.0, 3.0])
+    with self.assertRaisesRegex(ValueError, "generator_lr must be >= 0"):
+      OptimizerConfig(generator_lr=-1.0)
+
   def test_train_state_groups(self):
     state = tiny_state()
     self.assertEqual(set(state.params), {"backbone", "embedding", "generator", "classifier"})

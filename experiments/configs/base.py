@@ -51,7 +51,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optimizer.metric_boundaries = (5632, 6848)
   c.optimizer.metric_decay = 0.5
   c.optimizer.generator_lr = 1e-2
+  c.optimizer.generator_boundaries = ()
+  c.optimizer.generator_decay = 0.5
   c.optimizer.classifier_lr = 1e-3
+  c.optimizer.classifier_boundaries = ()
+  c.optimizer.classifier_decay = 0.5
   c.optimizer.clip_value = ml_collections.config_dict.placeholder(float)
 
   c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive
