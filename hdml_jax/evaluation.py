@@ -175,6 +175,15 @@ def r_precision_and_map_at_r(
   return float(np.mean(rp)), float(np.mean(ap)), int(used.sum())
 
 
+def _retrieval_metrics(neighbor_labels, query_labels, ks, num_relevant) -> dict:
+  """recall@K, precision@1, r_precision, map@r from the neighbours' labels."""
+  out = {f"recall@{k}": v for k, v in recall_at_k(neighbor_labels, query_labels, ks).items()}
+  out["precision@1"] = float(np.mean(neighbor_labels[:, 0] == query_labels))
+  rp, mapr, used = r_precision_and_map_at_r(neighbor_labels, query_labels, num_relevant)
+  out["r_precision"], out["map@r"], out["num_queries_map@r"] = rp, mapr, used
+  return out
+
+
 # ---------------------------------------------------------------------------
 # k-means in JAX
 
@@ -402,10 +411,7 @@ def evaluate(
   k = max([1] + ks + [int(num_relevant.max())])
   idx, _ = nearest_neighbors(x, k=k, chunk_size=chunk_size)
   neighbor_labels = y[idx]
-  out = {f"recall@{kk}": v for kk, v in recall_at_k(neighbor_labels, y, ks).items()}
-  out["precision@1"] = float(np.mean(neighbor_labels[:, 0] == y))
-  rp, mapr, used = r_precision_and_map_at_r(neighbor_labels, y, num_relevant)
-  out["r_precision"], out["map@r"], out["num_queries_map@r"] = rp, mapr, used
+  out = _retrieval_metrics(neighbor_labels, y, ks, num_relevant)
   if clustering:
     out.update(cluster_metrics(x, y, backend=kmeans_backend, seed=kmeans_seed, init=kmeans_init))
   return out
@@ -451,8 +457,5 @@ def evaluate_query_gallery(
   k = max([1] + ks + [int(num_relevant.max())])
   idx, _ = nearest_neighbors(q, g, k=min(k, g.shape[0]), chunk_size=chunk_size)
   neighbor_labels = gl[idx]
-  out = {f"recall@{kk}": v for kk, v in recall_at_k(neighbor_labels, ql, ks).items()}
-  out["precision@1"] = float(np.mean(neighbor_labels[:, 0] == ql))
-  rp, mapr, used = r_precision_and_map_at_r(neighbor_labels, ql, num_relevant)
-  out["r_precision"], out["map@r"], out["num_queries_map@r"] = rp, mapr, used
+  out = _retrieval_metrics(neighbor_labels, ql, ks, num_relevant)
   return out

@@ -160,8 +160,9 @@ def make_train_step(
 
     def metric_fn(mp):
       y, z, bb_stats, emb_stats = encode(mp, bstats["embedding"], images)
-      j_m = real_metric_loss(config, z, labels) + _metric_weight_decay(config, mp)
-      aux = {"features": y, "z": z, "j_m": j_m, "bb_stats": bb_stats}
+      wd = _metric_weight_decay(config, mp)
+      j_m = real_metric_loss(config, z, labels) + wd
+      aux = {"features": y, "z": z, "j_m": j_m, "weight_decay": wd, "bb_stats": bb_stats}
       if not config.hdml:
         aux["emb_stats"] = emb_stats
         return j_m, aux
@@ -187,7 +188,7 @@ def make_train_step(
     grads = dict(g_metric)
     new_bstats = {"backbone": aux["bb_stats"], "embedding": aux["emb_stats"]}
     metrics = {"loss": j_metric, "j_m": aux["j_m"],
-               "weight_decay": _metric_weight_decay(config, metric_params)}
+               "weight_decay": aux["weight_decay"]}
     losses_ok = [j_metric]
 
     if config.hdml:
