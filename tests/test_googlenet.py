@@ -5,6 +5,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 from scipy.signal import correlate
 
@@ -141,6 +142,43 @@ class WeightImportTest(chex.TestCase):
     path = os.path.join(tempfile.mkdtemp(), "googlenet.safetensors")
     save_file(state, path)
     _same(weights.torchvision_to_variables(weights.load_torchvision_state(path), variables), variables)
+
+  def test_matches_torchvision_googlenet_through_a_pth_file(self):
+    """Independent check of the torchvision layout: torchvision's own GoogLeNet
+    (random weights, random BatchNorm statistics) saved as .pth, imported, and
+    run on the same images in both frameworks. Needs torch and torchvision
+    (skipped without them; the accelerator image has both)."""
+    torch = pytest.importorskip("torch")
+    tv_models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    model = tv_models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
+    with torch.no_grad():
+      for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+          m.running_mean.uniform_(-0.5, 0.5)
+          m.running_var.uniform_(0.5, 1.5)
+          m.weight.uniform_(0.5, 1.5)
+          m.bias.uniform_(-0.2, 0.2)
+    model.fc = torch.nn.Identity()
+    path = os.path.join(tempfile.mkdtemp(), "googlenet.pth")
+    torch.save(model.state_dict(), path)
+
+    net, template = _init("googlenet_bn", 99)
+    variables = weights.torchvision_to_variables(weights.load_torchvision_state(path), template)
+    images = np.random.default_rng(0).normal(size=(3, 99, 99, 3)).astype(np.float32)
+    ours_eval = np.asarray(net.apply(variables, images, train=False))
+    ours_train, _ = net.apply(variables, images, train=True, mutable=["batch_stats"])
+    nchw = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+      model.eval()
+      theirs_eval = model(nchw).numpy()
+      model.train()
+      theirs_train = model(nchw).numpy()
+    self.assertEqual(ours_eval.shape, (3, 1024))
+    self.assertGreater(np.abs(theirs_eval).max(), 1e-3)   # not a trivially zero comparison
+    np.testing.assert_allclose(ours_eval, theirs_eval, rtol=1e-3, atol=1e-4 * np.abs(theirs_eval).max())
+    np.testing.assert_allclose(np.asarray(ours_train), theirs_train, rtol=1e-3,
+                               atol=1e-4 * np.abs(theirs_train).max())
 
   def test_mismatches_listed_in_one_message(self):
     _, variables = _init("googlenet", 35)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One short run on a GPU machine (about 6 minutes on one H100):
+#   1. the machine and software versions;
+#   2. the train-step benchmark at the paper's setting (GoogLeNet, 227 px,
+#      batch 128, N-pair, HDML and baseline, float32 and bfloat16);
+#   3. the torchvision cross-check of googlenet_bn (needs torch + torchvision);
+#   4. the default training job end to end (digits, orbax checkpoints, grain);
+#   5. evaluation time at CUB and SOP scale;
+#   6. the train-step benchmark at the CPU configuration (small CNN, 64 px).
+# Each stage has its own time limit, so one failure does not hide the others.
+# Writes gpu_check.log and the benchmarks' JSON under $OUT (default gpu_out/).
+#
+#     bash experiments/gpu_check.sh
+#
+# Needs jax with CUDA, flax, optax, chex, absl-py, orbax-checkpoint, scikit-learn,
+# matplotlib, tqdm; for stage 4 also ml_collections, grain and tensorboardX.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+stage() {  # stage NAME SECONDS CMD...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  timeout "$limit" "$@" >>"$LOG" 2>&1
+  echo "=== $name: exit $? after $((SECONDS - t0))s" | tee -a "$LOG"
+}
+
+stage env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
+  $PY -c 'import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version); \
+print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"orbax\", o.__version__); \
+print(jax.devices())'"
+
+stage bench_googlenet 210 $PY -m experiments.bench_train_step --backbone googlenet --image_size 227 \
+  --batch 128 --embedding_dim 512 --losses npair --dtypes float32,bfloat16 \
+  --steps_per_round 20 --rounds 5 --out "$OUT/bench_googlenet.json"
+
+stage torchvision_crosscheck 60 $PY -m pytest -q -p no:cacheprovider tests/test_googlenet.py -k torchvision
+
+stage main_default 100 $PY -m experiments.main --config experiments/configs/default.py \
+  --workdir /tmp/hdml_gpu_default
+cp /tmp/hdml_gpu_default/results.json "$OUT/main_default_results.json" 2>/dev/null
+
+stage bench_evaluation 90 $PY -m experiments.bench_evaluation --scales cub,sop --families evaluate \
+  --out "$OUT/bench_evaluation.json"
+
+stage bench_small_cnn 60 $PY -m experiments.bench_train_step --steps_per_round 20 --rounds 5 \
+  --out "$OUT/bench_small_cnn.json"
+
+grep -E "^(device|variant|npair|triplet|scale|cub|sop|results|===)|R@1|recall@1" "$LOG" || true
