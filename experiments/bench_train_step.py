@@ -81,6 +81,7 @@ def main(argv=None):
       jax.block_until_ready(m)
       variants[name] = {"step": step, "state": state, "batch": batch,
                         "compile_s": time.perf_counter() - t0, "times": []}
+      print(f"compiled {name} in {variants[name]['compile_s']:.1f} s", flush=True)
 
   for _ in range(args.rounds):
     for v in variants.values():

@@ -160,6 +160,7 @@ class WeightImportTest(chex.TestCase):
           m.weight.uniform_(0.5, 1.5)
           m.bias.uniform_(-0.2, 0.2)
     model.fc = torch.nn.Identity()
+    model.dropout = torch.nn.Identity()   # torchvision's dropout before fc; the backbone has none
     path = os.path.join(tempfile.mkdtemp(), "googlenet.pth")
     torch.save(model.state_dict(), path)
 
