@@ -7,6 +7,14 @@ ratio for each loss. Prints a table and writes JSON.
 
     python -m experiments.bench_train_step --image_size 64 --batch 48 --rounds 5
 
+The HDML path in isolation (identity backbone on 1024-d "features", the
+paper's embedding size and batch): the step is then the embedding head, the
+losses and, for HDML, the P + P^2 synthetic rows through the generator and
+the re-encoder:
+
+    python -m experiments.bench_train_step --backbone mlp --hidden "" --image_size 1 \
+        --channels 1024 --batch 128 --embedding_dim 512
+
 On a GPU (the paper's setting: GoogLeNet, 227 px, batch 128; float32 and
 bfloat16, HDML and baseline, 100 timed steps each):
 
@@ -48,6 +56,9 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--backbone", default="small_cnn")
   ap.add_argument("--widths", default="32,64,128,256", help="small_cnn stage widths")
+  ap.add_argument("--hidden", default="256,256",
+                  help="mlp layer widths; '' makes the backbone the identity, so the step is the "
+                       "head and the HDML path alone (use --image_size 1 --channels F)")
   ap.add_argument("--image_size", type=int, default=64)
   ap.add_argument("--channels", type=int, default=3)
   ap.add_argument("--batch", type=int, default=48, help="global batch (even for N-pair, /3 for triplet)")
@@ -63,6 +74,8 @@ def main(argv=None):
   kwargs = {}
   if args.backbone == "small_cnn":
     kwargs = {"widths": tuple(int(w) for w in args.widths.split(","))}
+  elif args.backbone == "mlp":
+    kwargs = {"hidden": tuple(int(w) for w in args.hidden.split(",") if w)}
   variants = {}
   for dtype, loss, hdml in itertools.product(args.dtypes.split(","), args.losses.split(","), (False, True)):
       name = f"{loss}/{dtype}/{'hdml' if hdml else 'baseline'}"

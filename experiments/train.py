@@ -25,6 +25,11 @@ from hdml_jax.train_step import embed_in_batches, make_train_step
 SELECTION_SPLITS = ("val", "test", "none")
 
 
+# Steps dispatched ahead of the device: enough to overlap the host's batch
+# preparation with the device's compute, few enough to bound queued batches.
+_MAX_STEPS_IN_FLIGHT = 2
+
+
 class NonFiniteLossError(FloatingPointError):
   """A loss stopped being finite; the last good checkpoint is kept."""
 
@@ -161,10 +166,18 @@ def train_and_evaluate(
   start = int(state.step)
 
   state = parallel.replicate_state(state, mesh)
-  step_fn = parallel.jit_train_step(make_train_step(state.networks, state.config), mesh)
+  train_step = make_train_step(state.networks, state.config)
+
+  def step_at(state, batch, key):
+    # The step's rng is derived on the device: fold_in(key, step) as a
+    # separate host call would cost a dispatch every step.
+    return train_step(state, batch, jax.random.fold_in(key, state.step))
+
+  step_fn = parallel.jit_train_step(step_at, mesh)
   rows = parallel.process_rows(cfg.batch_size)
-  batches = datasets.train_batches(cfg, data, start_step=start, rows=rows)
-  key = jax.random.key(cfg.seed)
+  batches = parallel.MeshPrefetcher(datasets.train_batches(cfg, data, start_step=start, rows=rows),
+                                    mesh, size=2, global_batch_size=cfg.batch_size)
+  key = jax.device_put(jax.random.key(cfg.seed), parallel.replicated(mesh))
   writer = logs.MetricWriter(workdir, enabled=is_main)
   selection_split = {"val": data.val, "test": data.test}.get(cfg.selection.split)
 
@@ -184,31 +197,63 @@ def train_and_evaluate(
         checkpoints.write_json_atomic(best_path, best)
 
   progress = logs.Progress(start, cfg.num_steps, enabled=is_main)
-  window = []   # per-step metrics since the last log line; logged as means
-  try:
-    for step in range(start, cfg.num_steps):
-      batch = parallel.shard_batch(next(batches), mesh, global_batch_size=cfg.batch_size)
-      state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
-      done = step + 1
-      host = {k: float(v) for k, v in local_copy(metrics).items()}
+  window = []    # host metrics since the last log line; logged as means
+  pending = []   # (step, device metrics) dispatched but not yet fetched
+
+  def fetch_pending():
+    """One device-to-host transfer for every step since the last fetch.
+
+    Steps are dispatched asynchronously and their metrics fetched in blocks
+    (at each log line, evaluation or checkpoint, or every step when a
+    step_hook is set), so the host prepares the next batches while the device
+    computes. A non-finite loss is found before any later checkpoint is
+    written, so no checkpoint ever holds a diverged state.
+    """
+    fetched = jax.device_get([jax.tree_util.tree_map(
+        lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, m) for _, m in pending])
+    for (step, _), values in zip(pending, fetched):
+      host = {k: float(v) for k, v in values.items()}
       if not host["finite"]:
         raise NonFiniteLossError(
-            f"a loss is not finite at step {step} (the step that would make step {done}): "
+            f"a loss is not finite at step {step} (the step that would make step {step + 1}): "
             f"{ {k: v for k, v in host.items() if k.startswith('j_') or k == 'loss'} }. "
             f"The last good checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints.")
       window.append(host)
       if step_hook is not None:
         step_hook(step, host)
-      if done % cfg.log_every == 0 or done == cfg.num_steps:
-        means = {f"train/{k}": float(np.mean([h[k] for h in window])) for k in host}
+    pending.clear()
+
+  window_start = (start, time.perf_counter())
+  try:
+    for step in range(start, cfg.num_steps):
+      state, metrics = step_fn(state, next(batches), key)
+      done = step + 1
+      pending.append((step, metrics))
+      if len(pending) > _MAX_STEPS_IN_FLIGHT:   # bounds the batches queued on the device
+        jax.block_until_ready(pending[-1 - _MAX_STEPS_IN_FLIGHT][1])
+      log_now = done % cfg.log_every == 0 or done == cfg.num_steps
+      eval_now = done % cfg.eval_every == 0 or done == cfg.num_steps
+      save_now = done % cfg.checkpoint_every == 0 or done == cfg.num_steps
+      if step_hook is not None or log_now or eval_now or save_now:
+        fetch_pending()
+      if log_now:
+        means = {f"train/{k}": float(np.mean([h[k] for h in window])) for k in window[0]}
+        now = time.perf_counter()
+        steps_per_s = (done - window_start[0]) / (now - window_start[1])
+        means["perf/steps_per_second"] = steps_per_s
+        means["perf/images_per_second"] = steps_per_s * cfg.batch_size
+        window_start = (done, now)
         writer.write(done, means)
         progress.update(done, means["train/loss"])
         window = []
-      if done % cfg.eval_every == 0 or done == cfg.num_steps:
+      if eval_now:
         maybe_select(done)
-      if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+      if save_now:
         checkpoints.save(ckpt, done, state)
+      if eval_now or save_now:
+        window_start = (done, time.perf_counter())   # throughput counts training alone
   finally:
+    batches.close()
     progress.close()
     ckpt.wait_until_finished()
     writer.flush()

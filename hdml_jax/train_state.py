@@ -233,7 +233,8 @@ def create_train_state(
   )
   y = jnp.zeros((2, feature_dim), jnp.float32)
   emb_vars = networks.embedding.init(k_emb, y, train=False)
-  params = {"backbone": bb_vars["params"], "embedding": emb_vars["params"]}
+  # A backbone may have no parameters (identity on precomputed features).
+  params = {"backbone": bb_vars.get("params", {}), "embedding": emb_vars["params"]}
   batch_stats = {"backbone": bb_vars.get("batch_stats", {}), "embedding": emb_vars["batch_stats"]}
   if config.hdml:
     gen_vars = networks.generator.init(k_gen, jnp.zeros((2, embedding_dim)), train=False)

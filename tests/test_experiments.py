@@ -126,6 +126,38 @@ class ExperimentsTest(chex.TestCase):
     state = restored_latest(cfg, workdir)
     chex.assert_tree_all_finite(state.params)
 
+  def test_divergence_inside_a_block_of_unfetched_steps(self):
+    # Metrics are fetched in blocks of 4 steps; the learning rate jumps to
+    # 1e30 at step 6, so the loss diverges inside the block 4..7. The error
+    # must name that step, and the checkpoint at 8 must never be written.
+    cfg = fast_default(**{"optimizer.metric_boundaries": (6,), "optimizer.metric_decay": 1e34,
+                          "eval_every": 100})
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(NonFiniteLossError, r"not finite at step [67] .*step 4\)"):
+      train_and_evaluate(cfg, workdir)
+    state = restored_latest(cfg, workdir)
+    self.assertEqual(int(state.step), 4)
+    chex.assert_tree_all_finite(state.params)
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    self.assertEqual([r["step"] for r in rows], [4])   # the diverged block is never logged
+
+  def test_fetching_metrics_in_blocks_changes_nothing(self):
+    # A step_hook makes the loop fetch every step; without one it fetches
+    # every log_every steps. Same parameters, same logged means.
+    cfg = fast_default()
+    seen = []
+    per_step, blocks = tempfile.mkdtemp(), tempfile.mkdtemp()
+    train_and_evaluate(cfg, per_step, step_hook=lambda step, m: seen.append(step))
+    train_and_evaluate(cfg, blocks)
+    self.assertEqual(seen, list(range(12)))
+    self.assertEqual(max_abs_diff(restored_latest(cfg, per_step).params,
+                                  restored_latest(cfg, blocks).params), 0.0)
+    load = lambda d: [{k: v for k, v in json.loads(l).items() if not k.startswith("perf/")}
+                      for l in open(os.path.join(d, "metrics.jsonl"))]
+    self.assertEqual(load(per_step), load(blocks))
+    self.assertGreater(json.loads(open(os.path.join(blocks, "metrics.jsonl")).readline())
+                       ["perf/steps_per_second"], 0.0)
+
   def test_config_errors(self):
     with self.assertRaisesRegex(ValueError, "batch_size must be a positive integer"):
       train_and_evaluate(fast_default(batch_size=0), tempfile.mkdtemp())

@@ -62,3 +62,21 @@ class ModelsTest(chex.TestCase):
     self.assertEqual(float(state.stats.j_avg), 1e6)
     base = tiny_state(hdml=False)
     self.assertEqual(set(base.params), {"backbone", "embedding"})
+
+  def test_parameterless_backbone_trains_on_precomputed_features(self):
+    # mlp with no hidden layers is the identity on flattened inputs: the
+    # state has an empty backbone group and the step trains the rest.
+    from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
+    from hdml_jax.train_step import make_train_step
+
+    config = HDMLConfig(loss="npair", hdml=True)
+    state = create_train_state(jax.random.key(0), image_shape=(1, 1, 12), num_classes=4,
+                               embedding_dim=5, backbone="mlp", backbone_kwargs={"hidden": ()},
+                               generator_hidden=8, config=config, optimizer=OptimizerConfig())
+    self.assertEqual(state.params["backbone"], {})
+    batch = {"images": np.random.default_rng(0).normal(size=(8, 1, 1, 12)).astype(np.float32),
+             "labels": np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int32)}
+    new, metrics = jax.jit(make_train_step(state.networks, config))(state, batch, jax.random.key(1))
+    self.assertTrue(bool(metrics["finite"]))
+    self.assertGreater(float(jnp.abs(new.params["embedding"]["fc1"]["kernel"]
+                                     - state.params["embedding"]["fc1"]["kernel"]).max()), 0.0)

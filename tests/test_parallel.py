@@ -100,6 +100,54 @@ def _free_port():
     return s.getsockname()[1]
 
 
+class MeshPrefetcherTest(chex.TestCase):
+
+  def test_yields_the_sharded_batches_in_order(self):
+    mesh = parallel.make_data_mesh()
+    host = [{"images": np.random.default_rng(i).normal(size=(16, 3)).astype(np.float32),
+             "labels": np.arange(16, dtype=np.int32) + i} for i in range(5)]
+    with parallel.MeshPrefetcher(iter(host), mesh, size=2) as it:
+      got = list(it)
+    self.assertLen(got, 5)
+    for want, batch in zip(host, got):
+      self.assertEqual(batch["images"].sharding, parallel.data_sharded(mesh))
+      self.assertLen(batch["images"].addressable_shards, 8)
+      np.testing.assert_array_equal(np.asarray(batch["images"]), want["images"])
+      np.testing.assert_array_equal(np.asarray(batch["labels"]), want["labels"])
+    with self.assertRaises(StopIteration):
+      next(it)
+
+  def test_source_errors_reach_the_consumer_after_the_good_batches(self):
+    mesh = parallel.make_data_mesh(jax.devices()[:1])
+
+    def source():
+      yield {"x": np.zeros((2, 1))}
+      raise OSError("image 17 is unreadable")
+
+    it = parallel.MeshPrefetcher(source(), mesh)
+    self.assertEqual(next(it)["x"].shape, (2, 1))
+    with self.assertRaisesRegex(OSError, "image 17 is unreadable"):
+      next(it)
+    it.close()
+    # A transfer error (rows not divisible by the devices) is raised the same way.
+    bad = parallel.MeshPrefetcher(iter([{"x": np.zeros((3, 1))}]), parallel.make_data_mesh())
+    with self.assertRaisesRegex(ValueError, "not divisible by 8"):
+      next(bad)
+    bad.close()
+
+  def test_close_stops_a_thread_blocked_on_a_full_queue(self):
+    def endless():
+      while True:
+        yield {"x": np.zeros((8, 2))}
+
+    it = parallel.MeshPrefetcher(endless(), parallel.make_data_mesh(), size=1)
+    next(it)
+    it.close()
+    self.assertFalse(it._thread.is_alive())
+    with self.assertRaisesRegex(ValueError, "size must be >= 1"):
+      parallel.MeshPrefetcher(endless(), parallel.make_data_mesh(), size=0)
+
+
 class MultiProcessTest(chex.TestCase):
   """Two processes on loopback under jax.distributed, CPU collectives."""
 
