@@ -123,29 +123,24 @@ class MeshPrefetcher:
     def work():
       try:
         for batch in batches:
-          item = shard_batch(batch, mesh, global_batch_size=global_batch_size)
-          while not self._stop.is_set():
-            try:
-              self._queue.put(item, timeout=0.1)
-              break
-            except queue.Full:
-              continue
-          if self._stop.is_set():
+          if not self._put(shard_batch(batch, mesh, global_batch_size=global_batch_size)):
             return
-        self._put_final(self._END)
+        self._put(self._END)
       except BaseException as e:  # handed to the consumer, raised there
-        self._put_final(e)
+        self._put(e)
 
     self._thread = threading.Thread(target=work, name="MeshPrefetcher", daemon=True)
     self._thread.start()
 
-  def _put_final(self, item):
+  def _put(self, item) -> bool:
+    """Waits for room in the queue; False if :meth:`close` was called meanwhile."""
     while not self._stop.is_set():
       try:
         self._queue.put(item, timeout=0.1)
-        return
+        return True
       except queue.Full:
         continue
+    return False
 
   def __iter__(self):
     return self
