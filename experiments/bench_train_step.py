@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import platform
+import resource
 import time
 
 import jax
@@ -68,6 +69,9 @@ def main(argv=None):
                   help="backbone compute dtypes, e.g. float32,bfloat16 (googlenet/small_cnn)")
   ap.add_argument("--steps_per_round", type=int, default=5)
   ap.add_argument("--rounds", type=int, default=5)
+  ap.add_argument("--no_donate", action="store_true",
+                  help="do not donate the state to the step (to measure what donation saves)")
+  ap.add_argument("--hdml_only", action="store_true", help="time the HDML variants alone")
   ap.add_argument("--out", default="bench_train_step.json")
   args = ap.parse_args(argv)
 
@@ -77,7 +81,8 @@ def main(argv=None):
   elif args.backbone == "mlp":
     kwargs = {"hidden": tuple(int(w) for w in args.hidden.split(",") if w)}
   variants = {}
-  for dtype, loss, hdml in itertools.product(args.dtypes.split(","), args.losses.split(","), (False, True)):
+  modes = (True,) if args.hdml_only else (False, True)
+  for dtype, loss, hdml in itertools.product(args.dtypes.split(","), args.losses.split(","), modes):
       name = f"{loss}/{dtype}/{'hdml' if hdml else 'baseline'}"
       config = HDMLConfig(loss=loss, hdml=hdml)
       bb_kwargs = dict(kwargs)
@@ -87,7 +92,7 @@ def main(argv=None):
           jax.random.key(0), image_shape=(args.image_size, args.image_size, args.channels),
           num_classes=args.batch, embedding_dim=args.embedding_dim, backbone=args.backbone,
           backbone_kwargs=bb_kwargs, config=config, optimizer=OptimizerConfig())
-      step = jax.jit(make_train_step(state.networks, config), donate_argnums=0)
+      step = jax.jit(make_train_step(state.networks, config), donate_argnums=() if args.no_donate else 0)
       batch = _batch(loss, args.batch, args.image_size, args.channels)
       t0 = time.perf_counter()
       state, m = step(state, batch, jax.random.key(0))
@@ -106,14 +111,20 @@ def main(argv=None):
       v["times"].append((time.perf_counter() - t0) / args.steps_per_round)
       v["state"] = state
 
+  device_stats = jax.devices()[0].memory_stats() or {}
   results = {"device": str(jax.devices()[0]), "platform": platform.platform(),
-             "jax": jax.__version__, "args": vars(args), "variants": {}}
+             "jax": jax.__version__, "args": vars(args), "variants": {},
+             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "peak_device_mib": device_stats.get("peak_bytes_in_use", 0) / 2**20 or None}
   print(f"device: {results['device']}  batch {args.batch} at {args.image_size}px, "
-        f"backbone {args.backbone} {kwargs}")
+        f"backbone {args.backbone} {kwargs}, donation {'off' if args.no_donate else 'on'}; "
+        f"peak host RSS {results['peak_rss_mib']:.0f} MiB"
+        + (f", peak device memory {results['peak_device_mib']:.0f} MiB" if results["peak_device_mib"] else ""))
   print(f"{'variant':<30}{'compile s':>10}{'step ms':>10}{'img/s':>10}{'vs baseline':>13}")
   for name, v in variants.items():
     med = float(np.median(v["times"]))
-    base = float(np.median(variants[name.rsplit('/', 1)[0] + "/baseline"]["times"]))
+    base_name = name.rsplit('/', 1)[0] + "/baseline"
+    base = float(np.median(variants[base_name]["times"])) if base_name in variants else float("nan")
     results["variants"][name] = {"compile_s": v["compile_s"], "step_s_median": med,
                                  "step_s_all": v["times"], "images_per_s": args.batch / med,
                                  "ratio_to_baseline": med / base}
