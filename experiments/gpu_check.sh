@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short run on a GPU machine (about 8 minutes on one H100):
+# One short run on a GPU machine (about 7 minutes on one H100, plus the start):
 #   1. the machine and software versions;
 #   2. the train-step benchmark at the paper's setting (GoogLeNet, 227 px,
 #      batch 128, N-pair, HDML and baseline, float32 and bfloat16);
