@@ -45,6 +45,8 @@ def _config(path: str, overrides: list[str], num_steps: int):
   cfg.eval_every = num_steps
   cfg.selection.split = "none"
   cfg.plots = False
+  # Not experiments.configs.base.override: this function also runs against
+  # other checkouts (--other_checkout), which may predate that helper.
   for item in overrides:
     key, value = item.split("=", 1)
     node = cfg

@@ -28,6 +28,7 @@ KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
 
 def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dict) -> dict:
   from experiments.configs import cub100
+  from experiments.configs.base import override
   from experiments.train import train_and_evaluate
 
   path = os.path.join(workdir, "results.json")
@@ -39,13 +40,9 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   if cfg.hdml.loss == "triplet":
     cfg.batch_size = 60
   for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if isinstance(value, str) and not isinstance(node[leaf], str):
+    if isinstance(value, str) and not isinstance(cfg[key], str):
       value = ast.literal_eval(value)   # numbers, booleans, tuples
-    node[leaf] = value
+    override(cfg, key, value)
   return train_and_evaluate(cfg, workdir)
 
 

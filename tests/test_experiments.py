@@ -12,6 +12,7 @@ import numpy as np
 
 from experiments import checkpoints, datasets
 from experiments.configs import cub100, default, paper
+from experiments.configs.base import override
 from experiments.evaluate import evaluate_checkpoint
 from experiments.train import NonFiniteLossError, build_state, train_and_evaluate
 from tests.helpers import max_abs_diff
@@ -29,11 +30,7 @@ def fast_default(**overrides):
   c.plots = False
   c.num_devices = 1   # the suite runs with 8 fake devices; these batches are small
   for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    override(c, key, value)
   return c
 
 

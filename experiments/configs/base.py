@@ -8,6 +8,15 @@ fails instead of being ignored.
 import ml_collections
 
 
+def override(cfg: ml_collections.ConfigDict, key: str, value) -> None:
+  """Sets the dotted ``key`` (``"dataset.resize"``); a missing key raises KeyError."""
+  node = cfg
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
