@@ -6,6 +6,8 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from hdml_jax.train_state import HDMLTrainState
@@ -14,7 +16,28 @@ _FIELDS = ("params", "batch_stats", "opt_state", "stats", "step")
 
 
 def state_tree(state: HDMLTrainState) -> dict:
-  return {k: getattr(state, k) for k in _FIELDS}
+  """The checkpointed arrays; fields a state does not have (or holds as None) are left out."""
+  return {k: getattr(state, k) for k in _FIELDS if getattr(state, k, None) is not None}
+
+
+@jax.jit
+def _leaf_finite(tree):
+  return jax.tree_util.tree_map(
+      lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True),
+      tree)
+
+
+def non_finite_leaves(state) -> list[str]:
+  """Paths of the checkpointed arrays (parameters, BatchNorm statistics,
+  optimizer moments, adaptive statistics) that hold a NaN or an infinity.
+
+  Empty when the whole state is finite; one device-to-host transfer.
+  """
+  tree = state_tree(state)
+  flags = jax.device_get(jax.tree_util.tree_map(
+      lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, _leaf_finite(tree)))
+  return [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(flags)
+          if not bool(np.asarray(ok))]
 
 
 def make_manager(directory: str, *, max_to_keep: int) -> ocp.CheckpointManager:
@@ -35,6 +58,32 @@ def restore(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int 
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(template))
   tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   return template.replace(**tree)
+
+
+def restore_latest_finite(manager: ocp.CheckpointManager, template: HDMLTrainState):
+  """The newest checkpoint whose state is entirely finite, and the steps skipped.
+
+  Checkpoints newer than it hold a NaN or an infinity (written by a version
+  that checked only the loss): they are deleted, so the resumed run can
+  write those steps again, and returned as ``[(step, leaves), ...]``.
+  Returns ``(None, skipped)`` when the manager holds no checkpoint; raises
+  when every checkpoint is non-finite.
+  """
+  skipped = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    state = restore(manager, template, step)
+    bad = non_finite_leaves(state)
+    if not bad:
+      for s, _ in skipped:
+        manager.delete(s)
+      return state, skipped
+    skipped.append((step, bad))
+  if skipped:
+    raise FloatingPointError(
+        f"every checkpoint in {manager.directory} holds non-finite values "
+        f"(steps {[s for s, _ in skipped]}; e.g. {skipped[0][1][:3]}): nothing finite to resume. "
+        "Start again with a fresh --workdir (and a smaller learning rate).")
+  return None, skipped
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -31,7 +31,11 @@ _MAX_STEPS_IN_FLIGHT = 2
 
 
 class NonFiniteLossError(FloatingPointError):
-  """A loss stopped being finite; the last good checkpoint is kept."""
+  """A loss stopped being finite; the last finite checkpoint is kept."""
+
+
+class NonFiniteStateError(NonFiniteLossError):
+  """An update made the train state non-finite; it is never checkpointed."""
 
 
 def validate_config(cfg: ml_collections.ConfigDict) -> None:
@@ -127,6 +131,143 @@ def _selection_name(cfg) -> str:
   return f"{cfg.selection.split}/{cfg.selection.metric}"
 
 
+def make_mesh(cfg):
+  """The ('data',) mesh over ``config.num_devices`` devices (0: all)."""
+  devices = jax.devices() if not cfg.num_devices else jax.devices()[:cfg.num_devices]
+  if cfg.batch_size % len(devices):
+    raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {len(devices)} devices.")
+  return parallel.make_data_mesh(devices), devices
+
+
+def resume(ckpt, template, workdir: str):
+  """``(state, last finite checkpoint step or None)``: the newest finite checkpoint, else ``template``."""
+  state, skipped = checkpoints.restore_latest_finite(ckpt, template)
+  for step, leaves in skipped:
+    logging.warning("checkpoint %d in %s holds non-finite values (%s); deleted, resuming from an "
+                    "earlier finite one", step, workdir, ", ".join(leaves[:3]))
+  if state is None:
+    return template, None
+  logging.info("resumed from step %d in %s", int(state.step), workdir)
+  return state, int(state.step)
+
+
+def jit_step_with_rng(train_step, mesh):
+  """``(state, batch, key) -> (state, metrics)`` jitted over ``mesh``.
+
+  The step's rng is ``fold_in(key, state.step)``, derived on the device (a
+  separate host call would cost a dispatch every step).
+  """
+  def step_at(state, batch, key):
+    return train_step(state, batch, jax.random.fold_in(key, state.step))
+
+  return parallel.jit_train_step(step_at, mesh)
+
+
+def _copy(tree):
+  return jax.tree_util.tree_map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
+
+
+def run_loop(cfg, workdir: str, state, step_fn, batches, key, *, ckpt, last_finite, writer,
+             on_eval=None, step_hook=None, is_main=True):
+  """Steps ``state.step .. cfg.num_steps``; logs, evaluates and checkpoints; returns the state.
+
+  ``step_fn(state, batch, key) -> (state, metrics)`` (metrics with ``loss``
+  and ``finite``); ``batches`` yields the step's batch on the mesh;
+  ``on_eval(step_done, state)`` runs at every evaluation step.
+
+  Steps are dispatched asynchronously and their metrics fetched in blocks
+  (at each log line, evaluation or checkpoint, or every step when a
+  ``step_hook`` is set), so the host prepares the next batches while the
+  device computes. What is checkpointed is safe to resume from: the state of
+  step ``s`` is written only once the loss computed *on it* (step ``s``'s
+  own loss) is known to be finite, and only if every array it holds is
+  finite; the final state, which no later loss checks, must be entirely
+  finite. A divergence raises :class:`NonFiniteLossError` naming the step
+  and the last checkpoint written.
+  """
+  start = int(state.step)
+  progress = logs.Progress(start, cfg.num_steps, enabled=is_main)
+  window = []       # host metrics since the last log line; logged as means
+  pending = []      # (step, device metrics) dispatched but not yet fetched
+  held = None       # (step, copy of the state) to checkpoint once its own loss is seen finite
+
+  def last_finite_text() -> str:
+    if last_finite is None:
+      return f"No checkpoint had been written yet in {workdir}/checkpoints."
+    return f"The last finite checkpoint (step {last_finite}) is kept in {workdir}/checkpoints."
+
+  def check_finite(step_done: int, st):
+    bad = checkpoints.non_finite_leaves(st)
+    if bad:
+      raise NonFiniteStateError(
+          f"the train state after step {step_done} holds non-finite values ({', '.join(bad[:4])}"
+          f"{', ...' if len(bad) > 4 else ''}): the update at step {step_done - 1} diverged and was not "
+          f"checkpointed. {last_finite_text()}")
+
+  def save(step_done: int, st):
+    nonlocal last_finite
+    check_finite(step_done, st)
+    checkpoints.save(ckpt, step_done, st)
+    last_finite = step_done
+
+  def fetch_pending():
+    fetched = local_copy([m for _, m in pending])
+    for (step, _), values in zip(pending, fetched):
+      host = {k: float(v) for k, v in values.items()}
+      if not host["finite"]:
+        raise NonFiniteLossError(
+            f"a loss is not finite at step {step} (the step that would make step {step + 1}): "
+            f"{ {k: v for k, v in host.items() if k.startswith('j_') or k == 'loss'} }. "
+            f"{last_finite_text()}")
+      window.append(host)
+      if step_hook is not None:
+        step_hook(step, host)
+    pending.clear()
+
+  window_start = (start, time.perf_counter())
+  try:
+    for step in range(start, cfg.num_steps):
+      state, metrics = step_fn(state, next(batches), key)
+      done = step + 1
+      pending.append((step, metrics))
+      if len(pending) > _MAX_STEPS_IN_FLIGHT:   # bounds the batches queued on the device
+        jax.block_until_ready(pending[-1 - _MAX_STEPS_IN_FLIGHT][1])
+      log_now = done % cfg.log_every == 0 or done == cfg.num_steps
+      eval_now = done % cfg.eval_every == 0 or done == cfg.num_steps
+      save_now = done % cfg.checkpoint_every == 0 or done == cfg.num_steps
+      if step_hook is not None or log_now or eval_now or save_now or held is not None:
+        fetch_pending()
+      if held is not None:     # step `held[0]`'s own loss was finite: its state may be kept
+        save(*held)
+        held = None
+      if log_now:
+        means = {f"train/{k}": float(np.mean([h[k] for h in window])) for k in window[0]}
+        now = time.perf_counter()
+        steps_per_s = (done - window_start[0]) / (now - window_start[1])
+        means["perf/steps_per_second"] = steps_per_s
+        means["perf/images_per_second"] = steps_per_s * cfg.batch_size
+        window_start = (done, now)
+        writer.write(done, means)
+        progress.update(done, means["train/loss"])
+        window = []
+      if eval_now and on_eval is not None:
+        check_finite(done, state)    # nothing non-finite is evaluated or selected
+        on_eval(done, state)
+      if save_now:
+        if done == cfg.num_steps:
+          save(done, state)
+        else:
+          held = (done, _copy(state))   # the state is donated to the next step
+      if eval_now or save_now:
+        window_start = (done, time.perf_counter())   # throughput counts training alone
+  finally:
+    batches.close()
+    progress.close()
+    ckpt.wait_until_finished()
+    writer.flush()
+  return state
+
+
 def train_and_evaluate(
     cfg: ml_collections.ConfigDict,
     workdir: str,
@@ -151,32 +292,18 @@ def train_and_evaluate(
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   data = datasets.load_data(cfg)
-  devices = jax.devices() if not cfg.num_devices else jax.devices()[:cfg.num_devices]
-  mesh = parallel.make_data_mesh(devices)
-  if cfg.batch_size % len(devices):
-    raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {len(devices)} devices.")
+  mesh, devices = make_mesh(cfg)
 
   template = build_state(cfg, data)
   ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
   best_mgr = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1)
   best_path = os.path.join(workdir, "best.json")
-  if ckpt.latest_step() is not None:
-    state = checkpoints.restore(ckpt, template)
-    logging.info("resumed from step %d in %s", int(state.step), workdir)
-  else:
-    state = template
+  state, last_finite = resume(ckpt, template, workdir)
   best = json.load(open(best_path)) if os.path.exists(best_path) else None
   start = int(state.step)
 
   state = parallel.replicate_state(state, mesh)
-  train_step = make_train_step(state.networks, state.config)
-
-  def step_at(state, batch, key):
-    # The step's rng is derived on the device: fold_in(key, step) as a
-    # separate host call would cost a dispatch every step.
-    return train_step(state, batch, jax.random.fold_in(key, state.step))
-
-  step_fn = parallel.jit_train_step(step_at, mesh)
+  step_fn = jit_step_with_rng(make_train_step(state.networks, state.config), mesh)
   rows = parallel.process_rows(cfg.batch_size)
   batches = parallel.MeshPrefetcher(datasets.train_batches(cfg, data, start_step=start, rows=rows),
                                     mesh, size=2, global_batch_size=cfg.batch_size)
@@ -184,7 +311,7 @@ def train_and_evaluate(
   writer = logs.MetricWriter(workdir, enabled=is_main)
   selection_split = {"val": data.val, "test": data.test}.get(cfg.selection.split)
 
-  def maybe_select(step_done: int):
+  def maybe_select(step_done: int, state):
     nonlocal best
     if selection_split is None:
       return
@@ -199,66 +326,8 @@ def train_and_evaluate(
       if is_main:
         checkpoints.write_json_atomic(best_path, best)
 
-  progress = logs.Progress(start, cfg.num_steps, enabled=is_main)
-  window = []    # host metrics since the last log line; logged as means
-  pending = []   # (step, device metrics) dispatched but not yet fetched
-
-  def fetch_pending():
-    """One device-to-host transfer for every step since the last fetch.
-
-    Steps are dispatched asynchronously and their metrics fetched in blocks
-    (at each log line, evaluation or checkpoint, or every step when a
-    step_hook is set), so the host prepares the next batches while the device
-    computes. A non-finite loss is found before any later checkpoint is
-    written, so no checkpoint ever holds a diverged state.
-    """
-    fetched = local_copy([m for _, m in pending])
-    for (step, _), values in zip(pending, fetched):
-      host = {k: float(v) for k, v in values.items()}
-      if not host["finite"]:
-        raise NonFiniteLossError(
-            f"a loss is not finite at step {step} (the step that would make step {step + 1}): "
-            f"{ {k: v for k, v in host.items() if k.startswith('j_') or k == 'loss'} }. "
-            f"The last good checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints.")
-      window.append(host)
-      if step_hook is not None:
-        step_hook(step, host)
-    pending.clear()
-
-  window_start = (start, time.perf_counter())
-  try:
-    for step in range(start, cfg.num_steps):
-      state, metrics = step_fn(state, next(batches), key)
-      done = step + 1
-      pending.append((step, metrics))
-      if len(pending) > _MAX_STEPS_IN_FLIGHT:   # bounds the batches queued on the device
-        jax.block_until_ready(pending[-1 - _MAX_STEPS_IN_FLIGHT][1])
-      log_now = done % cfg.log_every == 0 or done == cfg.num_steps
-      eval_now = done % cfg.eval_every == 0 or done == cfg.num_steps
-      save_now = done % cfg.checkpoint_every == 0 or done == cfg.num_steps
-      if step_hook is not None or log_now or eval_now or save_now:
-        fetch_pending()
-      if log_now:
-        means = {f"train/{k}": float(np.mean([h[k] for h in window])) for k in window[0]}
-        now = time.perf_counter()
-        steps_per_s = (done - window_start[0]) / (now - window_start[1])
-        means["perf/steps_per_second"] = steps_per_s
-        means["perf/images_per_second"] = steps_per_s * cfg.batch_size
-        window_start = (done, now)
-        writer.write(done, means)
-        progress.update(done, means["train/loss"])
-        window = []
-      if eval_now:
-        maybe_select(done)
-      if save_now:
-        checkpoints.save(ckpt, done, state)
-      if eval_now or save_now:
-        window_start = (done, time.perf_counter())   # throughput counts training alone
-  finally:
-    batches.close()
-    progress.close()
-    ckpt.wait_until_finished()
-    writer.flush()
+  state = run_loop(cfg, workdir, state, step_fn, batches, key, ckpt=ckpt, last_finite=last_finite,
+                   writer=writer, on_eval=maybe_select, step_hook=step_hook, is_main=is_main)
 
   train_seconds = time.time() - t_start
   final = evaluate_split(cfg, state, data, data.test)

@@ -14,7 +14,7 @@ from experiments import checkpoints, datasets
 from experiments.configs import cub100, default, paper
 from experiments.configs.base import override
 from experiments.evaluate import evaluate_checkpoint
-from experiments.train import NonFiniteLossError, build_state, train_and_evaluate
+from experiments.train import NonFiniteLossError, NonFiniteStateError, build_state, train_and_evaluate
 from tests.helpers import max_abs_diff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +40,13 @@ def restored_latest(cfg, workdir):
   state = checkpoints.restore(mgr, build_state(cfg, data))
   mgr.close()
   return state
+
+
+def saved_steps(workdir):
+  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=100)
+  steps = sorted(mgr.all_steps())
+  mgr.close()
+  return steps
 
 
 class ExperimentsTest(chex.TestCase):
@@ -116,12 +123,67 @@ class ExperimentsTest(chex.TestCase):
     self.assertAlmostEqual(evaluated["recall@1"], best["value"], places=6)
 
   def test_non_finite_loss_stops_with_the_step_named(self):
+    # lr 1e30: the first update gives weights of about 1e30 (finite), and the
+    # loss computed on them is not. That state must never be checkpointed.
     cfg = fast_default(**{"optimizer.metric_lr": 1e30, "checkpoint_every": 1})
     workdir = tempfile.mkdtemp()
-    with self.assertRaisesRegex(NonFiniteLossError, r"not finite at step (\d+).*last good checkpoint"):
+    with self.assertRaisesRegex(NonFiniteLossError,
+                                r"not finite at step 1 .*No checkpoint had been written yet"):
       train_and_evaluate(cfg, workdir)
+    self.assertEqual(saved_steps(workdir), [])
+
+  def test_an_update_to_inf_is_never_checkpointed(self):
+    # lr 1e39 is inf in float32: the update of step 0 makes the weights inf
+    # while step 0's own loss was finite. A one-step run must refuse to write
+    # its final checkpoint and name the arrays.
+    cfg = fast_default(**{"optimizer.metric_lr": 1e39, "num_steps": 1, "checkpoint_every": 1})
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(NonFiniteStateError,
+                                r"after step 1 holds non-finite values \(\['params'\].*No checkpoint"):
+      train_and_evaluate(cfg, workdir)
+    self.assertEqual(saved_steps(workdir), [])
+    cfg = fast_default(**{"optimizer.metric_lr": 1e39, "checkpoint_every": 1})
+    with self.assertRaisesRegex(NonFiniteLossError, r"No checkpoint had been written yet"):
+      train_and_evaluate(cfg, workdir)
+    self.assertEqual(saved_steps(workdir), [])
+
+  def test_an_exploding_schedule_keeps_only_checkpoints_that_train_on(self):
+    # The metric learning rate jumps by 1e34 at step 14: the update of step
+    # 14 gives finite weights of about 1e30, and the loss of step 15 on them
+    # is NaN. Checkpoint 15 (finite, but useless: every resume would diverge
+    # again) must not be written; the error names checkpoint 14.
+    cfg = fast_default(**{"optimizer.metric_boundaries": (14,), "optimizer.metric_decay": 1e34,
+                          "num_steps": 20, "checkpoint_every": 1, "eval_every": 100,
+                          "keep_checkpoints": 30})
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(NonFiniteLossError, r"not finite at step 15 .*last finite checkpoint \(step 14\)"):
+      train_and_evaluate(cfg, workdir)
+    self.assertEqual(saved_steps(workdir), list(range(1, 15)))
     state = restored_latest(cfg, workdir)
     chex.assert_tree_all_finite(state.params)
+    self.assertLess(max(float(np.max(np.abs(x))) for x in jax.tree_util.tree_leaves(state.params)), 10.0)
+
+  def test_resume_skips_a_non_finite_checkpoint_of_an_older_version(self):
+    cfg = fast_default()
+    straight = tempfile.mkdtemp()
+    train_and_evaluate(cfg, straight)
+    workdir = tempfile.mkdtemp()
+    train_and_evaluate(fast_default(num_steps=8), workdir)
+    # What a version that checked only the loss could leave behind: a newer
+    # checkpoint whose weights are NaN.
+    good = restored_latest(cfg, workdir)
+    bad = good.replace(step=good.step + 4, params=jax.tree_util.tree_map(lambda x: x * np.nan, good.params))
+    mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=10)
+    checkpoints.save(mgr, 12, bad)
+    mgr.wait_until_finished()
+    mgr.close()
+    self.assertEqual(saved_steps(workdir), [4, 8, 12])
+    with self.assertLogs(level="WARNING") as logged:
+      train_and_evaluate(cfg, workdir)
+    self.assertTrue(any("checkpoint 12" in m and "non-finite" in m for m in logged.output), logged.output)
+    resumed = restored_latest(cfg, workdir)
+    self.assertEqual(int(resumed.step), 12)
+    self.assertLess(max_abs_diff(resumed.params, restored_latest(cfg, straight).params), 1e-6)
 
   def test_divergence_inside_a_block_of_unfetched_steps(self):
     # Metrics are fetched in blocks of 4 steps; the learning rate jumps to
