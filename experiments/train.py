@@ -7,6 +7,7 @@ its last checkpoint and reaches the same parameters as an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -61,7 +62,8 @@ def hdml_config(cfg) -> HDMLConfig:
   h = cfg.hdml
   return HDMLConfig(loss=h.loss, hdml=h.enabled, alpha=h.alpha, beta=h.beta, lam=h.lam,
                     softmax_factor=h.softmax_factor, l2_reg=h.l2_reg, weight_decay=h.weight_decay,
-                    margin=h.margin, contrastive_margin=h.contrastive_margin, bn1_update=h.bn1_update)
+                    margin=h.margin, contrastive_margin=h.contrastive_margin, bn1_update=h.bn1_update,
+                    alpha_relative=h.alpha_relative, beta_relative=h.beta_relative)
 
 
 def optimizer_config(cfg) -> OptimizerConfig:
@@ -74,11 +76,26 @@ def optimizer_config(cfg) -> OptimizerConfig:
       clip_value=o.clip_value)
 
 
+def backbone_identity(cfg, image_shape) -> dict:
+  """What a pretrained file must agree with: recorded by ``experiments.pretrain``, checked on load."""
+  return {"backbone": cfg.model.backbone, "image_shape": tuple(int(s) for s in image_shape),
+          "backbone_kwargs": json.dumps(cfg.model.backbone_kwargs.to_dict(), sort_keys=True)}
+
+
 def build_state(cfg, data: datasets.Data):
   state = _fresh_state(cfg, data)
   if cfg.model.pretrained:
-    state = weights.load_pretrained_backbone(state, os.path.expanduser(cfg.model.pretrained))
+    state = weights.load_pretrained_backbone(state, os.path.expanduser(cfg.model.pretrained),
+                                             expect=backbone_identity(cfg, data.image_shape))
   return state
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def _fresh_state(cfg, data: datasets.Data):
@@ -295,6 +312,10 @@ def train_and_evaluate(
   mesh, devices = make_mesh(cfg)
 
   template = build_state(cfg, data)
+  pretrained = None
+  if cfg.model.pretrained:   # the file both arms of a comparison must share
+    path = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
+    pretrained = {"path": path, "sha256": file_sha256(path)}
   ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
   best_mgr = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1)
   best_path = os.path.join(workdir, "best.json")
@@ -339,6 +360,8 @@ def train_and_evaluate(
   results["wall_seconds"] = time.time() - t_start
   results["devices"] = {"count": len(devices), "kind": devices[0].device_kind, "processes": jax.process_count()}
   results["config"] = json.loads(cfg.to_json_best_effort())
+  if pretrained is not None:
+    results["pretrained"] = pretrained
   if is_main:
     checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), results)
     if cfg.plots:

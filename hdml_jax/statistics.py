@@ -12,6 +12,11 @@ default). Both start at ``initial_value`` (1e6), so during the first block
 augmentation is effectively off and ``w`` is close to 1. Non-finite values
 are skipped: they do not enter the block's sum or count (a block with no
 finite value keeps the previous mean).
+
+The means of the *first* completed block are kept too (``j_avg_first``,
+``j_gen_first``; 0 until that block completes): the optional transfer of
+alpha and beta (``HDMLConfig.alpha_relative`` / ``beta_relative``, a
+deviation from the reference) expresses both relative to them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class AdaptiveStatistics:
     metric_sum, metric_count: the current block's finite ``w * J_m`` values.
     gen_sum, gen_count: the current block's finite ``J_gen`` values.
     steps_in_block: updates seen in the current block.
+    j_avg_first, j_gen_first: the means of the first completed block (0
+      until it completes).
     block_length: static block length.
   """
 
@@ -41,6 +48,8 @@ class AdaptiveStatistics:
   gen_sum: jax.Array
   gen_count: jax.Array
   steps_in_block: jax.Array
+  j_avg_first: jax.Array
+  j_gen_first: jax.Array
   block_length: int = flax.struct.field(pytree_node=False, default=64)
 
 
@@ -63,7 +72,8 @@ def init_statistics(
       j_avg=f32(initial_value), j_gen=f32(initial_value),
       metric_sum=f32(0.0), metric_count=i32(0),
       gen_sum=f32(0.0), gen_count=i32(0),
-      steps_in_block=i32(0), block_length=block_length,
+      steps_in_block=i32(0), j_avg_first=f32(0.0), j_gen_first=f32(0.0),
+      block_length=block_length,
   )
 
 
@@ -97,11 +107,17 @@ def update_statistics(
     mean = total / jnp.maximum(count, 1).astype(jnp.float32)
     return jnp.where(done & (count > 0), mean, previous)
 
+  def first(total, count, previous_first):
+    return jnp.where(done & (count > 0) & (previous_first == 0.0),
+                     total / jnp.maximum(count, 1).astype(jnp.float32), previous_first)
+
   zero_f = jnp.zeros((), jnp.float32)
   zero_i = jnp.zeros((), jnp.int32)
   return stats.replace(
       j_avg=block_mean(metric_sum, metric_count, stats.j_avg),
       j_gen=block_mean(gen_sum, gen_count, stats.j_gen),
+      j_avg_first=first(metric_sum, metric_count, stats.j_avg_first),
+      j_gen_first=first(gen_sum, gen_count, stats.j_gen_first),
       metric_sum=jnp.where(done, zero_f, metric_sum),
       metric_count=jnp.where(done, zero_i, metric_count),
       gen_sum=jnp.where(done, zero_f, gen_sum),

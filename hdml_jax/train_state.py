@@ -50,6 +50,19 @@ class HDMLConfig:
       through BN1 both update its moving statistics, in that order;
       ``"real"``: only the real pass does. Both passes normalise with their
       own batch statistics either way.
+    alpha_relative: 0 (reference): ``alpha`` is used as given. ``> 0``
+      (a deviation from the reference, for transfer across batch, feature
+      and model sizes): ``alpha = alpha_relative * J_avg_first``, the mean
+      of ``w J_m`` over the first completed statistics block, so the
+      hardness factor is ``exp(-alpha_relative * J_avg_first / J_avg)``:
+      ``exp(-alpha_relative)`` when the block closes, lower as the loss
+      falls; 1 (no synthesis hardness) until then. ``alpha`` is ignored.
+    beta_relative: 0 (reference): ``beta`` as given. ``> 0`` (a deviation):
+      ``beta = beta_relative * J_gen_first``, so
+      ``w = exp(-beta_relative * J_gen_first / J_gen)`` starts at
+      ``exp(-beta_relative)`` and falls as ``J_gen`` falls, whatever the
+      batch and feature sizes that set ``J_gen``'s scale; ``w = 1`` until
+      the first block completes. ``beta`` is ignored.
   """
 
   loss: str = "npair"
@@ -63,6 +76,8 @@ class HDMLConfig:
   margin: float = 1.0
   contrastive_margin: float = 1.0
   bn1_update: str = "both"
+  alpha_relative: float = 0.0
+  beta_relative: float = 0.0
 
   def __post_init__(self):
     if self.loss not in LOSSES:
@@ -71,7 +86,7 @@ class HDMLConfig:
       raise ValueError(f"HDMLConfig.bn1_update must be one of {BN1_UPDATES}, got {self.bn1_update!r}.")
     if not 0.0 <= self.lam <= 1.0:
       raise ValueError(f"HDMLConfig.lam must lie in [0, 1], got {self.lam}.")
-    for name in ("alpha", "beta", "softmax_factor", "l2_reg", "weight_decay", "margin", "contrastive_margin"):
+    for name in ("alpha", "beta", "alpha_relative", "beta_relative", "softmax_factor", "l2_reg", "weight_decay", "margin", "contrastive_margin"):
       if getattr(self, name) < 0:
         raise ValueError(f"HDMLConfig.{name} must be >= 0, got {getattr(self, name)}.")
 

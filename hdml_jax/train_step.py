@@ -26,7 +26,7 @@ import optax
 
 from hdml_jax import hardness, losses, objective
 from hdml_jax.distances import safe_sqrt
-from hdml_jax.statistics import update_statistics
+from hdml_jax.statistics import AdaptiveStatistics, update_statistics
 from hdml_jax.train_state import HDMLConfig, HDMLTrainState, Networks
 
 Batch = dict[str, jax.Array]
@@ -73,17 +73,34 @@ def real_metric_loss(config: HDMLConfig, z: jax.Array, labels: jax.Array) -> jax
   return _contrastive(config, a, p, n)
 
 
-def synthetic_inputs(config: HDMLConfig, z: jax.Array, j_avg: jax.Array) -> jax.Array:
+def effective_alpha(config: HDMLConfig, stats: AdaptiveStatistics) -> jax.Array | float:
+  """``alpha``, or ``alpha_relative * J_avg_first`` when set (0 before the first block: factor 1)."""
+  if config.alpha_relative > 0:
+    return config.alpha_relative * stats.j_avg_first
+  return config.alpha
+
+
+def effective_beta(config: HDMLConfig, stats: AdaptiveStatistics) -> jax.Array | float:
+  """``beta``, or ``beta_relative * J_gen_first`` when set (0 before the first block: ``w = 1``)."""
+  if config.beta_relative > 0:
+    return config.beta_relative * stats.j_gen_first
+  return config.beta
+
+
+def synthetic_inputs(config: HDMLConfig, z: jax.Array, j_avg: jax.Array,
+                     alpha: jax.Array | float | None = None) -> jax.Array:
   """The synthetic rows of the generator input.
 
   N-pair: ``[P + P^2, E]`` (anchors, then each anchor's P hardness-augmented
-  candidates); triplet/contrastive: ``[3T, E]`` = ``[a; p; n^]``.
+  candidates); triplet/contrastive: ``[3T, E]`` = ``[a; p; n^]``. ``alpha``
+  defaults to ``config.alpha`` (see :func:`effective_alpha`).
   """
+  alpha = config.alpha if alpha is None else alpha
   if config.loss == "npair":
     p = z.shape[0] // 2
-    return hardness.expand_npair_tuples(z[:p], z[p:], alpha=config.alpha, j_avg=j_avg).flat()
+    return hardness.expand_npair_tuples(z[:p], z[p:], alpha=alpha, j_avg=j_avg).flat()
   a, p, n = losses.split_triplets(z)
-  n_hat = hardness.synthesize_negatives(a, p, n, alpha=config.alpha, j_avg=j_avg)
+  n_hat = hardness.synthesize_negatives(a, p, n, alpha=alpha, j_avg=j_avg)
   return jnp.concatenate([a, p, n_hat])
 
 
@@ -148,6 +165,7 @@ def make_train_step(
     images, labels = batch["images"], batch["labels"]
     num = _check_batch(config, images, labels)
     params, bstats, stats = state.params, state.batch_stats, state.stats
+    alpha, beta = effective_alpha(config, stats), effective_beta(config, stats)
 
     def encode(mp, emb_stats, x):
       y, bb_new = networks.backbone.apply(
@@ -166,7 +184,7 @@ def make_train_step(
       if not config.hdml:
         aux["emb_stats"] = emb_stats
         return j_m, aux
-      syn_in = synthetic_inputs(config, z, stats.j_avg)
+      syn_in = synthetic_inputs(config, z, stats.j_avg, alpha)
       gen_in = jnp.concatenate([z, syn_in])
       gen_out = networks.generator.apply(
           {"params": params["generator"], "batch_stats": bstats["generator"]}, gen_in,
@@ -177,7 +195,7 @@ def make_train_step(
           {"params": mp["embedding"], "batch_stats": second_in}, y_syn,
           train=True, mutable=["batch_stats"])
       j_syn = synthetic_metric_loss(config, z_syn, num)
-      w = objective.metric_weight(stats.j_gen, beta=config.beta)
+      w = objective.metric_weight(stats.j_gen, beta=beta)
       aux.update(
           gen_input=gen_in, j_syn=j_syn, w=w,
           emb_stats=emb_syn["batch_stats"] if config.bn1_update == "both" else emb_stats)
@@ -217,7 +235,8 @@ def make_train_step(
       metrics.update(
           j_syn=aux["j_syn"], j_metric=j_metric, j_recon=j_recon, j_soft=j_soft,
           j_gen=j_gen, j_cls=j_cls, w=aux["w"],
-          hardness=hardness.hardness_factor(stats.j_avg, alpha=config.alpha))
+          hardness=hardness.hardness_factor(stats.j_avg, alpha=alpha),
+          alpha=jnp.asarray(alpha, jnp.float32), beta=jnp.asarray(beta, jnp.float32))
       losses_ok += [j_gen, j_cls]
 
     grads = pmean(grads)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from typing import Mapping
 
 import jax
@@ -108,8 +109,15 @@ def save_caffe_mat(path: str, blobs: Mapping[str, np.ndarray]) -> None:
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as f:
-    return {k: f[k] for k in f.files}
+  """The arrays of an ``.npz`` (never unpickled); a damaged file is named in the error."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise ValueError(f"weights file {path!r} is not a readable .npz archive (truncated or corrupt?): "
+                     f"{type(e).__name__}: {e}") from e
 
 
 # --- torchvision state_dict <-> googlenet_bn variables -----------------------------
@@ -189,16 +197,42 @@ def load_torchvision_state(path: str) -> dict[str, np.ndarray]:
 # --- converted variables files --------------------------------------------------
 
 
-def save_variables(path: str, variables: Mapping) -> None:
-  """Writes Flax variables as ``.npz`` with ``/``-joined keys."""
+def save_variables(path: str, variables: Mapping, *, meta: Mapping[str, object] | None = None) -> None:
+  """Writes Flax variables as ``.npz`` with ``/``-joined keys (never pickled).
+
+  ``meta`` (strings, numbers, integer tuples) is stored under ``meta/<name>``
+  as plain arrays and checked by :func:`load_pretrained_backbone`. The file
+  is written to a temporary name and renamed, so a crash leaves no partial
+  file.
+  """
   flat = traverse_util.flatten_dict(jax.device_get(dict(variables)), sep="/")
-  np.savez(path, **{k: np.asarray(v) for k, v in flat.items()})
+  arrays = {k: np.asarray(v) for k, v in flat.items()}
+  for name, value in (meta or {}).items():
+    arrays[f"{META}/{name}"] = np.asarray(value)
+    if arrays[f"{META}/{name}"].dtype == object:
+      raise TypeError(f"save_variables: meta {name!r} must be a string, a number or a tuple of numbers.")
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+META = "meta"
 
 
 def load_variables(path: str) -> dict:
+  """The variables of a ``.npz`` written by :func:`save_variables` (``meta/`` kept)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"weights file {path!r} does not exist.")
   return traverse_util.unflatten_dict(load_npz(path), sep="/")
+
+
+def read_meta(variables: Mapping) -> dict:
+  """The file's ``meta/`` entries as Python values (strings, numbers, tuples)."""
+  out = {}
+  for name, value in dict(variables.get(META, {})).items():
+    value = np.asarray(value)
+    out[name] = value.item() if value.ndim == 0 else tuple(value.tolist())
+  return out
 
 
 def check_like(variables: Mapping, template: Mapping, where: str) -> None:
@@ -209,14 +243,30 @@ def check_like(variables: Mapping, template: Mapping, where: str) -> None:
           [(k, got[k], want[k]) for k in want if k in got and got[k] != want[k]])
 
 
-def load_pretrained_backbone(state, path: str):
+def load_pretrained_backbone(state, path: str, *, expect: Mapping[str, object] | None = None):
   """Returns ``state`` with its backbone variables replaced by the file's.
 
   The file holds ``params`` (and ``batch_stats`` for BatchNorm backbones);
   shapes must match the state's backbone exactly. The optimizer state is
   independent of parameter values at initialisation, so it is kept.
+
+  Args:
+    state: the train state to load into.
+    path: a ``.npz`` from ``experiments.convert_weights`` or ``experiments.pretrain``.
+    expect: what the model needs of the file's ``meta/`` entries, e.g.
+      ``{"backbone": "small_cnn", "image_shape": (48, 48, 3)}``; every entry
+      the file records and ``expect`` names must agree (a file without
+      ``meta/`` is not checked). Mismatches are reported by array name.
   """
   variables = load_variables(path)
+  meta = read_meta(variables)
+  variables = {k: v for k, v in variables.items() if k != META}
+  wrong = [(f"{META}/{k}", meta[k], v) for k, v in (expect or {}).items()
+           if k in meta and _normalise(meta[k]) != _normalise(v)]
+  if wrong:
+    raise WeightMismatchError(
+        f"pretrained weights {path!r} were made for another model: " + "; ".join(
+            f"{name} is {got!r} in the file, the model has {want!r}" for name, got, want in wrong))
   template = {"params": state.params["backbone"]}
   if state.batch_stats["backbone"]:
     template["batch_stats"] = state.batch_stats["backbone"]
@@ -226,3 +276,7 @@ def load_pretrained_backbone(state, path: str):
   if "batch_stats" in variables:
     batch_stats["backbone"] = variables["batch_stats"]
   return state.replace(params=params, batch_stats=batch_stats)
+
+
+def _normalise(value):
+  return tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else value

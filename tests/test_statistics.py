@@ -38,6 +38,17 @@ class StatisticsTest(chex.TestCase):
     self.assertAlmostEqual(float(state.j_gen), 7.0, places=5)
     self.assertEqual(int(state.steps_in_block), 0)
 
+  def test_first_block_means_are_kept(self):
+    state = statistics.init_statistics(block_length=2)
+    state = statistics.update_statistics(state, 4.0, 40.0)
+    self.assertEqual((float(state.j_avg_first), float(state.j_gen_first)), (0.0, 0.0))
+    state = statistics.update_statistics(state, 2.0, 20.0)
+    self.assertEqual((float(state.j_avg_first), float(state.j_gen_first)), (3.0, 30.0))
+    for _ in range(4):    # later blocks move j_avg, never the first-block means
+      state = statistics.update_statistics(state, 1.0, 10.0)
+    self.assertEqual((float(state.j_avg), float(state.j_gen)), (1.0, 10.0))
+    self.assertEqual((float(state.j_avg_first), float(state.j_gen_first)), (3.0, 30.0))
+
   def test_all_non_finite_block_keeps_previous(self):
     state = statistics.init_statistics(block_length=2, initial_value=3.0)
     state = statistics.update_statistics(state, math.nan, 1.0)
@@ -48,7 +59,7 @@ class StatisticsTest(chex.TestCase):
   def test_is_a_pytree_and_not_differentiated(self):
     state = statistics.init_statistics(block_length=1)
     leaves = jax.tree_util.tree_leaves(state)
-    self.assertEqual(len(leaves), 7)   # block_length is static
+    self.assertEqual(len(leaves), 9)   # block_length is static
     g = jax.grad(lambda x: statistics.update_statistics(state, x, x).j_avg)(2.0)
     self.assertEqual(float(g), 0.0)
 

@@ -30,6 +30,38 @@ class TrainStepTest(chex.TestCase):
     self.assertEqual(int(state.step), 3)
     self.assertTrue(bool(m["finite"]))
 
+  @parameterized.parameters("npair", "triplet")
+  def test_relative_alpha_and_beta_follow_the_first_block(self, loss):
+    # Statistics blocks of 4 steps. Hand computation from the logged values:
+    # the first block's means J_avg_first = mean(w J_m), J_gen_first =
+    # mean(J_gen) over steps 0-3 set alpha = 0.5 J_avg_first and beta =
+    # 0.2 J_gen_first; until then alpha = beta = 0 (hardness 1, w 1).
+    state = tiny_state(loss=loss, alpha=90.0, beta=1e4, alpha_relative=0.5, beta_relative=0.2)
+    state, ms = _run(state, [digits_batch(loss, step=i) for i in range(12)])
+    ms = [{k: float(v) for k, v in m.items()} for m in ms]
+    for m in ms[:4]:
+      self.assertEqual((m["alpha"], m["beta"], m["hardness"], m["w"]), (0.0, 0.0, 1.0, 1.0))
+      self.assertAlmostEqual(m["loss"], m["j_m"], places=5)
+    first_avg = np.mean([m["w"] * m["j_m"] for m in ms[:4]])
+    first_gen = np.mean([m["j_gen"] for m in ms[:4]])
+    second_avg = np.mean([m["w"] * m["j_m"] for m in ms[4:8]])
+    second_gen = np.mean([m["j_gen"] for m in ms[4:8]])
+    for m in ms[4:8]:    # the statistics read the first block: exp(-0.5), exp(-0.2)
+      np.testing.assert_allclose([m["alpha"], m["beta"]], [0.5 * first_avg, 0.2 * first_gen], rtol=1e-5)
+      np.testing.assert_allclose([m["hardness"], m["w"]], [np.exp(-0.5), np.exp(-0.2)], rtol=1e-5)
+    for m in ms[8:]:     # then the second block, against the same first-block constants
+      np.testing.assert_allclose(m["hardness"], np.exp(-0.5 * first_avg / second_avg), rtol=1e-5)
+      np.testing.assert_allclose(m["w"], np.exp(-0.2 * first_gen / second_gen), rtol=1e-5)
+    np.testing.assert_allclose([state.stats.j_avg_first, state.stats.j_gen_first], [first_avg, first_gen],
+                               rtol=1e-5)
+    # Off (the default) the reference's constants are used as given.
+    _, ref = _run(tiny_state(loss=loss, alpha=90.0, beta=1e4), [digits_batch(loss, step=i) for i in range(5)])
+    self.assertEqual((float(ref[4]["alpha"]), float(ref[4]["beta"])), (90.0, 1e4))
+
+  def test_relative_constants_must_be_non_negative(self):
+    with self.assertRaisesRegex(ValueError, "alpha_relative must be >= 0"):
+      tiny_state(alpha_relative=-1.0)
+
   @parameterized.product(loss=("npair", "triplet", "contrastive"), hdml=(True, False))
   def test_every_loss_runs_and_reports(self, loss, hdml):
     state = tiny_state(loss=loss, hdml=hdml)
@@ -39,7 +71,7 @@ class TrainStepTest(chex.TestCase):
                 "grad_norm/backbone", "grad_norm/embedding"}
     if hdml:
       expected |= {"j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls", "w", "hardness",
-                   "grad_norm/generator", "grad_norm/classifier"}
+                   "alpha", "beta", "grad_norm/generator", "grad_norm/classifier"}
     self.assertEqual(set(m), expected)
     self.assertTrue(bool(m["finite"]))
     chex.assert_tree_all_finite({k: v for k, v in m.items() if k != "finite"})

@@ -52,6 +52,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.hdml.margin = 1.0
   c.hdml.contrastive_margin = 1.0
   c.hdml.bn1_update = "both"
+  # Deviations from the reference, off by default: alpha / beta as multiples of the
+  # first completed block's J_avg / J_gen, so they transfer across batch, feature
+  # and model sizes (see HDMLConfig). > 0 replaces alpha / beta.
+  c.hdml.alpha_relative = 0.0
+  c.hdml.beta_relative = 0.0
   c.hdml.stats_block_length = 64
   c.hdml.stats_initial_value = 1e6
 
@@ -77,6 +82,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.data_threads = 4                   # grain threads assembling batches
   c.prefetch = 4
+
+  c.pretrain = ml_collections.ConfigDict()   # experiments.pretrain only
+  c.pretrain.lr = 1e-3                 # Adam on softmax cross-entropy; metric_boundaries/decay apply
 
   c.selection = ml_collections.ConfigDict()
   c.selection.split = "val"            # val (held-out training classes) | test (reference rule) | none
