@@ -334,6 +334,9 @@ def train_and_evaluate(
 
   def maybe_select(step_done: int, state):
     nonlocal best
+    if cfg.eval.test_curves:   # learning curves only: never read by the selection below
+      curve = evaluate_split(cfg, state, data, data.test, clustering=False)
+      writer.write(step_done, {f"test/{k}": v for k, v in curve.items()})
     if selection_split is None:
       return
     clustering = cfg.selection.metric in ("nmi", "f1")
@@ -362,6 +365,8 @@ def train_and_evaluate(
   results["config"] = json.loads(cfg.to_json_best_effort())
   if pretrained is not None:
     results["pretrained"] = pretrained
+  stats = local_copy(state.stats)
+  results["statistics"] = {k: float(getattr(stats, k)) for k in ("j_avg", "j_gen", "j_avg_first", "j_gen_first")}
   if is_main:
     checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), results)
     if cfg.plots:

@@ -94,6 +94,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.recall_ks = (1, 2, 4, 8)
   c.eval.batch_size = 256
   c.eval.kmeans_backend = "jax"        # jax | sklearn
+  c.eval.test_curves = False           # also log test Recall@K / MAP@R at every evaluation
+                                       # (learning curves; never used for selection)
 
   c.num_devices = 0                    # 0: all devices of all processes
   c.distributed = ml_collections.ConfigDict()
