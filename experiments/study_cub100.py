@@ -110,6 +110,7 @@ def plot_hardness(run_dirs: dict, out_path: str) -> None:
 # same number of steps.
 STUDY_SET = {"dataset.resize": 56, "dataset.crop": 48, "eval.test_curves": True, "plots": False}
 LOSSES = ("npair", "triplet")
+REGIMES = ("pretrained", "scratch")
 CURVE_KEYS = ("test/recall@1", "test/map@r")
 
 
@@ -156,7 +157,7 @@ def regime_run(root: str, regime: str, method: str, seed: int, args, extra: dict
   if regime == "pretrained":
     overrides["model.pretrained"] = pretrained_file(root, seed, args)
     overrides.setdefault("optimizer.metric_lr", extra.pop("optimizer.metric_lr", None)
-                         or chosen_lr(root, METHODS[method][0]))
+                         or args.metric_lr or chosen_lr(root, METHODS[method][0]))
   overrides.update(extra)
   workdir = os.path.join(root, regime, f"{method}{tag}_seed{seed}")
   return workdir, run_one(workdir, method, seed, args.num_steps, overrides)
@@ -213,7 +214,7 @@ def table_lr(root: str, args) -> list[str]:
   choice, dirs = {}, [os.path.join(root, f"pretrain_seed{s}") for s in args.seed_list]
   for s in args.seed_list:
     pretrained_file(root, s, args)
-  for loss in LOSSES:
+  for loss in args.loss_list:
     for lr in args.lr_list:
       d, r = regime_run(root, "pretrained", f"{loss}_baseline", args.seed_list[0], args,
                         {"optimizer.metric_lr": lr}, tag=f"_lr{lr:g}")
@@ -237,8 +238,8 @@ def checkpoints_json(path, obj):
 
 def table_regime(root: str, args) -> list[str]:
   cells, dirs, curves, hardness = {}, [], {}, {}
-  for regime in ("pretrained", "scratch"):
-    for loss in LOSSES:
+  for regime in args.regime_list:
+    for loss in args.loss_list:
       arms = {}
       for arm in ("baseline", "hdml"):
         method = f"{loss}_{arm}"
@@ -393,6 +394,10 @@ def main(argv=None):
   ap.add_argument("--lrs", default="3e-5,1e-4,3e-4", help="--table lr: the metric learning rates tried")
   ap.add_argument("--target_w", default="0.95,0.8,0.65,0.5", help="--table beta: final w aimed at")
   ap.add_argument("--alpha_relative", type=float, default=0.5, help="--table alpha")
+  ap.add_argument("--losses", default=",".join(LOSSES), help="--table lr/regime: the losses")
+  ap.add_argument("--regimes", default="pretrained,scratch", help="--table regime: the regimes")
+  ap.add_argument("--metric_lr", type=float, default=None,
+                  help="the pretrained start's metric lr, given instead of the lr table's choice")
   args = ap.parse_args(argv)
   common = dict(spec.split("=", 1) for spec in args.set)
   if args.table:
@@ -400,6 +405,11 @@ def main(argv=None):
     args.seed_list = [int(x) for x in args.seeds.split(",")]
     args.lr_list = [float(x) for x in args.lrs.split(",")]
     args.target_w_list = [float(x) for x in args.target_w.split(",")]
+    args.loss_list = [x for x in args.losses.split(",") if x]
+    args.regime_list = [x for x in args.regimes.split(",") if x]
+    for name, got, allowed in (("losses", args.loss_list, LOSSES), ("regimes", args.regime_list, REGIMES)):
+      if not got or set(got) - set(allowed):
+        ap.error(f"--{name} must be a comma-separated subset of {','.join(allowed)}, got {got}")
     if args.num_steps == ap.get_default("num_steps"):
       args.num_steps = 500    # the regime study's fixed budget
     lines = {"lr": table_lr, "regime": table_regime, "beta": table_beta, "alpha": table_alpha}[args.table](

@@ -14,7 +14,8 @@ from experiments import checkpoints, datasets
 from experiments.configs import cub100, default, paper
 from experiments.configs.base import override
 from experiments.evaluate import evaluate_checkpoint
-from experiments.train import NonFiniteLossError, NonFiniteStateError, build_state, train_and_evaluate
+from experiments.train import (NonFiniteLossError, NonFiniteStateError, build_state, file_sha256,
+                               train_and_evaluate)
 from tests.helpers import max_abs_diff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -321,3 +322,62 @@ class StudyScriptTest(chex.TestCase):
     mtime = os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json"))
     study_cub100.main(argv)   # finished runs are skipped
     self.assertEqual(os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json")), mtime)
+
+
+class RegimeStudyTest(chex.TestCase):
+
+  def test_regime_tables_run_resume_and_never_select_on_test(self):
+    from experiments import study_cub100
+
+    workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
+    common = ["--workdir", workdir, "--seeds", "0,1", "--num_steps", "4", "--pretrain_steps", "4",
+              "--lrs", "1e-4,3e-4", "--target_w", "0.9", "--losses", "npair",
+              "--set", "dataset.resize=20", "--set", "dataset.crop=16",
+              "--set", "dataset.train_classes=(0, 12)", "--set", "dataset.test_classes=(50, 54)",
+              "--set", "num_devices=1", "--set", f"compilation_cache_dir={cache}", "--set", "batch_size=12",
+              "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16",
+              "--set", "model.backbone_kwargs.widths=(4, 8)", "--set", "hdml.stats_block_length=2"]
+    try:
+      with self.assertRaisesRegex(FileNotFoundError, "run --table lr first"):
+        study_cub100.main(common + ["--table", "regime", "--regimes", "pretrained"])
+      study_cub100.main(common + ["--table", "lr"])
+      choice = json.load(open(os.path.join(workdir, "lr_choice.json")))
+      # Chosen on held-out training classes: the best val R@1 of the baseline runs.
+      vals = {lr: json.load(open(os.path.join(workdir, "pretrained", f"npair_baseline_lr{lr}_seed0",
+                                              "best.json")))["value"] for lr in ("0.0001", "0.0003")}
+      self.assertEqual(choice["npair"]["val_recall@1"], max(vals.values()))
+      study_cub100.main(common + ["--table", "regime"])
+      table = json.load(open(os.path.join(workdir, "regime.json")))
+      cell = table["pretrained/npair/recall@1"]
+      diffs = np.subtract(cell["hdml"], cell["baseline"])
+      self.assertAlmostEqual(cell["difference"]["mean"], float(np.mean(diffs)), places=9)
+      # Every run of a seed loads that seed's file, and records its hash.
+      for seed in (0, 1):
+        pre = os.path.join(workdir, f"pretrain_seed{seed}", "pretrained.npz")
+        for arm in ("baseline", "hdml"):
+          r = json.load(open(os.path.join(workdir, "pretrained", f"npair_{arm}_seed{seed}", "results.json")))
+          self.assertEqual(r["pretrained"]["sha256"], file_sha256(pre))
+          self.assertEqual(r["best"]["selection"], "val/recall@1")
+          rows = [json.loads(l) for l in open(os.path.join(workdir, "pretrained", f"npair_{arm}_seed{seed}",
+                                                           "metrics.jsonl"))]
+          self.assertTrue(any("test/recall@1" in row for row in rows))   # learning curves
+      self.assertTrue(os.path.getsize(os.path.join(workdir, "regime_curves.png")) > 1000)
+      study_cub100.main(common + ["--table", "alpha"])
+      study_cub100.main(common + ["--table", "beta"])
+      text = open(os.path.join(workdir, "table_beta.md")).read()
+      self.assertIn("beta_relative=", text)
+      self.assertTrue(os.path.exists(os.path.join(workdir, "beta_w.png")))
+      mtime = os.path.getmtime(os.path.join(workdir, "pretrained", "npair_hdml_seed1", "results.json"))
+      study_cub100.main(common + ["--table", "regime"])   # complete runs are skipped
+      self.assertEqual(os.path.getmtime(os.path.join(workdir, "pretrained", "npair_hdml_seed1",
+                                                     "results.json")), mtime)
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
+
+  def test_paired_difference_interval_by_hand(self):
+    from experiments.study_cub100 import paired_difference
+
+    d = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])   # differences 0.1, 0.2, 0.0
+    # mean 0.1, sd 0.1, t(0.975, 2) = 4.302653, half-width 4.302653 * 0.1 / sqrt(3)
+    self.assertAlmostEqual(d["mean"], 0.1, places=12)
+    np.testing.assert_allclose(d["ci95"], [0.1 - 0.2484138, 0.1 + 0.2484138], rtol=1e-6)
