@@ -374,6 +374,29 @@ class RegimeStudyTest(chex.TestCase):
     finally:
       jax.config.update("jax_compilation_cache_dir", None)
 
+  def test_gpu_regime_script_at_toy_size(self):
+    # The GPU script's command line, on CPU, with the model and data made tiny.
+    out, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()
+    env = dict(os.environ, OUT=out, WORKDIR=workdir, SEEDS="0,1", STEPS="2", PRETRAIN_STEPS="2")
+    toy = ["--set", "model.backbone=small_cnn", "--set", "model.backbone_kwargs={'widths': (4, 8), 'depth': 1}",
+           "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16",
+           "--set", "dataset.resize=20", "--set", "dataset.crop=16", "--set", "dataset.preprocess=standard",
+           "--set", "dataset.train_classes=(0, 8)", "--set", "dataset.test_classes=(50, 54)",
+           "--set", "batch_size=12", "--set", "num_devices=1", "--set", "data_threads=2",
+           "--set", "compilation_cache_dir=", "--set", "hdml.stats_block_length=2"]
+    proc = subprocess.run(["bash", os.path.join(REPO, "experiments", "gpu_regime.sh"), *toy], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    self.assertEqual(proc.returncode, 0, open(os.path.join(out, "gpu_regime.log")).read()[-3000:])
+    self.assertIn("| pretrained | npair | recall@1 |", proc.stdout)
+    table = json.load(open(os.path.join(out, "regime.json")))
+    self.assertEqual(len(table["pretrained/npair/recall@1"]["hdml"]), 2)
+    r = json.load(open(os.path.join(workdir, "pretrained", "npair_hdml_seed1", "results.json")))
+    self.assertIsNone(r["best"])                       # nothing selected: the final step is reported
+    self.assertEqual(r["config"]["optimizer"]["metric_lr"], 6e-5)
+    self.assertEqual(r["config"]["hdml"]["beta"], 5e3)
+    pre = json.load(open(os.path.join(workdir, "pretrain_seed1", "results.json")))
+    self.assertEqual(pre["train_classes"], 8)          # all training classes, none held out
+
   def test_paired_difference_interval_by_hand(self):
     from experiments.study_cub100 import paired_difference
 

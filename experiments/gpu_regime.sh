@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The regime study's pretrained-start comparison at the paper's setting, on one GPU:
+# GoogLeNet (Caffe layout) at 227 px, N-pair batch 128 (P = 64), the reference's
+# CUB hyper-parameters (embedding 256, metric lr 6e-5, generator 1e-2, classifier
+# 1e-3, beta 5e3, weight decay 1e-3, l2 1.5e-2). No ImageNet weights exist on the
+# machines of this project, so the backbone is first pretrained with softmax on
+# the 50 training classes of cub100 (experiments.pretrain, one file per seed);
+# then, for every seed, the N-pair baseline and HDML fine-tune from that same
+# file for the same number of steps. Nothing is selected: every run reports its
+# final step (selection.split=none; no class is held out, so all 50 train),
+# which keeps the test classes out of every choice. Prints the regime table
+# (mean ± std, paired difference HDML - baseline with a 95 % t interval).
+#
+#     bash experiments/gpu_regime.sh                     # 3 seeds, 600 + 600 steps
+#     SEEDS=0 STEPS=200 PRETRAIN_STEPS=200 bash experiments/gpu_regime.sh
+#     bash experiments/gpu_regime.sh --set model.backbone=tiny ...   # extra study flags (tests)
+#
+# Writes under $OUT (default gpu_out/): gpu_regime.log, the table and regime.json;
+# the runs go to $WORKDIR (default runs/gpu_regime), so a second call resumes.
+set -u
+OUT=${OUT:-gpu_out}
+WORKDIR=${WORKDIR:-runs/gpu_regime}
+mkdir -p "$OUT" "$WORKDIR"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+t0=$SECONDS
+{
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c 'import jax; print("jax", jax.__version__, jax.devices())'
+} >"$OUT/gpu_regime.log" 2>&1
+$PY -m experiments.study_cub100 --workdir "$WORKDIR" --table regime --regimes pretrained --losses npair \
+  --seeds "${SEEDS:-0,1,2}" --num_steps "${STEPS:-600}" --pretrain_steps "${PRETRAIN_STEPS:-600}" \
+  --pretrain_lr "${PRETRAIN_LR:-1e-3}" --metric_lr "${METRIC_LR:-6e-5}" \
+  --set model.backbone=googlenet --set "model.backbone_kwargs={}" --set model.embedding_dim=256 \
+  --set dataset.resize=256 --set dataset.crop=227 --set dataset.preprocess=paper \
+  --set batch_size=128 --set dataset.num_val_classes=0 --set selection.split=none \
+  --set hdml.beta=5e3 --set hdml.weight_decay=1e-3 --set hdml.l2_reg=1.5e-2 \
+  --set eval.batch_size=256 --set data_threads=16 "$@" >>"$OUT/gpu_regime.log" 2>&1
+rc=$?
+cp "$WORKDIR/table_regime.md" "$WORKDIR/regime.json" "$OUT/" 2>/dev/null
+echo "exit $rc after $((SECONDS - t0))s" | tee -a "$OUT/gpu_regime.log"
+cat "$OUT/table_regime.md" 2>/dev/null
+exit $rc
