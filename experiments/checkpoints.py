@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jax
@@ -71,7 +72,14 @@ def restore_latest_finite(manager: ocp.CheckpointManager, template: HDMLTrainSta
   """
   skipped = []
   for step in sorted(manager.all_steps(), reverse=True):
-    state = restore(manager, template, step)
+    try:
+      state = restore(manager, template, step)
+    except (ValueError, KeyError, TypeError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(
+          f"{manager.directory} holds checkpoints of a different model (another embedding or hidden "
+          f"size, backbone or hdml.enabled): step {step} does not fit this config ({first[:200]}). "
+          "Use a fresh --workdir for this config.") from e
     bad = non_finite_leaves(state)
     if not bad:
       for s, _ in skipped:
@@ -86,10 +94,24 @@ def restore_latest_finite(manager: ocp.CheckpointManager, template: HDMLTrainSta
   return None, skipped
 
 
+def json_safe(obj):
+  """``obj`` with NaN and infinities as ``None`` (JSON ``null``: the metric is undefined)."""
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if hasattr(obj, "item") and np.ndim(obj) == 0:
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
 def write_json_atomic(path: str, obj) -> None:
+  """Strict JSON (non-finite numbers written as ``null``), written to a temporary name and renamed."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=_jsonable)
+    json.dump(json_safe(obj), f, indent=2, default=_jsonable, allow_nan=False)
   os.replace(tmp, path)
 
 

@@ -1,8 +1,11 @@
 """Evaluate a checkpoint of a run on one split.
 
-    python -m experiments.evaluate --config experiments/configs/default.py \\
-        --workdir runs/default --split test --which best
+    python -m experiments.evaluate --workdir runs/default
+    python -m experiments.evaluate --workdir runs/cub --split val --which best
 
+The model and data are rebuilt from the config the run saved in
+``<workdir>/config.json`` (its command-line overrides included); ``--config``
+replaces it (e.g. for a run of an older version, which saved none).
 ``--which`` is ``latest`` (the last periodic checkpoint), ``best`` (the
 selected one) or a step number. Prints the metrics as JSON and writes them
 to ``<workdir>/eval_<split>_<which>.json``.
@@ -11,33 +14,45 @@ to ``<workdir>/eval_<split>_<which>.json``.
 import json
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "The run's config file.", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "A config file to use instead of the one the run saved.",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
 flags.DEFINE_enum("split", "test", ["train", "val", "test"], "Which split to evaluate.")
 flags.DEFINE_string("which", "latest", "latest | best | a step number.")
 
 
 def evaluate_checkpoint(cfg, workdir: str, *, split: str = "test", which: str = "latest") -> dict:
-  """Restores ``which`` from ``workdir`` and evaluates it on ``split``."""
+  """Restores ``which`` from ``workdir`` and evaluates it on ``split``.
+
+  ``cfg`` None: the config saved in the workdir.
+  """
   from experiments import checkpoints, datasets
-  from experiments.train import build_state, evaluate_split, setup_runtime
+  from experiments.train import build_state, evaluate_split, load_run_config, setup_runtime
 
   if which not in ("latest", "best") and not str(which).isdigit():
     raise ValueError(f"--which must be 'latest', 'best' or a step number, got {which!r}.")
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir!r} does not exist.")
+  if cfg is None:
+    cfg = load_run_config(workdir)
+  sub = "best" if which == "best" else "checkpoints"
+  if not os.path.isdir(os.path.join(workdir, sub)):
+    hint = (f" (this run has selection.split={cfg.selection.split!r}: a best checkpoint is kept only "
+            "when it is 'val' or 'test'; use --which latest)" if which == "best" else "")
+    raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(os.path.abspath(workdir), sub)}{hint}.")
   setup_runtime(cfg)
   data = datasets.load_data(cfg)
   chosen = getattr(data, split)
   if chosen is None:
     raise ValueError(f"the config has no {split!r} split (dataset.num_val_classes is 0).")
-  sub = "best" if which == "best" else "checkpoints"
   manager = checkpoints.make_manager(os.path.join(workdir, sub), max_to_keep=10**6)
   if manager.latest_step() is None:
     hint = (" (the run keeps a best checkpoint only when config.selection.split is 'val' or 'test')"
@@ -56,7 +71,12 @@ def evaluate_checkpoint(cfg, workdir: str, *, split: str = "test", which: str = 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  out = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, which=FLAGS.which)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  try:
+    out = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, which=FLAGS.which)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"hdml-evaluate: error: {e}", file=sys.stderr)
+    sys.exit(1)
   print(json.dumps(out, indent=2))
   with open(os.path.join(FLAGS.workdir, f"eval_{FLAGS.split}_{FLAGS.which}.json"), "w") as f:
     json.dump(out, f, indent=2)

@@ -136,6 +136,7 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *, step_hook=None) ->
   mesh, devices = train.make_mesh(cfg)
   template = create_pretrain_state(cfg, data)
   ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+  train.check_run_config(cfg, workdir, resuming=bool(ckpt.all_steps()))
   state, last_finite = train.resume(ckpt, template, workdir)
   start = int(state.step)
   state = parallel.replicate_state(state, mesh)
@@ -144,7 +145,7 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *, step_hook=None) ->
       datasets.train_batches(cfg, data, start_step=start, rows=parallel.process_rows(cfg.batch_size)),
       mesh, size=2, global_batch_size=cfg.batch_size)
   key = jax.device_put(jax.random.key(cfg.seed), parallel.replicated(mesh))
-  writer = logs.MetricWriter(workdir, enabled=is_main)
+  writer = logs.MetricWriter(workdir, enabled=is_main, resume_step=start)
   val = []
 
   def on_eval(step_done, state):

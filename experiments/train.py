@@ -56,6 +56,105 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         "training classes (or choose selection.split='test' or 'none').")
   if cfg.eval.kmeans_backend not in ("jax", "sklearn"):
     raise ValueError(f"config.eval.kmeans_backend must be 'jax' or 'sklearn', got {cfg.eval.kmeans_backend!r}.")
+  metrics = selectable_metrics(cfg)
+  if cfg.selection.split != "none" and cfg.selection.metric not in metrics:
+    raise ValueError(f"config.selection.metric={cfg.selection.metric!r} is not a metric the evaluation "
+                     f"produces; choose one of {metrics} (recall@K for K in config.eval.recall_ks).")
+  for key in ("train_classes", "test_classes"):
+    value = cfg.dataset[key]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+      raise ValueError(f"config.dataset.{key} must be two integers (start, stop), e.g. '(0, 50)'; "
+                       f"got {tuple(value) if isinstance(value, (tuple, list)) else value!r}.")
+  if not isinstance(cfg.num_devices, int) or cfg.num_devices < 0:
+    raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
+
+
+def selectable_metrics(cfg) -> list[str]:
+  """The names ``evaluate`` reports, hence what ``selection.metric`` may name."""
+  return [f"recall@{int(k)}" for k in cfg.eval.recall_ks] + ["precision@1", "r_precision", "map@r", "nmi", "f1"]
+
+
+# Keys that only extend or observe a run: a resume may change them (recorded).
+RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "plots",
+                  "data_threads", "prefetch", "compilation_cache_dir", "eval.batch_size", "eval.test_curves")
+CONFIG_FILE = "config.json"
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_run_config(cfg, workdir: str, *, resuming: bool) -> list[dict]:
+  """Saves the resolved config at the first start; on resume, refuses a different run.
+
+  Returns the allowed changes (``RESUMABLE_KEYS``) as ``[{key, run, now}]``;
+  any other difference raises ``ValueError`` with a readable diff. The
+  workdir's ``config.json`` then holds the config in force (what
+  ``experiments.evaluate`` rebuilds the model from) and ``config_changes.jsonl``
+  the history of allowed changes.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  now = json.loads(cfg.to_json_best_effort(sort_keys=True))
+  changes = []
+  if resuming and os.path.exists(path):
+    run = json.load(open(path))
+    a, b = _flat(run), _flat(now)
+    diffs = [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+             if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    refused = [d for d in diffs if d[0] not in RESUMABLE_KEYS]
+    if refused:
+      lines = "\n".join(f"  {k}: {old!r} in the run, {new!r} now" for k, old, new in refused)
+      raise ValueError(
+          f"{workdir} holds a run with another config; resuming it would continue that run under new "
+          f"settings. Differences:\n{lines}\nUse a fresh --workdir, or resume with the run's own config "
+          f"({path}). Only {', '.join(RESUMABLE_KEYS)} may change on resume.")
+    changes = [{"key": k, "run": old, "now": new} for k, old, new in diffs]
+    if changes:
+      logging.warning("resuming %s with changed %s", workdir,
+                      ", ".join(f"{c['key']} {c['run']!r} -> {c['now']!r}" for c in changes))
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+          f.write(json.dumps({"changes": changes}) + "\n")
+  elif resuming:
+    logging.warning("%s has no %s (written by an older version): the config cannot be compared; "
+                    "saving the current one", workdir, CONFIG_FILE)
+  if jax.process_index() == 0:
+    checkpoints.write_json_atomic(path, now)
+  return changes
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in its workdir (lists back to tuples), locked."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a run of this version "
+                            "(give its config with --config).")
+
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+  from experiments.configs.base import get_base_config
+
+  saved = tuples(json.load(open(path)))
+  cfg = get_base_config()
+  cfg.model.backbone_kwargs = ml_collections.ConfigDict(saved["model"].pop("backbone_kwargs"))
+  for key, value in _flat(saved).items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  cfg.lock()
+  return cfg
 
 
 def hdml_config(cfg) -> HDMLConfig:
@@ -150,7 +249,11 @@ def _selection_name(cfg) -> str:
 
 def make_mesh(cfg):
   """The ('data',) mesh over ``config.num_devices`` devices (0: all)."""
-  devices = jax.devices() if not cfg.num_devices else jax.devices()[:cfg.num_devices]
+  present = jax.devices()
+  if cfg.num_devices < 0 or cfg.num_devices > len(present):
+    raise ValueError(f"config.num_devices={cfg.num_devices}, but {len(present)} {present[0].platform} "
+                     f"device(s) are present: use 0 (all) or 1..{len(present)}.")
+  devices = present if not cfg.num_devices else present[:cfg.num_devices]
   if cfg.batch_size % len(devices):
     raise ValueError(f"config.batch_size={cfg.batch_size} is not divisible by the {len(devices)} devices.")
   return parallel.make_data_mesh(devices), devices
@@ -225,6 +328,7 @@ def run_loop(cfg, workdir: str, state, step_fn, batches, key, *, ckpt, last_fini
     nonlocal last_finite
     check_finite(step_done, st)
     checkpoints.save(ckpt, step_done, st)
+    writer.flush()   # the log holds every row up to the checkpoint (a resume drops later ones)
     last_finite = step_done
 
   def fetch_pending():
@@ -317,10 +421,12 @@ def train_and_evaluate(
     path = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
     pretrained = {"path": path, "sha256": file_sha256(path)}
   ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-  best_mgr = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1)
+  keeps_best = cfg.selection.split != "none"
+  best_mgr = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1) if keeps_best else None
   best_path = os.path.join(workdir, "best.json")
+  changes = check_run_config(cfg, workdir, resuming=bool(ckpt.all_steps()))
   state, last_finite = resume(ckpt, template, workdir)
-  best = json.load(open(best_path)) if os.path.exists(best_path) else None
+  best = json.load(open(best_path)) if keeps_best and os.path.exists(best_path) else None
   start = int(state.step)
 
   state = parallel.replicate_state(state, mesh)
@@ -329,7 +435,7 @@ def train_and_evaluate(
   batches = parallel.MeshPrefetcher(datasets.train_batches(cfg, data, start_step=start, rows=rows),
                                     mesh, size=2, global_batch_size=cfg.batch_size)
   key = jax.device_put(jax.random.key(cfg.seed), parallel.replicated(mesh))
-  writer = logs.MetricWriter(workdir, enabled=is_main)
+  writer = logs.MetricWriter(workdir, enabled=is_main, resume_step=start)
   selection_split = {"val": data.val, "test": data.test}.get(cfg.selection.split)
 
   def maybe_select(step_done: int, state):
@@ -365,6 +471,8 @@ def train_and_evaluate(
   results["config"] = json.loads(cfg.to_json_best_effort())
   if pretrained is not None:
     results["pretrained"] = pretrained
+  if changes:
+    results["config_changes"] = changes
   stats = local_copy(state.stats)
   results["statistics"] = {k: float(getattr(stats, k)) for k in ("j_avg", "j_gen", "j_avg_first", "j_gen_first")}
   if is_main:
@@ -373,6 +481,7 @@ def train_and_evaluate(
       from experiments import plots
       plots.write_all(workdir, data, embed_split(state, data, data.test, cfg.eval.batch_size))
   ckpt.close()
-  best_mgr.close()
+  if best_mgr is not None:
+    best_mgr.close()
   writer.close()
   return results

@@ -182,7 +182,13 @@ def load_torchvision_state(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
 
-    return load_file(path)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"weights file {path!r} does not exist.")
+    try:
+      return load_file(path)
+    except Exception as e:   # safetensors raises its own SafetensorError on a damaged header or body
+      raise ValueError(f"weights file {path!r} is not a readable .safetensors file (truncated or "
+                       f"corrupt?): {type(e).__name__}: {e}") from e
   if path.endswith((".pth", ".pt")):
     try:
       import torch

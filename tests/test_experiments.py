@@ -80,8 +80,9 @@ class ExperimentsTest(chex.TestCase):
     self.assertEqual(again["step"], 12)
     self.assertAlmostEqual(again["recall@1"], results["final"]["recall@1"], places=6)
     self.assertAlmostEqual(again["map@r"], results["final"]["map@r"], places=6)
-    with self.assertRaisesRegex(FileNotFoundError, "no best checkpoint .*only when config.selection.split"):
+    with self.assertRaisesRegex(FileNotFoundError, "no best checkpoint .*selection.split='none'"):
       evaluate_checkpoint(cfg, workdir, which="best")
+    self.assertFalse(os.path.exists(os.path.join(workdir, "best")))   # no empty folder either
     with self.assertRaisesRegex(FileNotFoundError, r"no checkpoint at step 5 .*saved steps: \[8, 12\]"):
       evaluate_checkpoint(cfg, workdir, which="5")
     with self.assertRaisesRegex(ValueError, "--which must be"):
