@@ -14,10 +14,17 @@
                 k-means clustering with k = the number of classes
   f1            pair-counting F-measure between clusters and classes
 
-Neighbours are exact: squared Euclidean distances computed on device for one
-chunk of queries at a time (memory ``O(chunk x N)``), then ``lax.top_k``.
-Ties are broken by the smaller gallery index (``lax.top_k`` keeps the
-earlier of equal values; identical embeddings give bit-identical distances).
+Neighbours are exact for any finite float32 input: the data are first
+centred (on the gallery mean, in float64) and scaled by a power of two, so the
+float32 search on device is well conditioned whatever the offset and scale of
+the input (a shift by 1e4 or a scale of 1e-20 or 1e20 changes nothing); it
+runs for one chunk of queries at a time (memory ``O(chunk x N)``) and keeps a
+few more candidates than asked; their distances are then recomputed in
+float64 as ``sum((q - g)^2)`` on the original values and re-ranked. Ties are
+broken by the smaller gallery index. Returned squared distances are float32
+in the input's units; if one overflows float32 the call raises (rescale the
+embeddings), and distances below float32's range may read as 0 while the
+neighbours stay exact.
 Queries with no other item of their class (R = 0) are left out of
 ``r_precision`` and ``map@r``; they still count (as misses) for recall.
 """
@@ -79,12 +86,40 @@ def _knn_chunk(queries, query_offset, gallery, gallery_sq, *, k, exclude_self):
   return idx, -neg
 
 
+def _conditioned(queries: np.ndarray, gallery: np.ndarray):
+  """float32 copies ``(x - center) / unit``: centred on the gallery mean, ``unit`` a power of two
+  making max |x| <= 1. Returns ``(queries, gallery, center, unit)``."""
+  center = gallery.astype(np.float64).mean(axis=0)
+  q = queries.astype(np.float64) - center
+  g = q if gallery is queries else gallery.astype(np.float64) - center
+  top = max(float(np.abs(q).max()), float(np.abs(g).max()))
+  unit = 2.0 ** math.ceil(math.log2(top)) if top > 0 else 1.0
+  q = (q / unit).astype(np.float32)
+  g = q if gallery is queries else (g / unit).astype(np.float32)
+  return q, g, center, unit
+
+
+def _refine(queries64, gallery64, candidates, k, rows=128):
+  """The k nearest of each row's candidates by float64 distance, ties to the smaller index."""
+  idx = np.empty((candidates.shape[0], k), np.int32)
+  d2 = np.empty((candidates.shape[0], k), np.float64)
+  for start in range(0, candidates.shape[0], rows):
+    cand = candidates[start:start + rows]
+    diff = queries64[start:start + rows, None, :] - gallery64[cand]
+    dist = np.einsum("qcd,qcd->qc", diff, diff)
+    order = np.lexsort((cand, dist), axis=-1)[:, :k]
+    idx[start:start + rows] = np.take_along_axis(cand, order, axis=1)
+    d2[start:start + rows] = np.take_along_axis(dist, order, axis=1)
+  return idx, d2
+
+
 def nearest_neighbors(
     queries,
     gallery=None,
     *,
     k: int,
     chunk_size: int = 1024,
+    return_float64: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact k nearest neighbours by Euclidean distance.
 
@@ -96,9 +131,12 @@ def nearest_neighbors(
       query itself is excluded).
     chunk_size: queries per device call; memory is ``O(chunk_size * N)``.
 
+    return_float64: return the squared distances as float64 (never
+      overflows; ``evaluate`` uses it, as it needs the neighbours only).
+
   Returns:
-    ``indices [Q, k]`` (int32) and ``squared distances [Q, k]``, nearest
-    first; ties go to the smaller gallery index.
+    ``indices [Q, k]`` (int32) and ``squared distances [Q, k]`` (float32,
+    or float64), nearest first; ties go to the smaller gallery index.
   """
   where = "nearest_neighbors"
   queries = _as_embeddings(queries, "queries", where)
@@ -113,18 +151,29 @@ def nearest_neighbors(
         f"available{' (the query itself excluded)' if exclude_self else ''}."
     )
   chunk_size = max(1, min(chunk_size, queries.shape[0]))
-  g = jnp.asarray(gallery)
+  kc = min(available, k + 8 + k // 4)   # spare candidates for the float64 re-ranking
+  cq, cg, _, _ = _conditioned(queries, queries if exclude_self else gallery)
+  q64 = queries.astype(np.float64)
+  g64 = q64 if exclude_self else gallery.astype(np.float64)
+  g = jnp.asarray(cg)
   g_sq = jnp.sum(jnp.square(g), axis=1)
   idx_out = np.empty((queries.shape[0], k), np.int32)
-  d_out = np.empty((queries.shape[0], k), np.float32)
+  d_out = np.empty((queries.shape[0], k), np.float64)
   for start in range(0, queries.shape[0], chunk_size):
-    chunk = queries[start:start + chunk_size]
+    chunk = cq[start:start + chunk_size]
     n = chunk.shape[0]
     if n < chunk_size:  # pad: one compiled shape for every chunk
       chunk = np.concatenate([chunk, np.zeros((chunk_size - n, chunk.shape[1]), np.float32)])
-    idx, d2 = _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=k, exclude_self=exclude_self)
-    idx_out[start:start + n] = np.asarray(idx)[:n]
-    d_out[start:start + n] = np.asarray(d2)[:n]
+    cand, _ = _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=kc, exclude_self=exclude_self)
+    idx_out[start:start + n], d_out[start:start + n] = _refine(
+        q64[start:start + n], g64, np.asarray(cand)[:n], k)
+  if not return_float64:
+    with np.errstate(over="ignore"):
+      d32 = d_out.astype(np.float32)
+    if not np.isfinite(d32).all():
+      raise ValueError(f"{where}: squared distances up to {d_out.max():.3g} exceed the float32 range; "
+                       "rescale the embeddings (the neighbours themselves would be exact).")
+    d_out = d32
   return idx_out, d_out
 
 
@@ -274,6 +323,8 @@ def kmeans(
     raise ValueError(f"{where}: k={k} must lie in [1, {n}] (the number of points).")
   if init not in ("k-means++", "random"):
     raise ValueError(f"{where}: init must be 'k-means++' or 'random', got {init!r}.")
+  # Centred and scaled by a power of two: any finite offset or scale clusters alike.
+  x, _, center, unit = _conditioned(x, x)
   chunk = min(chunk_size, max(1, n))
   xp, w = _pad_rows(x, chunk)
   rng = np.random.default_rng(seed)
@@ -295,7 +346,7 @@ def kmeans(
     if stable or shift <= tol * scale:
       break
   assign, _ = _assign(xj, centers, chunk=chunk)
-  return np.asarray(assign)[:n], np.asarray(centers)
+  return np.asarray(assign)[:n], (np.asarray(centers, np.float64) * unit + center).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -409,7 +460,7 @@ def evaluate(
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   num_relevant = class_sizes[inverse] - 1
   k = max([1] + ks + [int(num_relevant.max())])
-  idx, _ = nearest_neighbors(x, k=k, chunk_size=chunk_size)
+  idx, _ = nearest_neighbors(x, k=k, chunk_size=chunk_size, return_float64=True)
   neighbor_labels = y[idx]
   out = _retrieval_metrics(neighbor_labels, y, ks, num_relevant)
   if clustering:
@@ -455,7 +506,7 @@ def evaluate_query_gallery(
   lookup = dict(zip(g_classes.tolist(), g_counts.tolist()))
   num_relevant = np.array([lookup.get(int(c), 0) for c in ql])
   k = max([1] + ks + [int(num_relevant.max())])
-  idx, _ = nearest_neighbors(q, g, k=min(k, g.shape[0]), chunk_size=chunk_size)
+  idx, _ = nearest_neighbors(q, g, k=min(k, g.shape[0]), chunk_size=chunk_size, return_float64=True)
   neighbor_labels = gl[idx]
   out = _retrieval_metrics(neighbor_labels, ql, ks, num_relevant)
   return out

@@ -81,6 +81,41 @@ class NeighborsTest(chex.TestCase):
     np.testing.assert_array_equal(idx[0], [1, 2, 3, 4])
     np.testing.assert_array_equal(idx[2], [1, 3, 0, 4])
 
+  def test_shifted_and_scaled_copies_give_identical_neighbours(self):
+    # Points on a grid of 1/256 in [-8, 8]: shifting by 1e4 and scaling by
+    # powers of two are exact in float32, so the exact neighbours (float64
+    # brute force, ties to the smaller index) must not change at all.
+    rng = np.random.default_rng(3)
+    x = (rng.integers(-2048, 2048, size=(60, 6)) / 256).astype(np.float32)
+    want = np.array(brute_neighbors(x, x, True))[:, :12]
+    for name, copy, back in (("shift 1e4", x + np.float32(1e4), lambda c: c - np.float32(1e4)),
+                             ("shift -3e3", x - np.float32(3e3), lambda c: c + np.float32(3e3)),
+                             ("scale 2^-66 (~1e-20)", x * np.float32(2.0 ** -66), lambda c: c * np.float32(2.0 ** 66)),
+                             ("scale 2^66 (~7e19)", x * np.float32(2.0 ** 66), lambda c: c * np.float32(2.0 ** -66))):
+      with self.subTest(name):
+        np.testing.assert_array_equal(back(copy), x)   # the copy is exact
+        idx, _ = ev.nearest_neighbors(copy, k=12, chunk_size=16, return_float64=True)
+        np.testing.assert_array_equal(idx, want)
+    # The reported squared distances are the exact ones, in the input's units.
+    _, d2 = ev.nearest_neighbors(x + np.float32(1e4), k=3)
+    np.testing.assert_array_equal(d2, [[np.sum((x[i].astype(np.float64) - x[j]) ** 2) for j in want[i, :3]]
+                                       for i in range(60)])
+    with self.assertRaisesRegex(ValueError, "exceed the float32 range; rescale"):
+      ev.nearest_neighbors(x * np.float32(2.0 ** 66), k=3)
+
+  def test_far_from_the_origin_clusters_are_still_retrieved(self):
+    # Well-separated clusters shifted by 1e4 or scaled by 1e-20 / 1e20:
+    # the expanded |q|^2 + |g|^2 - 2 q.g in float32 loses them.
+    x, y = blobs(seed=5, n=90, classes=5, spread=0.05)
+    base = ev.evaluate(x, y, clustering=True)
+    self.assertEqual(base["recall@1"], 1.0)
+    for factor, shift in ((1.0, 1e4), (1e-20, 0.0), (1e20, 0.0), (1e3, 1e3)):
+      with self.subTest(factor=factor, shift=shift):
+        got = ev.evaluate(x * np.float32(factor) + np.float32(shift), y)
+        self.assertEqual(got["recall@1"], 1.0)
+        self.assertEqual(got["map@r"], base["map@r"])
+        self.assertAlmostEqual(got["nmi"], base["nmi"], places=6)
+
   def test_errors(self):
     x, _ = blobs(n=5)
     with self.assertRaisesRegex(ValueError, r"k=5 neighbours requested but only 4 .*query itself excluded"):
