@@ -184,6 +184,52 @@ def _labels(seed=0, n=300, classes=20):
   return np.random.default_rng(seed).integers(0, classes, n)
 
 
+class ImageDecodingTest(chex.TestCase):
+
+  def test_sixteen_bit_png_is_scaled_not_clipped(self):
+    from hdml_jax.data.image_folder import decode_image
+
+    path = os.path.join(tempfile.mkdtemp(), "deep.png")
+    values = np.array([[0, 257, 32768], [40000, 65280, 65535]], np.uint16)
+    Image.fromarray(values).save(path)
+    with Image.open(path) as img:
+      self.assertTrue(img.mode.startswith("I"), img.mode)   # really a 16-bit image
+    rgb = decode_image(path)
+    self.assertEqual(rgb.dtype, np.uint8)
+    np.testing.assert_array_equal(rgb[..., 0], np.round(values / 257.0).astype(np.uint8))
+    np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+
+  def test_float_tiff_is_scaled_or_refused_with_its_path(self):
+    from hdml_jax.data.image_folder import decode_image
+
+    folder = tempfile.mkdtemp()
+    values = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    good, bad = os.path.join(folder, "unit.tif"), os.path.join(folder, "hdr.tif")
+    Image.fromarray(values, mode="F").save(good)
+    Image.fromarray(values * 300.0, mode="F").save(bad)
+    np.testing.assert_array_equal(decode_image(good)[..., 1], [[0, 64], [128, 255]])
+    with self.assertRaisesRegex(ValueError, r"hdr.tif.*values in \[0, 1\]"):
+      decode_image(bad)
+
+  def test_decompression_bomb_is_an_unreadable_image(self):
+    from hdml_jax.data.image_folder import decode_image, load_images
+
+    folder = tempfile.mkdtemp()
+    bomb, fine = os.path.join(folder, "bomb.png"), os.path.join(folder, "fine.png")
+    Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(bomb)
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(fine)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 5000    # 14,400 pixels is over twice the limit: Pillow's bomb error
+    try:
+      with self.assertRaisesRegex(ValueError, r"bomb.png.*DecompressionBombError"):
+        decode_image(bomb)
+      images, kept = load_images([bomb, fine], size=8, skip_unreadable=True)
+      self.assertEqual(kept.tolist(), [1])
+      self.assertEqual(images.shape, (1, 8, 8, 3))
+    finally:
+      Image.MAX_IMAGE_PIXELS = limit
+
+
 class SamplersTest(chex.TestCase):
 
   def test_npair_layout_determinism_and_resume(self):

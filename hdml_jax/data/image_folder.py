@@ -2,7 +2,8 @@
 
 ``root/<class name>/<image>.jpg``: classes are the sub-folders sorted by
 name, so "the first 50 classes" is well defined. Greyscale, CMYK, palette
-and other modes are converted to RGB.
+and other modes are converted to RGB (16-bit and float images scaled to
+8 bits, see :func:`to_rgb8`).
 """
 
 from __future__ import annotations
@@ -43,18 +44,57 @@ def list_images(root: str, classes: Sequence[str]) -> tuple[list[str], np.ndarra
   return paths, np.asarray(labels, np.int32)
 
 
-def decode_image(path: str, size: int | None = None) -> np.ndarray:
-  """``[H, W, 3] uint8`` RGB; warped (aspect-ignoring) resize to ``size`` if given."""
+def unreadable_errors() -> tuple:
+  """What Pillow raises for a file that is not a decodable, safe image (a decompression bomb included)."""
   from PIL import Image, UnidentifiedImageError
 
+  return (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def to_rgb8(img) -> np.ndarray:
+  """A Pillow image as ``[H, W, 3] uint8`` RGB, with high-bit-depth modes scaled, not clipped.
+
+  16-bit integer images (modes ``I;16*`` and ``I``, e.g. 16-bit PNGs) are
+  read as 0..65535 and divided by 257; floating-point images (mode ``F``,
+  e.g. float TIFFs) must hold values in [0, 1] and are multiplied by 255;
+  a float image outside [0, 1] raises ``ValueError`` (its scale is unknown).
+  Every other mode goes through Pillow's ``convert("RGB")``.
+  """
+  if img.mode.startswith("I;16") or img.mode == "I":
+    a = np.asarray(img, np.float64)
+    gray = np.round(np.clip(a, 0, 65535) / 257.0).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if img.mode == "F":
+    a = np.asarray(img, np.float64)
+    if not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0:
+      raise ValueError(f"a floating-point image must hold values in [0, 1], got [{np.nanmin(a):.4g}, "
+                       f"{np.nanmax(a):.4g}] (its scale is unknown; convert it to 8-bit first)")
+    gray = np.round(a * 255.0).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  return np.asarray(img.convert("RGB"), np.uint8)
+
+
+def decode_rgb(source, size: int | None = None) -> np.ndarray:
+  """``[H, W, 3] uint8`` RGB from a path or file object; warped (aspect-ignoring) resize to ``size``."""
+  from PIL import Image
+
+  with Image.open(source) as img:
+    rgb = to_rgb8(img)
+  if size is not None and rgb.shape[:2] != (size, size):
+    rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), np.uint8)
+  return rgb
+
+
+def decode_image(path: str, size: int | None = None) -> np.ndarray:
+  """``[H, W, 3] uint8`` RGB; warped (aspect-ignoring) resize to ``size`` if given.
+
+  Any unreadable file (corrupt, truncated, a decompression bomb, a float
+  image outside [0, 1]) raises ``ValueError`` naming it.
+  """
   try:
-    with Image.open(path) as img:
-      img = img.convert("RGB")
-      if size is not None:
-        img = img.resize((size, size), Image.BILINEAR)
-      return np.asarray(img, np.uint8)
-  except (OSError, UnidentifiedImageError, ValueError) as e:
-    raise ValueError(f"cannot decode image {path!r}: {e}") from e
+    return decode_rgb(path, size)
+  except unreadable_errors() as e:
+    raise ValueError(f"cannot decode image {path!r}: {type(e).__name__}: {e}") from e
 
 
 def load_images(

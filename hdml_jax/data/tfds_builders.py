@@ -81,15 +81,14 @@ def _read_table(path: str, columns: int, dataset: str, header: bool = False) -> 
 
 def _readable(builder, path: str) -> bool:
   """Checks one image with Pillow; raises naming it unless the builder skips unreadable ones."""
-  from PIL import Image, UnidentifiedImageError
+  from hdml_jax.data.image_folder import decode_rgb, unreadable_errors
 
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{builder.name}: image {path!r} listed in the annotations does not exist.")
   try:
-    with Image.open(path) as img:
-      img.verify()
+    decode_rgb(path)   # a full decode: what the reader will do later
     return True
-  except (OSError, UnidentifiedImageError, ValueError) as e:
+  except unreadable_errors() as e:
     if getattr(builder, "skip_unreadable", False):
       builder.skipped = getattr(builder, "skipped", 0) + 1
       logging.warning("%s: skipping unreadable image %s (%d skipped so far): %s",

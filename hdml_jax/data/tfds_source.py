@@ -65,16 +65,12 @@ class TfdsSplit:
 
   def decode(self, index: int, size: int | None) -> np.ndarray:
     """One image as ``[H, W, 3] uint8`` RGB, warped to ``size`` if given."""
-    from PIL import Image
+    from hdml_jax.data.image_folder import decode_rgb, unreadable_errors
 
     record = self.source[int(index)]
     try:
-      with Image.open(io.BytesIO(record["image"])) as img:
-        img = img.convert("RGB")
-        if size is not None:
-          img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, np.uint8)
-    except (OSError, ValueError) as e:
+      return decode_rgb(io.BytesIO(record["image"]), size)
+    except unreadable_errors() as e:
       name = record["file_name"]
       name = name.decode() if isinstance(name, bytes) else name
       raise ValueError(f"{self.name}: cannot decode image {name!r} (record {index}): {e}") from e
