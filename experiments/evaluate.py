@@ -19,9 +19,13 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.cli import exit_on_unknown_override
+
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 FLAGS = flags.FLAGS
+# ml_collections applies --config.<key> overrides as the flag is defined: check the keys first.
+exit_on_unknown_override(None)
 config_flags.DEFINE_config_file("config", None, "A config file to use instead of the one the run saved.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
@@ -84,7 +88,10 @@ def main(argv):
 
 def run():
   """Console-script entry point (``hdml-evaluate``)."""
-  app.run(main)
+  from experiments.cli import run_app
+
+  run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),
+          default_config=None)
 
 
 if __name__ == "__main__":

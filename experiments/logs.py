@@ -73,8 +73,9 @@ class Progress:
   """tqdm bar: steps/s, ETA and the latest loss."""
 
   def __init__(self, start: int, total: int, *, enabled: bool = True):
+    # A run resumed at its last step has nothing to show (tqdm would print the full bar twice).
     self._bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                     disable=not enabled, smoothing=0.1)
+                     disable=not enabled or start >= total, smoothing=0.1)
     self._last = start
 
   def update(self, step: int, loss: float) -> None:

@@ -11,6 +11,7 @@ events, results.json and plots under --workdir.
 import json
 import logging
 import os
+import sys
 
 # Quiet the "Unable to initialize backend 'tpu'" notices on CPU and GPU hosts.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -18,9 +19,13 @@ logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.cli import exit_on_unknown_override
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 
 FLAGS = flags.FLAGS
+# ml_collections applies --config.<key> overrides as the flag is defined: check the keys first.
+exit_on_unknown_override(_DEFAULT_CONFIG)
 config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, metrics, results and plots go.")
 
@@ -43,7 +48,10 @@ def main(argv):
 
 def run():
   """Console-script entry point (``hdml-train``)."""
-  app.run(main)
+  from experiments.cli import run_app
+
+  run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),
+          default_config=_DEFAULT_CONFIG)
 
 
 if __name__ == "__main__":

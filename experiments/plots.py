@@ -20,19 +20,31 @@ CURVE_GROUPS = (
 )
 
 
+EVAL_KEYS = ("recall@1", "map@r", "nmi", "f1")
+
+
+def _eval_group(rows) -> tuple[str, tuple[str, ...]]:
+  present = [f"{split}/{k}" for split in ("val", "test") for k in EVAL_KEYS
+             if any(f"{split}/{k}" in r for r in rows)]
+  return "evaluation", tuple(present)
+
+
 def plot_curves(metrics_path: str, out_path: str) -> None:
-  """Loss terms, ``w`` and ``exp(-alpha/J_avg)`` against the step."""
+  """Loss terms, ``w`` and ``exp(-alpha/J_avg)``, and the evaluation metrics, against the step."""
   rows = read_jsonl(metrics_path)
-  fig, axes = plt.subplots(1, len(CURVE_GROUPS), figsize=(4.2 * len(CURVE_GROUPS), 3.4))
-  for ax, (title, keys) in zip(axes, CURVE_GROUPS):
+  evaluation = _eval_group(rows)
+  groups = CURVE_GROUPS + ((evaluation,) if evaluation[1] else ())   # a run may evaluate only at the end
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4))
+  for ax, (title, keys) in zip(axes, groups):
     for key in keys:
       pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
       if pts:
         s, v = zip(*pts)
-        ax.plot(s, v, label=key.split("/", 1)[1])
-    if title != "hardness" and ax.has_data():
+        ax.plot(s, v, label=key if title == "evaluation" else key.split("/", 1)[1],
+                marker="o" if title == "evaluation" else None, ms=3)
+    if title not in ("hardness", "evaluation") and ax.has_data():
       ax.set_yscale("log")
-    if title == "hardness":
+    if title in ("hardness", "evaluation"):
       ax.set_ylim(-0.05, 1.05)
     ax.set_title(title)
     ax.set_xlabel("step")
@@ -50,11 +62,21 @@ def project_2d(embeddings: np.ndarray) -> np.ndarray:
   return x @ vt[:2].T
 
 
-def plot_projection(embeddings: np.ndarray, labels: np.ndarray, out_path: str, title: str = "") -> None:
+def plot_projection(embeddings: np.ndarray, labels: np.ndarray, out_path: str, title: str = "",
+                    class_names=None) -> None:
   xy = project_2d(embeddings)
-  fig, ax = plt.subplots(figsize=(5.5, 5))
-  ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab20" if np.unique(labels).size > 10 else "tab10",
-             s=6, alpha=0.8)
+  classes = np.unique(labels)
+  fig, ax = plt.subplots(figsize=(6.5, 5))
+  cmap = plt.get_cmap("tab20" if classes.size > 10 else "tab10")
+  for i, c in enumerate(classes):
+    mask = labels == c
+    ax.scatter(xy[mask, 0], xy[mask, 1], color=cmap(i % cmap.N), s=6, alpha=0.8,
+               label=str(class_names[c]) if class_names is not None and len(class_names) > c else str(c))
+  shown = classes.size if classes.size <= 20 else 20
+  handles, names = ax.get_legend_handles_labels()
+  ax.legend(handles[:shown], names[:shown], title="class" + ("" if classes.size <= 20 else
+            f" (first 20 of {classes.size})"), fontsize=6, title_fontsize=7, markerscale=2,
+            loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
   ax.set_title(title or "test embeddings (PCA), coloured by class")
   ax.set_xticks([])
   ax.set_yticks([])
@@ -102,7 +124,7 @@ def write_all(workdir: str, data, test_embeddings: np.ndarray) -> list[str]:
     out.append(os.path.join(workdir, "curves.png"))
     plot_curves(metrics, out[-1])
   out.append(os.path.join(workdir, "embedding_projection.png"))
-  plot_projection(test_embeddings, data.test.labels, out[-1])
+  plot_projection(test_embeddings, data.test.labels, out[-1], class_names=data.test.class_names)
   if data.is_image:
     out.append(os.path.join(workdir, "retrieval_grid.png"))
     plot_retrieval_grid(data.test.load, data.test.labels, test_embeddings, out[-1])

@@ -186,17 +186,22 @@ def main(argv):
 
 
 def run():
+  """Console-script entry point (``hdml-pretrain``)."""
   import logging
+  import sys
 
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                         "configs", "default.py"),
-                                  "Config file (ml_collections).", lock_config=True)
+  from experiments.cli import exit_on_unknown_override, run_app
+
+  default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
+  exit_on_unknown_override(default)   # before DEFINE_config_file, which applies the overrides
+  config_flags.DEFINE_config_file("config", default, "Config file (ml_collections).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, logs and pretrained.npz go.", required=True)
-  app.run(main)
+  run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),
+          default_config=default)
 
 
 if __name__ == "__main__":

@@ -172,3 +172,52 @@ class EvaluateRunTest(chex.TestCase):
     shutil.rmtree(workdir)
     with self.assertRaisesRegex(FileNotFoundError, "does not exist"):
       evaluate_checkpoint(None, workdir)
+
+
+def run_cli(*args, entry="experiments.main", prog="hdml-train", cwd=None, timeout=120):
+  """Runs an entry point's ``run()`` as its console script would (argv[0] = the script name)."""
+  code = f"import sys; sys.argv = {[prog, *args]!r}; from {entry} import run; run()"
+  return subprocess.run([sys.executable, "-c", code], cwd=cwd or tempfile.mkdtemp(), capture_output=True,
+                        text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
+
+
+class CommandLineTest(chex.TestCase):
+
+  def test_unknown_key_is_one_line_with_the_closest_keys(self):
+    for entry, prog in (("experiments.main", "hdml-train"), ("experiments.pretrain", "hdml-pretrain")):
+      with self.subTest(prog):
+        out = run_cli("--config.hdml.alfa=1", "--workdir", tempfile.mkdtemp(), entry=entry, prog=prog)
+        self.assertEqual(out.returncode, 2)
+        self.assertEqual(out.stderr.strip().count("\n"), 0, out.stderr)
+        self.assertIn("unknown config key --config.hdml.alfa", out.stderr)
+        self.assertIn("did you mean --config.hdml.alpha", out.stderr)
+
+  def test_help_lists_the_flags_and_no_arguments_prints_usage(self):
+    for entry, prog in (("experiments.main", "hdml-train"), ("experiments.evaluate", "hdml-evaluate"),
+                        ("experiments.pretrain", "hdml-pretrain")):
+      with self.subTest(prog):
+        out = run_cli("--help", entry=entry, prog=prog)
+        self.assertEqual(out.returncode, 0, out.stderr[-1000:])
+        self.assertIn(f"usage: {prog}", out.stdout)
+        self.assertIn("--workdir", out.stdout)
+        self.assertIn("--config", out.stdout)
+    cwd = tempfile.mkdtemp()
+    out = run_cli(prog="hdml-train", cwd=cwd)
+    self.assertEqual(out.returncode, 2)
+    self.assertIn("usage: hdml-train", out.stderr)
+    self.assertEqual(os.listdir(cwd), [])   # no silent training into ./runs/default
+
+  def test_a_finished_run_resumed_prints_no_progress_bar(self):
+    self.assertTrue(logs.Progress(80, 80)._bar.disable)
+    self.assertFalse(logs.Progress(40, 80)._bar.disable)
+
+  def test_curves_show_the_evaluation_metrics(self):
+    from experiments import plots
+
+    rows = [{"step": 4, "train/j_m": 1.0}, {"step": 4, "val/recall@1": 0.5, "val/map@r": 0.2}]
+    self.assertEqual(plots._eval_group(rows), ("evaluation", ("val/recall@1", "val/map@r")))
+    path = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+    with open(path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    plots.plot_curves(path, path + ".png")
+    self.assertGreater(os.path.getsize(path + ".png"), 1000)

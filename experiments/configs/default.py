@@ -3,7 +3,7 @@
     python -m experiments.main --config experiments/configs/default.py --workdir runs/default
 
 Classes 0-4 train, 5-9 test (class-disjoint); a small MLP backbone; about
-two minutes on 2 CPU cores. The digits are 8x8 grey images, so this run is a
+15 s on 2 CPU cores (14 s measured for the whole command, 9 s of training). The digits are 8x8 grey images, so this run is a
 smoke test of the whole system, not a replication: see the README's results
 table for what it reaches.
 """
