@@ -157,6 +157,8 @@ class EvaluateRunTest(chex.TestCase):
                          capture_output=True, text=True, timeout=300)
     self.assertEqual(out.returncode, 0, out.stderr[-2000:])
     self.assertAlmostEqual(json.loads(out.stdout)["recall@1"], results["final"]["recall@1"], places=6)
+    self.assertNotIn("checkpoint_manager", out.stderr)   # orbax's INFO lines stay out of the way
+    self.assertNotIn("is illegal", out.stderr)
 
   def test_evaluate_errors_are_one_line(self):
     workdir = tempfile.mkdtemp()

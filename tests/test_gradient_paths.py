@@ -1,0 +1,178 @@
+"""The bugs a reimplementation most easily has and the rest of the suite would not see."""
+
+import json
+import os
+import tempfile
+from unittest import mock
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+
+import hdml_jax as hd
+from hdml_jax import objective
+from hdml_jax.train_state import HDMLConfig
+from hdml_jax.train_step import make_train_step
+from tests.helpers import digits_batch, tiny_state
+
+
+def recomposed_metric_objective(state, batch, *, cut=False):
+  """``J_metric`` of an N-pair HDML step written again from the public functions.
+
+  Independent of ``make_train_step``: every layer is applied by hand, in
+  training mode, and the synthesis is differentiated end to end (``cut``:
+  the bug to catch, a stop-gradient on the synthetic generator input).
+  """
+  nets, cfg, stats = state.networks, state.config, state.stats
+  images, labels = batch["images"], batch["labels"]
+  p = images.shape[0] // 2
+
+  def objective_of(metric_params):
+    y, _ = nets.backbone.apply({"params": metric_params["backbone"],
+                                "batch_stats": state.batch_stats["backbone"]}, images,
+                               train=True, mutable=["batch_stats"])
+    z, _ = nets.embedding.apply({"params": metric_params["embedding"],
+                                 "batch_stats": state.batch_stats["embedding"]}, y, train=True,
+                                mutable=["batch_stats"])
+    decay = objective.weight_decay({"backbone": metric_params["backbone"],
+                                    "fc1": metric_params["embedding"]["fc1"]}, wd=cfg.weight_decay)
+    j_m = hd.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=cfg.l2_reg) + decay
+    tuples = hd.expand_npair_tuples(z[:p], z[p:], alpha=cfg.alpha, j_avg=stats.j_avg)
+    decoded, _ = nets.generator.apply({"params": state.params["generator"],
+                                       "batch_stats": state.batch_stats["generator"]},
+                                      jnp.concatenate([z, jax.lax.stop_gradient(tuples.flat()) if cut
+                                                       else tuples.flat()]), train=True,
+                                      mutable=["batch_stats"])
+    z_syn, _ = nets.embedding.apply({"params": metric_params["embedding"],
+                                     "batch_stats": state.batch_stats["embedding"]}, decoded[2 * p:],
+                                    train=True, mutable=["batch_stats"])
+    j_syn = hd.synthetic_npair_loss(z_syn[:p], z_syn[p:].reshape(p, p, -1), l2_reg=cfg.l2_reg)
+    w = objective.metric_weight(stats.j_gen, beta=cfg.beta)
+    return w * j_m + (1.0 - w) * j_syn
+
+  return objective_of
+
+
+class MetricGradientPathTest(chex.TestCase):
+
+  def test_metric_gradient_reaches_the_backbone_through_the_synthesis(self):
+    # beta = 3e6 gives w = exp(-3) in the first block: J_syn carries 95 % of
+    # J_metric, so a cut anywhere on the synthetic path (before the
+    # synthesis, inside it, or at the generator input) changes the gradient.
+    state = tiny_state(alpha=1.0, beta=3e6)
+    batch = {k: jnp.asarray(v) for k, v in digits_batch(step=0).items()}
+    metric_params = {"backbone": state.params["backbone"], "embedding": state.params["embedding"]}
+    fn = recomposed_metric_objective(state, batch)
+    value, grads = jax.value_and_grad(fn)(metric_params)
+
+    _, m = jax.jit(make_train_step(state.networks, state.config))(state, batch, jax.random.key(0))
+    # 1. The re-composition is the step's own forward function ...
+    np.testing.assert_allclose(value, m["loss"], rtol=1e-5)
+    # ... and its gradient is that function's derivative (a central finite
+    # difference along a random direction, independent of any autodiff).
+    leaves, treedef = jax.tree_util.tree_flatten(metric_params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    v = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    norm = jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(v)))
+    v = jax.tree_util.tree_map(lambda x: x / norm, v)
+    eps = 1e-3   # the synthesis is only piecewise smooth: small steps
+    shifted = lambda s: fn(jax.tree_util.tree_map(lambda a, d: a + s * eps * d, metric_params, v))
+    fd = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
+    directional = sum(jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(grads),
+                                                     jax.tree_util.tree_leaves(v)))
+    np.testing.assert_allclose(fd, directional, rtol=1e-2)
+    # 2. The step applies exactly that gradient, group by group.
+    for group in ("backbone", "embedding"):
+      want = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads[group]))))
+      np.testing.assert_allclose(m[f"grad_norm/{group}"], want, rtol=1e-4, err_msg=group)
+    # 3. The check has power: with the synthetic generator input cut, the
+    # backbone's gradient norm moves by far more than the tolerance above.
+    cut = jax.grad(recomposed_metric_objective(state, batch, cut=True))(metric_params)
+    full_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads["backbone"]))))
+    cut_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(cut["backbone"]))))
+    self.assertGreater(abs(cut_norm - full_norm) / full_norm, 1e-2)
+
+
+class ConfigCheckTest(parameterized.TestCase):
+
+  @parameterized.parameters(-0.1, 1.5)
+  def test_lam_outside_the_unit_interval_is_refused(self, lam):
+    with self.assertRaisesRegex(ValueError, r"HDMLConfig.lam must lie in \[0, 1\]"):
+      HDMLConfig(lam=lam)
+    for ok in (0.0, 0.5, 1.0):
+      self.assertEqual(HDMLConfig(lam=ok).lam, ok)
+
+
+class WeightDecayTest(chex.TestCase):
+
+  def test_auto_named_batchnorm_of_a_user_backbone_is_not_decayed(self):
+    import flax.linen as nn
+
+    class UserBackbone(nn.Module):   # Flax names these BatchNorm_0 and Dense_0
+      @nn.compact
+      def __call__(self, x, train=False):
+        x = nn.BatchNorm(use_running_average=not train)(x)
+        return nn.Dense(3)(x)
+
+    variables = UserBackbone().init(jax.random.key(0), jnp.ones((2, 4)))
+    params = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 2.0), variables["params"])
+    self.assertIn("BatchNorm_0", params)
+    # Only Dense_0 decays: kernel 4x3 and bias 3, every entry 2.
+    self.assertAlmostEqual(float(objective.weight_decay(params, wd=0.1)), 0.1 * 0.5 * 4.0 * (12 + 3), places=5)
+
+
+def fast(**overrides):
+  from tests.test_experiments import fast_default
+
+  return fast_default(**{"dataset.num_val_classes": 2, "selection.split": "val", "batch_size": 6,
+                         **overrides})
+
+
+class SelectionAndCheckpointTest(chex.TestCase):
+
+  def test_resume_keeps_the_best_checkpoint_found_before_the_interruption(self):
+    from experiments.train import train_and_evaluate
+
+    cfg = fast(eval_every=2, checkpoint_every=2, num_steps=8)
+    workdir = tempfile.mkdtemp()
+
+    def crash(step, metrics):
+      if step == 5:
+        raise KeyboardInterrupt("simulated kill")
+
+    with self.assertRaises(KeyboardInterrupt):
+      train_and_evaluate(cfg, workdir, step_hook=crash)
+    path = os.path.join(workdir, "best.json")
+    best = json.load(open(path))
+    best["value"] = 2.0          # unbeatable: no later evaluation may replace it
+    json.dump(best, open(path, "w"))
+    results = train_and_evaluate(cfg, workdir)
+    self.assertEqual(results["best"]["step"], best["step"])
+    self.assertEqual(json.load(open(path)), best)
+
+  def test_equal_selection_metrics_keep_the_earlier_checkpoint(self):
+    from experiments import train
+
+    real = train.evaluate_split
+
+    def constant_on_val(cfg, state, data, split, **kwargs):
+      out = real(cfg, state, data, split, **kwargs)
+      if split is data.val:
+        out["recall@1"] = 0.5    # every evaluation ties
+      return out
+
+    with mock.patch.object(train, "evaluate_split", constant_on_val):
+      results = train.train_and_evaluate(fast(eval_every=4, num_steps=12), tempfile.mkdtemp())
+    self.assertEqual(results["best"]["step"], 4)
+
+  def test_the_final_step_is_always_checkpointed(self):
+    from experiments.train import train_and_evaluate
+    from tests.test_experiments import fast_default, restored_latest, saved_steps
+
+    cfg = fast_default(num_steps=10, checkpoint_every=4, keep_checkpoints=5)
+    workdir = tempfile.mkdtemp()
+    train_and_evaluate(cfg, workdir)
+    self.assertEqual(saved_steps(workdir), [4, 8, 10])
+    self.assertEqual(int(restored_latest(cfg, workdir).step), 10)
