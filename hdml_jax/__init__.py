@@ -25,6 +25,11 @@ from hdml_jax.losses import (
     synthetic_npair_loss,
     triplet_loss,
 )
+from hdml_jax.label_losses import (
+    contrastive_loss_from_labels,
+    npair_loss_from_labels,
+    triplet_loss_from_labels,
+)
 from hdml_jax.objective import (
     classifier_loss,
     metric_objective,
@@ -55,6 +60,7 @@ __all__ = [
     "NPairTuples",
     "classifier_loss",
     "contrastive_loss",
+    "contrastive_loss_from_labels",
     "cross_entropy",
     "expand_npair_tuples",
     "hardness_factor",
@@ -62,6 +68,7 @@ __all__ = [
     "metric_objective",
     "metric_weight",
     "npair_loss",
+    "npair_loss_from_labels",
     "npair_synthetic_labels",
     "pairwise_distances",
     "pairwise_squared_distances",
@@ -75,6 +82,7 @@ __all__ = [
     "synthesize_negatives",
     "synthetic_npair_loss",
     "triplet_loss",
+    "triplet_loss_from_labels",
     "update_statistics",
     "weight_decay",
 ]

@@ -1,0 +1,141 @@
+"""Label-based losses against loops over every tuple."""
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+
+from hdml_jax import label_losses as ll
+
+
+def dist(a, b, kind):
+  d2 = sum((float(x) - float(y)) ** 2 for x, y in zip(a, b))
+  return d2 if kind == "squared" else math.sqrt(d2)
+
+
+def brute_npair(e, y, l2_reg=0.0):
+  rows = []
+  for i in range(len(y)):
+    pos = [j for j in range(len(y)) if j != i and y[j] == y[i]]
+    if not pos:
+      continue
+    logits = {j: float(np.dot(e[i], e[j])) for j in range(len(y)) if j != i}
+    top = max(logits.values())
+    log_z = top + math.log(sum(math.exp(v - top) for v in logits.values()))
+    rows.append(-sum((logits[j] - log_z) / len(pos) for j in pos))
+  return sum(rows) / len(rows) + l2_reg * np.mean([float(np.dot(v, v)) for v in e])
+
+
+def brute_triplet(e, y, margin, mining, kind):
+  b = len(y)
+  d = [[dist(e[i], e[j], kind) for j in range(b)] for i in range(b)]
+  losses = []
+  for a in range(b):
+    positives = [p for p in range(b) if p != a and y[p] == y[a]]
+    negatives = [n for n in range(b) if y[n] != y[a]]
+    if mining == "batch_hard":
+      if positives and negatives:
+        losses.append(max(0.0, max(d[a][p] for p in positives) - min(d[a][n] for n in negatives) + margin))
+      continue
+    for p in positives:
+      if mining == "all":
+        losses += [max(0.0, d[a][p] - d[a][n] + margin) for n in negatives]
+      else:
+        semi = [d[a][n] for n in negatives if d[a][p] < d[a][n] < d[a][p] + margin]
+        if semi:
+          losses.append(d[a][p] - min(semi) + margin)
+  return sum(losses) / len(losses) if losses else 0.0
+
+
+def brute_contrastive(e, y, margin, kind):
+  total, count = 0.0, 0
+  for i, j in itertools.permutations(range(len(y)), 2):
+    dij = dist(e[i], e[j], kind)
+    total += dij ** 2 if y[i] == y[j] else max(0.0, margin - dij) ** 2
+    count += 1
+  return total / count
+
+
+def batch(seed=0, b=12, e=5, classes=4):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, classes, b)
+  x = rng.normal(size=(b, e)).astype(np.float32)
+  return x, y.astype(np.int32)
+
+
+class LabelLossesTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(0, 1, 2)
+  def test_npair_matches_loops(self, seed):
+    x, y = batch(seed)
+    fn = self.variant(lambda x, y: ll.npair_loss_from_labels(x, y, l2_reg=0.01))
+    np.testing.assert_allclose(fn(x, y), brute_npair(x, y, 0.01), rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(mining=ll.MININGS, kind=("euclidean", "squared"), seed=(0, 3))
+  def test_triplet_matches_loops(self, mining, kind, seed):
+    x, y = batch(seed)
+    margin = 0.7 if kind == "euclidean" else 2.0
+    fn = self.variant(lambda x, y: ll.triplet_loss_from_labels(x, y, margin=margin, mining=mining,
+                                                               distance=kind))
+    np.testing.assert_allclose(fn(x, y), brute_triplet(x, y, margin, mining, kind), rtol=1e-5, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters("euclidean", "squared")
+  def test_contrastive_matches_loops(self, kind):
+    x, y = batch(4)
+    fn = self.variant(lambda x, y: ll.contrastive_loss_from_labels(x, y, margin=2.5, distance=kind))
+    np.testing.assert_allclose(fn(x, y), brute_contrastive(x, y, 2.5, kind), rtol=1e-5)
+
+  def test_reductions(self):
+    x, y = batch(5)
+    for fn in (lambda **k: ll.npair_loss_from_labels(x, y, **k),
+               lambda **k: ll.triplet_loss_from_labels(x, y, mining="batch_hard", **k),
+               lambda **k: ll.contrastive_loss_from_labels(x, y, **k)):
+      per_row = fn(reduction="none")
+      chex.assert_shape(per_row, (12,))
+      self.assertGreaterEqual(float(fn(reduction="sum")), float(fn(reduction="mean")))
+    with self.assertRaisesRegex(ValueError, "reduction must be one of"):
+      ll.npair_loss_from_labels(x, y, reduction="avg")
+
+  @parameterized.parameters(*ll.MININGS)
+  def test_rows_without_a_valid_triplet_give_finite_zero_gradients(self, mining):
+    # Class 2 appears once (no positive); rows 0 and 1 coincide (zero distance).
+    x = jnp.array([[0., 0.], [0., 0.], [1., 1.], [1., 1.], [5., 5.]])
+    y = jnp.array([0, 0, 1, 1, 2])
+    grad = jax.jit(jax.grad(lambda x: ll.triplet_loss_from_labels(x, y, margin=1.0, mining=mining)))(x)
+    chex.assert_tree_all_finite(grad)
+    np.testing.assert_array_equal(grad[4], [0.0, 0.0]) if mining != "all" else None
+    # A batch where no triplet is valid at all (one class): 0, finite gradient.
+    one = jnp.array([0, 0, 0, 0, 0])
+    value, g = jax.jit(jax.value_and_grad(lambda x: ll.triplet_loss_from_labels(x, one, mining=mining)))(x)
+    self.assertEqual(float(value), 0.0)
+    chex.assert_tree_all_finite(g)
+
+  def test_npair_and_contrastive_gradients_finite_at_coincident_points(self):
+    x = jnp.zeros((4, 3))
+    y = jnp.array([0, 0, 1, 2])
+    for fn in (ll.npair_loss_from_labels, ll.contrastive_loss_from_labels):
+      chex.assert_tree_all_finite(jax.grad(lambda x: fn(x, y))(x))
+
+  def test_bad_input_is_named(self):
+    x, y = batch(0)
+    with self.assertRaisesRegex(ValueError, r"labels must have shape \(12,\)"):
+      ll.triplet_loss_from_labels(x, y[:5])
+    with self.assertRaisesRegex(TypeError, "labels must be integers"):
+      ll.npair_loss_from_labels(x, y.astype(np.float32))
+    with self.assertRaisesRegex(ValueError, r"NaN or infinite values \(rows \[3\]\)"):
+      bad = x.copy()
+      bad[3, 1] = np.nan
+      ll.contrastive_loss_from_labels(bad, y)
+    with self.assertRaisesRegex(ValueError, "no class has two samples"):
+      ll.npair_loss_from_labels(x[:3], np.array([0, 1, 2], np.int32))
+    with self.assertRaisesRegex(ValueError, r"class \[7\] has a single sample"):
+      ll.triplet_loss_from_labels(x[:5], np.array([0, 0, 1, 1, 7], np.int32), require_pairs=True)
+    with self.assertRaisesRegex(ValueError, "mining must be one of"):
+      ll.triplet_loss_from_labels(x, y, mining="hardest")
