@@ -19,6 +19,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from hdml_jax.inference import make_embed_fn
 from hdml_jax.models import Classifier, EmbeddingHead, Generator, get_backbone
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics
@@ -225,8 +226,6 @@ def create_train_state(
     config, optimizer: static hyper-parameters.
     stats_block_length, stats_initial_value: the adaptive statistics.
   """
-  from hdml_jax.train_step import make_embed_fn  # avoids an import cycle
-
   if num_classes < 2:
     raise ValueError(f"create_train_state: need at least 2 classes, got {num_classes}.")
   if isinstance(backbone, str):

@@ -64,8 +64,8 @@ class MetricGradientPathTest(chex.TestCase):
     state = tiny_state(alpha=1.0, beta=3e6)
     batch = {k: jnp.asarray(v) for k, v in digits_batch(step=0).items()}
     metric_params = {"backbone": state.params["backbone"], "embedding": state.params["embedding"]}
-    fn = recomposed_metric_objective(state, batch)
-    value, grads = jax.value_and_grad(fn)(metric_params)
+    fn = jax.jit(recomposed_metric_objective(state, batch))
+    value, grads = jax.jit(jax.value_and_grad(fn))(metric_params)
 
     _, m = jax.jit(make_train_step(state.networks, state.config))(state, batch, jax.random.key(0))
     # 1. The re-composition is the step's own forward function ...
@@ -89,7 +89,7 @@ class MetricGradientPathTest(chex.TestCase):
       np.testing.assert_allclose(m[f"grad_norm/{group}"], want, rtol=1e-4, err_msg=group)
     # 3. The check has power: with the synthetic generator input cut, the
     # backbone's gradient norm moves by far more than the tolerance above.
-    cut = jax.grad(recomposed_metric_objective(state, batch, cut=True))(metric_params)
+    cut = jax.jit(jax.grad(recomposed_metric_objective(state, batch, cut=True)))(metric_params)
     full_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads["backbone"]))))
     cut_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(cut["backbone"]))))
     self.assertGreater(abs(cut_norm - full_norm) / full_norm, 1e-2)

@@ -1,0 +1,277 @@
+"""HDML as a pure objective over backbone features: for your own training loop.
+
+Everything HDML adds on top of a backbone — the embedding head (BN1 + fc1),
+the hardness-aware synthesis, the generator, the re-encoding, the classifier
+and every loss term — as one pure function of the backbone's pooled features
+``y``. A loop with its own model, state and optimizers uses it like this::
+
+    head, head_params, head_stats = init_hdml_head(rng, feature_dim=F, embedding_dim=E,
+                                                   num_classes=C, config=HDMLConfig(loss="npair"))
+    stats = init_statistics(block_length=64)
+
+    def total(params):                  # params = {"backbone": ..., **head_params}
+      y = my_backbone.apply(params["backbone"], images)
+      head_params = {k: v for k, v in params.items() if k != "backbone"}
+      return hdml_objective(head, head_params, head_stats, y, labels, stats,
+                            decay_params=params["backbone"])
+
+    (loss, out), grads = jax.value_and_grad(total, has_aux=True)(params)
+    # grads["backbone"], grads["embedding"]: of J_metric; grads["generator"]: of J_gen;
+    # grads["classifier"]: of J_cls -> give each group its own optimizer.
+    head_stats, stats = out.batch_stats, update_statistics(stats, out.metrics["w"] * out.metrics["j_m"],
+                                                           out.metrics["j_gen"])
+
+The value returned is ``J_metric + J_gen + J_cls``, built so that each term
+reaches only its own parameter group (stop-gradients on the generator's
+parameters inside ``J_metric``, on the generator's inputs and the
+classifier's parameters inside ``J_gen``, on the features inside ``J_cls``):
+one ``jax.grad`` of the sum gives every group the gradient of its own loss,
+at the same parameter values. :func:`hdml_jax.make_train_step` is built on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hdml_jax import hardness, losses, objective
+from hdml_jax.models import Classifier, EmbeddingHead, Generator
+from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
+from hdml_jax.statistics import AdaptiveStatistics
+from hdml_jax.train_state import HDMLConfig
+
+
+def _check_batch(config: HDMLConfig, images, labels) -> int:  # images: images or features
+  """Returns P (N-pair) or T (triplet) after trace-time layout checks."""
+  b = images.shape[0]
+  if tuple(labels.shape) != (b,):
+    raise ValueError(
+        f"train_step: labels must have shape ({b},) for images {tuple(images.shape)}, "
+        f"got {tuple(labels.shape)}."
+    )
+  if config.loss == "npair":
+    if b % 2 or b < 4:
+      raise ValueError(
+          f"train_step: an N-pair batch [anchors; positives] needs an even size >= 4, "
+          f"got images {tuple(images.shape)}."
+      )
+    return b // 2
+  if b % 3:
+    raise ValueError(
+        f"train_step: a {config.loss} batch [anchors; positives; negatives] needs a size "
+        f"divisible by 3, got images {tuple(images.shape)}."
+    )
+  return b // 3
+
+
+def _contrastive(config, a, p, n):
+  x2 = jnp.concatenate([p, n])
+  same = jnp.concatenate([jnp.ones(a.shape[0]), jnp.zeros(a.shape[0])])
+  return losses.contrastive_loss(jnp.concatenate([a, a]), x2, same, margin=config.contrastive_margin)
+
+
+def real_metric_loss(config: HDMLConfig, z: jax.Array, labels: jax.Array) -> jax.Array:
+  """The metric loss on real embeddings (``J_m`` without weight decay)."""
+  if config.loss == "npair":
+    p = z.shape[0] // 2
+    return losses.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=config.l2_reg)
+  a, p, n = losses.split_triplets(z)
+  if config.loss == "triplet":
+    return losses.triplet_loss(a, p, n, margin=config.margin)
+  return _contrastive(config, a, p, n)
+
+
+def effective_alpha(config: HDMLConfig, stats: AdaptiveStatistics) -> jax.Array | float:
+  """``alpha``, or ``alpha_relative * J_avg_first`` when set (0 before the first block: factor 1)."""
+  if config.alpha_relative > 0:
+    return config.alpha_relative * stats.j_avg_first
+  return config.alpha
+
+
+def effective_beta(config: HDMLConfig, stats: AdaptiveStatistics) -> jax.Array | float:
+  """``beta``, or ``beta_relative * J_gen_first`` when set (0 before the first block: ``w = 1``)."""
+  if config.beta_relative > 0:
+    return config.beta_relative * stats.j_gen_first
+  return config.beta
+
+
+def synthetic_inputs(config: HDMLConfig, z: jax.Array, j_avg: jax.Array,
+                     alpha: jax.Array | float | None = None) -> jax.Array:
+  """The synthetic rows of the generator input.
+
+  N-pair: ``[P + P^2, E]`` (anchors, then each anchor's P hardness-augmented
+  candidates); triplet/contrastive: ``[3T, E]`` = ``[a; p; n^]``. ``alpha``
+  defaults to ``config.alpha`` (see :func:`effective_alpha`).
+  """
+  alpha = config.alpha if alpha is None else alpha
+  if config.loss == "npair":
+    p = z.shape[0] // 2
+    return hardness.expand_npair_tuples(z[:p], z[p:], alpha=alpha, j_avg=j_avg).flat()
+  a, p, n = losses.split_triplets(z)
+  n_hat = hardness.synthesize_negatives(a, p, n, alpha=alpha, j_avg=j_avg)
+  return jnp.concatenate([a, p, n_hat])
+
+
+def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int) -> jax.Array:
+  """``J_syn`` on the re-encoded synthetic rows."""
+  if config.loss == "npair":
+    syn = hardness.NPairTuples(z_syn[:num], z_syn[num:].reshape(num, num, -1))
+    return losses.synthetic_npair_loss(syn.anchors, syn.candidates, l2_reg=config.l2_reg)
+  a, p, n = losses.split_triplets(z_syn)
+  if config.loss == "triplet":
+    return losses.triplet_loss(a, p, n, margin=config.margin)
+  return _contrastive(config, a, p, n)
+
+
+def soft_loss(config: HDMLConfig, logits_syn: jax.Array, labels: jax.Array, num: int) -> jax.Array:
+  """``J_soft`` with the N-pair or the triplet label rule."""
+  if config.loss == "npair":
+    return objective.soft_loss_npair(
+        logits_syn[:num], logits_syn[num:], labels[:num],
+        lam=config.lam, softmax_factor=config.softmax_factor)
+  return objective.soft_loss_triplet(
+      logits_syn, labels, lam=config.lam, softmax_factor=config.softmax_factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class HDMLHead:
+  """The modules HDML adds on top of a backbone (static), and its hyper-parameters."""
+
+  embedding: EmbeddingHead
+  generator: Generator | None
+  classifier: Classifier | None
+  config: HDMLConfig
+
+
+class HDMLOutput(NamedTuple):
+  """What :func:`hdml_objective` returns besides the loss.
+
+  Attributes:
+    batch_stats: the head's new BatchNorm statistics (``embedding``, and
+      ``generator`` with HDML).
+    metrics: ``loss`` (= ``J_metric``), ``j_m``, ``weight_decay`` and, with
+      HDML, ``j_syn``, ``j_metric``, ``j_recon``, ``j_soft``, ``j_gen``,
+      ``j_cls``, ``w``, ``hardness``, ``alpha``, ``beta``.
+  """
+
+  batch_stats: Any
+  metrics: dict
+
+
+def init_hdml_head(
+    rng: jax.Array,
+    *,
+    feature_dim: int,
+    embedding_dim: int,
+    num_classes: int,
+    config: HDMLConfig = HDMLConfig(),
+    generator_hidden: int = 512,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float = BN_EPSILON,
+) -> tuple[HDMLHead, dict, dict]:
+  """The head's modules, parameters and BatchNorm statistics.
+
+  Returns ``(head, params, batch_stats)`` with ``params`` keyed
+  ``embedding`` (BN1 + fc1), and with ``config.hdml`` also ``generator`` and
+  ``classifier``; ``batch_stats`` keyed ``embedding`` (and ``generator``).
+  The same random streams as :func:`hdml_jax.create_train_state`, given the
+  key it uses for the head.
+  """
+  if num_classes < 2:
+    raise ValueError(f"init_hdml_head: need at least 2 classes, got {num_classes}.")
+  bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+  head = HDMLHead(
+      embedding=EmbeddingHead(embedding_dim, **bn),
+      generator=Generator(feature_dim, generator_hidden, **bn) if config.hdml else None,
+      classifier=Classifier(num_classes) if config.hdml else None,
+      config=config)
+  k_emb, k_gen, k_cls = jax.random.split(rng, 3)
+  y = jnp.zeros((2, feature_dim), jnp.float32)
+  emb_vars = head.embedding.init(k_emb, y, train=False)
+  params = {"embedding": emb_vars["params"]}
+  batch_stats = {"embedding": emb_vars["batch_stats"]}
+  if config.hdml:
+    gen_vars = head.generator.init(k_gen, jnp.zeros((2, embedding_dim)), train=False)
+    params["generator"] = gen_vars["params"]
+    batch_stats["generator"] = gen_vars["batch_stats"]
+    params["classifier"] = head.classifier.init(k_cls, y)["params"]
+  return head, params, batch_stats
+
+
+def hdml_objective(
+    head: HDMLHead,
+    params: dict,
+    batch_stats: dict,
+    features: jax.Array,
+    labels: jax.Array,
+    stats: AdaptiveStatistics,
+    *,
+    decay_params: Any = None,
+) -> tuple[jax.Array, HDMLOutput]:
+  """``J_metric + J_gen + J_cls`` of one batch, each term reaching only its own group.
+
+  Args:
+    head: from :func:`init_hdml_head` (or a train state's networks).
+    params: ``{"embedding", "generator", "classifier"}`` (the last two with HDML).
+    batch_stats: ``{"embedding", "generator"}``.
+    features: ``[B, F]`` backbone features of a batch laid out
+      ``[anchors; positives]`` (N-pair, ``B = 2P``) or
+      ``[anchors; positives; negatives]`` (triplet/contrastive, ``B = 3T``).
+      Gradients of ``J_metric`` flow back into them (and so into the caller's
+      backbone).
+    labels: ``[B]`` integer classes.
+    stats: the adaptive statistics (``J_avg``, ``J_gen``); read, not updated
+      (update them with ``w * J_m`` and ``J_gen`` from the metrics).
+    decay_params: parameters whose ``wd * |w|^2 / 2`` joins ``J_m`` beside
+      fc1's (the reference decays the backbone: pass its parameters).
+
+  Returns:
+    ``(J_metric + J_gen + J_cls, HDMLOutput)``; for the baseline
+    (``config.hdml`` off) the value is ``J_m``.
+  """
+  config = head.config
+  sg = jax.lax.stop_gradient
+  num = _check_batch(config, features, labels)
+  alpha, beta = effective_alpha(config, stats), effective_beta(config, stats)
+  decay = objective.weight_decay({"backbone": decay_params if decay_params is not None else {},
+                                  "fc1": params["embedding"]["fc1"]}, wd=config.weight_decay)
+  z, emb_new = head.embedding.apply({"params": params["embedding"], "batch_stats": batch_stats["embedding"]},
+                                    features, train=True, mutable=["batch_stats"])
+  emb_stats = emb_new["batch_stats"]
+  j_m = real_metric_loss(config, z, labels) + decay
+  metrics = {"loss": j_m, "j_m": j_m, "weight_decay": decay}
+  if not config.hdml:
+    return j_m, HDMLOutput({"embedding": emb_stats}, metrics)
+
+  # J_metric: through the synthesis, the generator (its parameters constant) and the re-encoder.
+  gen_in = jnp.concatenate([z, synthetic_inputs(config, z, stats.j_avg, alpha)])
+  decoded = head.generator.apply({"params": sg(params["generator"]), "batch_stats": batch_stats["generator"]},
+                                 gen_in, train=True, mutable=["batch_stats"])[0]
+  second_in = emb_stats if config.bn1_update == "both" else batch_stats["embedding"]
+  z_syn, emb_syn = head.embedding.apply({"params": params["embedding"], "batch_stats": second_in},
+                                        decoded[z.shape[0]:], train=True, mutable=["batch_stats"])
+  j_syn = synthetic_metric_loss(config, z_syn, num)
+  w = objective.metric_weight(stats.j_gen, beta=beta)
+  j_metric = objective.metric_objective(j_m, j_syn, w)
+
+  # J_gen: the generator alone, on the same inputs (the classifier's parameters constant).
+  y = sg(features)
+  out, gen_new = head.generator.apply({"params": params["generator"], "batch_stats": batch_stats["generator"]},
+                                      sg(gen_in), train=True, mutable=["batch_stats"])
+  j_recon = objective.reconstruction_loss(out[:features.shape[0]], y, lam=config.lam)
+  logits_syn = head.classifier.apply({"params": sg(params["classifier"])}, out[features.shape[0]:])
+  j_soft = soft_loss(config, logits_syn, labels, num)
+  j_gen = j_recon + j_soft
+
+  # J_cls: the classifier on the real features.
+  j_cls = objective.classifier_loss(head.classifier.apply({"params": params["classifier"]}, y), labels)
+
+  new_stats = {"embedding": emb_syn["batch_stats"] if config.bn1_update == "both" else emb_stats,
+               "generator": gen_new["batch_stats"]}
+  metrics.update(loss=j_metric, j_syn=j_syn, j_metric=j_metric, j_recon=j_recon, j_soft=j_soft, j_gen=j_gen,
+                 j_cls=j_cls, w=w, hardness=hardness.hardness_factor(stats.j_avg, alpha=alpha),
+                 alpha=jnp.asarray(alpha, jnp.float32), beta=jnp.asarray(beta, jnp.float32))
+  return j_metric + j_gen + j_cls, HDMLOutput(new_stats, metrics)
