@@ -1,4 +1,6 @@
-"""Small shared builders for the train-step tests."""
+"""Small shared builders for the tests."""
+
+import os
 
 import jax
 import numpy as np
@@ -37,3 +39,32 @@ def recall_at_1(embeddings, labels):
 def max_abs_diff(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+CUB100 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "shared", "data", "cub100", "images")
+
+
+def tiny_cub(**overrides):
+  """The cub100 config on 6 + 3 species at 16 px with a tiny CNN (keys overridable, dotted)."""
+  from experiments.configs import cub100
+
+  cfg = cub100.get_config()
+  cfg.dataset.data_dir = CUB100
+  cfg.dataset.train_classes, cfg.dataset.test_classes = (0, 6), (50, 53)
+  cfg.dataset.num_val_classes = 2
+  cfg.dataset.resize, cfg.dataset.crop = 20, 16
+  cfg.model.backbone_kwargs = {"widths": (4, 8), "depth": 1}
+  cfg.model.embedding_dim, cfg.model.generator_hidden = 8, 16
+  cfg.batch_size, cfg.num_steps = 8, 4
+  cfg.log_every = cfg.eval_every = cfg.checkpoint_every = 2
+  cfg.compilation_cache_dir = ""
+  cfg.num_devices = 1
+  cfg.plots = False
+  for key, value in overrides.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return cfg

@@ -16,10 +16,9 @@ from experiments.configs.base import override
 from experiments.evaluate import evaluate_checkpoint
 from experiments.train import (NonFiniteLossError, NonFiniteStateError, build_state, file_sha256,
                                train_and_evaluate)
-from tests.helpers import max_abs_diff
+from tests.helpers import max_abs_diff, tiny_cub
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUB100 = os.path.join(os.path.dirname(REPO), "shared", "data", "cub100", "images")
 RESULT_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
                "map@r", "nmi", "f1"}
 
@@ -238,17 +237,7 @@ class ExperimentsTest(chex.TestCase):
     self.assertIn("alfa", out.stderr)
 
   def test_image_folder_run_writes_a_retrieval_grid(self):
-    cfg = cub100.get_config()
-    cfg.dataset.data_dir = CUB100
-    cfg.dataset.train_classes, cfg.dataset.test_classes = (0, 6), (50, 53)
-    cfg.dataset.num_val_classes = 2
-    cfg.dataset.resize, cfg.dataset.crop = 20, 16
-    cfg.model.backbone_kwargs = {"widths": (4, 8), "depth": 1}
-    cfg.model.embedding_dim, cfg.model.generator_hidden = 8, 16
-    cfg.batch_size, cfg.num_steps = 8, 3
-    cfg.log_every = cfg.eval_every = cfg.checkpoint_every = 3
-    cfg.compilation_cache_dir = ""
-    cfg.num_devices = 1
+    cfg = tiny_cub(num_steps=3, log_every=3, eval_every=3, checkpoint_every=3, plots=True)
     workdir = tempfile.mkdtemp()
     results = train_and_evaluate(cfg, workdir)
     self.assertEqual(results["final"]["step"], 3)

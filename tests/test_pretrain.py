@@ -9,33 +9,10 @@ import numpy as np
 from flax import traverse_util
 
 from experiments import datasets, pretrain
-from experiments.configs import cub100
 from experiments.train import build_state, file_sha256, train_and_evaluate
 from hdml_jax import weights
-from tests.helpers import max_abs_diff
-from tests.test_experiments import CUB100, fast_default
-
-
-def tiny_cub(**overrides):
-  cfg = cub100.get_config()
-  cfg.dataset.data_dir = CUB100
-  cfg.dataset.train_classes, cfg.dataset.test_classes = (0, 6), (50, 53)
-  cfg.dataset.num_val_classes = 2
-  cfg.dataset.resize, cfg.dataset.crop = 20, 16
-  cfg.model.backbone_kwargs = {"widths": (4, 8), "depth": 1}
-  cfg.model.embedding_dim, cfg.model.generator_hidden = 8, 16
-  cfg.batch_size, cfg.num_steps = 8, 4
-  cfg.log_every = cfg.eval_every = cfg.checkpoint_every = 2
-  cfg.compilation_cache_dir = ""
-  cfg.num_devices = 1
-  cfg.plots = False
-  for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return cfg
+from tests.helpers import max_abs_diff, tiny_cub
+from tests.test_experiments import fast_default
 
 
 def npz_arrays(path):

@@ -16,7 +16,7 @@ from experiments.evaluate import evaluate_checkpoint
 from experiments.train import train_and_evaluate
 from hdml_jax import weights
 from tests.test_experiments import REPO, fast_default
-from tests.test_pretrain import tiny_cub
+from tests.helpers import tiny_cub
 
 
 def strict_json(path):
