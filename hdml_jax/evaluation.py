@@ -19,9 +19,12 @@ centred (on the gallery mean, in float64) and scaled by a power of two, so the
 float32 search on device is well conditioned whatever the offset and scale of
 the input (a shift by 1e4 or a scale of 1e-20 or 1e20 changes nothing); it
 runs for one chunk of queries at a time (memory ``O(chunk x N)``) and keeps a
-few more candidates than asked; their distances are then recomputed in
-float64 as ``sum((q - g)^2)`` on the original values and re-ranked. Ties are
-broken by the smaller gallery index. Returned squared distances are float32
+few more candidates than asked. Wherever two of a query's first k + 1
+candidates are closer than a bound on the float32 error, their distances are
+recomputed in float64 as ``sum((q - g)^2)`` on the original values and
+re-ranked (and where the k-th might lie outside the candidates, the whole
+gallery is, for that query); elsewhere the float32 order is provably the
+exact one. Ties are broken by the smaller gallery index. Returned squared distances are float32
 in the input's units; if one overflows float32 the call raises (rescale the
 embeddings), and distances below float32's range may read as 0 while the
 neighbours stay exact.
@@ -131,8 +134,11 @@ def nearest_neighbors(
       query itself is excluded).
     chunk_size: queries per device call; memory is ``O(chunk_size * N)``.
 
-    return_float64: return the squared distances as float64 (never
+    return_float64: return float64 squared distances, exact only where a
+      re-ranking was needed and otherwise within float32 accuracy (never
       overflows; ``evaluate`` uses it, as it needs the neighbours only).
+      By default the distances of the chosen neighbours are recomputed
+      exactly and returned as float32.
 
   Returns:
     ``indices [Q, k]`` (int32) and ``squared distances [Q, k]`` (float32,
@@ -152,11 +158,16 @@ def nearest_neighbors(
     )
   chunk_size = max(1, min(chunk_size, queries.shape[0]))
   kc = min(available, k + 8 + k // 4)   # spare candidates for the float64 re-ranking
-  cq, cg, _, _ = _conditioned(queries, queries if exclude_self else gallery)
+  cq, cg, _, unit = _conditioned(queries, queries if exclude_self else gallery)
   q64 = queries.astype(np.float64)
   g64 = q64 if exclude_self else gallery.astype(np.float64)
   g = jnp.asarray(cg)
   g_sq = jnp.sum(jnp.square(g), axis=1)
+  # A bound on the float32 error of |q|^2 + |g|^2 - 2 q.g on the conditioned data
+  # (Higham's gamma_D for the dot products, doubled): orderings decided by more
+  # than this are exact; rows with a closer call are re-ranked in float64.
+  q_sq = np.sum(cq.astype(np.float64) ** 2, axis=1)
+  tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(np.asarray(g_sq))))
   idx_out = np.empty((queries.shape[0], k), np.int32)
   d_out = np.empty((queries.shape[0], k), np.float64)
   for start in range(0, queries.shape[0], chunk_size):
@@ -164,9 +175,25 @@ def nearest_neighbors(
     n = chunk.shape[0]
     if n < chunk_size:  # pad: one compiled shape for every chunk
       chunk = np.concatenate([chunk, np.zeros((chunk_size - n, chunk.shape[1]), np.float32)])
-    cand, _ = _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=kc, exclude_self=exclude_self)
-    idx_out[start:start + n], d_out[start:start + n] = _refine(
-        q64[start:start + n], g64, np.asarray(cand)[:n], k)
+    cand, d32 = _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=kc, exclude_self=exclude_self)
+    cand, d32 = np.asarray(cand)[:n], np.asarray(d32, np.float64)[:n]
+    rows = slice(start, start + n)
+    t = tol[rows]
+    close = (np.diff(d32[:, :min(k + 1, kc)], axis=1) <= t[:, None]).any(axis=1)
+    # Might a gallery item outside the candidates belong in the top k?
+    outside = (d32[:, kc - 1] - d32[:, k - 1] <= 2 * t) if kc < available else np.zeros(n, bool)
+    idx_out[rows], d_out[rows] = cand[:, :k], d32[:, :k] * unit ** 2
+    redo = np.flatnonzero(close & ~outside)
+    if redo.size:
+      idx_out[start + redo], d_out[start + redo] = _refine(q64[start + redo], g64, cand[redo], k)
+    for i in np.flatnonzero(outside):      # rare: rank the whole gallery in float64
+      everyone = np.arange(g64.shape[0])
+      if exclude_self:
+        everyone = everyone[everyone != start + i]
+      idx_out[start + i], d_out[start + i] = _refine(q64[start + i:start + i + 1], g64, everyone[None, :], k)
+  if not return_float64:   # the exact distances of the chosen neighbours, in the input's units
+    diff = q64[:, None, :] - g64[idx_out]
+    d_out = np.einsum("qkd,qkd->qk", diff, diff)
   if not return_float64:
     with np.errstate(over="ignore"):
       d32 = d_out.astype(np.float32)

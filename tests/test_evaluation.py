@@ -103,6 +103,15 @@ class NeighborsTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "exceed the float32 range; rescale"):
       ev.nearest_neighbors(x * np.float32(2.0 ** 66), k=3)
 
+  def test_many_ties_beyond_the_candidates_rank_the_whole_gallery(self):
+    # 30 coincident points: every candidate ties with every non-candidate, so
+    # the search must look past its spare candidates (ties to the smaller index).
+    x = np.concatenate([np.ones((30, 3), np.float32), np.zeros((1, 3), np.float32)])
+    idx, d2 = ev.nearest_neighbors(x, k=3)
+    np.testing.assert_array_equal(idx, np.array(brute_neighbors(x, x, True))[:, :3])
+    np.testing.assert_array_equal(idx[30], [0, 1, 2])
+    np.testing.assert_array_equal(d2[30], [3.0, 3.0, 3.0])
+
   def test_far_from_the_origin_clusters_are_still_retrieved(self):
     # Well-separated clusters shifted by 1e4 or scaled by 1e-20 / 1e20:
     # the expanded |q|^2 + |g|^2 - 2 q.g in float32 loses them.
