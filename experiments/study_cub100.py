@@ -47,6 +47,8 @@ import os
 
 import numpy as np
 
+from experiments.checkpoints import write_json_atomic
+
 METHODS = {"npair_baseline": ("npair", False), "npair_hdml": ("npair", True),
            "triplet_baseline": ("triplet", False), "triplet_hdml": ("triplet", True)}
 KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
@@ -65,9 +67,7 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   cfg.seed, cfg.num_steps = seed, num_steps
   if cfg.hdml.loss == "triplet":
     cfg.batch_size = 60
-  for key, value in overrides.items():
-    if isinstance(value, str) and not isinstance(cfg[key], str):
-      value = ast.literal_eval(value)   # numbers, booleans, tuples
+  for key, value in _parsed(cfg, overrides).items():
     override(cfg, key, value)
   return train_and_evaluate(cfg, workdir)
 
@@ -150,6 +150,7 @@ def pretrained_file(root: str, seed: int, args) -> str:
 
 
 def _parsed(cfg, overrides: dict) -> dict:
+  """``--set`` values as the config's types: strings are parsed (numbers, booleans, tuples) for non-string keys."""
   out = {}
   for key, value in overrides.items():
     node = cfg
@@ -235,17 +236,11 @@ def table_lr(root: str, args) -> list[str]:
       lines.append(f"| {loss} | {lr:g} | {100 * value:.1f} ({r['best']['step'] if r['best'] else '-'}) |")
       if loss not in choice or value > choice[loss]["val_recall@1"]:
         choice[loss] = {"lr": lr, "val_recall@1": value}
-  checkpoints_json(os.path.join(root, "lr_choice.json"), choice)
+  write_json_atomic(os.path.join(root, "lr_choice.json"), choice)
   lines.append("")
   lines.append("chosen: " + ", ".join(f"{k} {v['lr']:g}" for k, v in choice.items()))
   lines.append(f"table wall time: {_wall(dirs) / 60:.1f} min (pretraining included)")
   return lines
-
-
-def checkpoints_json(path, obj):
-  from experiments.checkpoints import write_json_atomic
-
-  write_json_atomic(path, obj)
 
 
 def table_regime(root: str, args) -> list[str]:
@@ -272,7 +267,7 @@ def table_regime(root: str, args) -> list[str]:
       out[f"{regime}/{loss}/{k}"] = {"baseline": b, "hdml": h, "difference": diff}
       lines.append(f"| {regime} | {loss} | {k} | {_fmt((np.mean(b), np.std(b)))} | "
                    f"{_fmt((np.mean(h), np.std(h)))} | {_fmt_diff(diff)} |")
-  checkpoints_json(os.path.join(root, "regime.json"), out)
+  write_json_atomic(os.path.join(root, "regime.json"), out)
   plot_curves(curves, os.path.join(root, "regime_curves.png"))
   plot_hardness(hardness, os.path.join(root, "regime_hardness.png"))
   lines.append("")
