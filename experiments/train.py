@@ -142,17 +142,13 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
       return {k: tuples(v) for k, v in x.items()}
     return tuple(tuples(v) for v in x) if isinstance(x, list) else x
 
-  from experiments.configs.base import get_base_config
+  from experiments.configs.base import get_base_config, override
 
   saved = tuples(json.load(open(path)))
   cfg = get_base_config()
   cfg.model.backbone_kwargs = ml_collections.ConfigDict(saved["model"].pop("backbone_kwargs"))
   for key, value in _flat(saved).items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    override(cfg, key, value)
   cfg.lock()
   return cfg
 

@@ -48,6 +48,7 @@ CUB100 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 def tiny_cub(**overrides):
   """The cub100 config on 6 + 3 species at 16 px with a tiny CNN (keys overridable, dotted)."""
   from experiments.configs import cub100
+  from experiments.configs.base import override
 
   cfg = cub100.get_config()
   cfg.dataset.data_dir = CUB100
@@ -62,9 +63,5 @@ def tiny_cub(**overrides):
   cfg.num_devices = 1
   cfg.plots = False
   for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    override(cfg, key, value)
   return cfg
