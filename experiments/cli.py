@@ -1,8 +1,8 @@
 """What every command line of experiments/ shares: help, usage and override-key checks.
 
 absl's ``--help`` lists only the flags of the script's own ``__main__``
-module, which for a console script (``hdml-train``) is the generated
-wrapper; and an unknown ``--config.<key>`` fails deep inside
+module (for ``python3 -m experiments.main``, absl's ``__main__`` is not the
+module that defines the flags when ``run()`` is called from elsewhere); and an unknown ``--config.<key>`` fails deep inside
 ml_collections with a long chained traceback. ``run_app`` answers both
 before absl parses anything.
 """
@@ -68,12 +68,20 @@ def unknown_override(argv: list[str], default_config: str | None) -> str | None:
   return None
 
 
+def prog_name(argv0: str) -> str:
+  """How the user called the command: ``python3 -m experiments.<name>`` for this folder's scripts."""
+  path = os.path.abspath(argv0)
+  if argv0.endswith(".py") and os.path.dirname(path) == os.path.dirname(os.path.abspath(__file__)):
+    return f"python3 -m experiments.{os.path.basename(path)[:-3]}"
+  return os.path.basename(argv0)
+
+
 def exit_on_unknown_override(default_config: str | None, argv: list[str] | None = None) -> None:
   """Call before ``DEFINE_config_file``, which applies the overrides as it is defined."""
   argv = list(sys.argv if argv is None else argv)
   message = unknown_override(argv[1:], default_config)
   if message:
-    prog = os.path.basename(argv[0]) if argv else "hdml"
+    prog = prog_name(argv[0]) if argv else "hdml_jax"
     print(f"{prog}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -84,7 +92,7 @@ def run_app(main: Callable, *, module: str, summary: str, default_config: str | 
   from absl import app, flags
 
   argv = list(sys.argv if argv is None else argv)
-  prog = os.path.basename(argv[0]) if argv else module
+  prog = prog_name(argv[0]) if argv else module
   usage = f"usage: {prog} [--config=<config.py>] --workdir=<dir> [--config.<key>=<value> ...]\n\n{summary}\n"
   if len(argv) == 1 or any(a in ("--help", "-h", "--helpshort") for a in argv[1:]):
     print(usage + flags.FLAGS.module_help(module), file=sys.stdout if len(argv) > 1 else sys.stderr)

@@ -79,7 +79,7 @@ def main(argv):
   try:
     out = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, which=FLAGS.which)
   except (FileNotFoundError, ValueError) as e:
-    print(f"hdml-evaluate: error: {e}", file=sys.stderr)
+    print(f"python3 -m experiments.evaluate: error: {e}", file=sys.stderr)
     sys.exit(1)
   print(json.dumps(out, indent=2))
   with open(os.path.join(FLAGS.workdir, f"eval_{FLAGS.split}_{FLAGS.which}.json"), "w") as f:
@@ -87,7 +87,7 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point (``hdml-evaluate``)."""
+  """Command-line entry point (``python3 -m experiments.evaluate``, from the checkout)."""
   from experiments.cli import run_app
 
   run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),

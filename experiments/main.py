@@ -47,7 +47,7 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point (``hdml-train``)."""
+  """Command-line entry point (``python3 -m experiments.main``, from the checkout)."""
   from experiments.cli import run_app
 
   run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),

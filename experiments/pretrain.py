@@ -186,7 +186,7 @@ def main(argv):
 
 
 def run():
-  """Console-script entry point (``hdml-pretrain``)."""
+  """Command-line entry point (``python3 -m experiments.pretrain``, from the checkout)."""
   import logging
   import sys
 

@@ -295,7 +295,7 @@ class TfdsExperimentTest(chex.TestCase):
 class StudyScriptTest(chex.TestCase):
 
   def test_study_runs_resumes_and_tabulates(self):
-    from experiments import study_cub100
+    from experiments.studies import cub100 as study_cub100
 
     workdir = tempfile.mkdtemp()
     argv = ["--workdir", workdir, "--methods", "npair_hdml,npair_baseline", "--seeds", "0",
@@ -317,7 +317,7 @@ class StudyScriptTest(chex.TestCase):
 class RegimeStudyTest(chex.TestCase):
 
   def test_regime_tables_run_resume_and_never_select_on_test(self):
-    from experiments import study_cub100
+    from experiments.studies import cub100 as study_cub100
 
     workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
     common = ["--workdir", workdir, "--seeds", "0,1", "--num_steps", "4", "--pretrain_steps", "4",
@@ -374,7 +374,7 @@ class RegimeStudyTest(chex.TestCase):
            "--set", "dataset.train_classes=(0, 8)", "--set", "dataset.test_classes=(50, 54)",
            "--set", "batch_size=12", "--set", "num_devices=1", "--set", "data_threads=2",
            "--set", "compilation_cache_dir=", "--set", "hdml.stats_block_length=2"]
-    proc = subprocess.run(["bash", os.path.join(REPO, "experiments", "gpu_regime.sh"), *toy], cwd=REPO, env=env,
+    proc = subprocess.run(["bash", os.path.join(REPO, "experiments", "studies", "gpu_regime.sh"), *toy], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     self.assertEqual(proc.returncode, 0, open(os.path.join(out, "gpu_regime.log")).read()[-3000:])
     self.assertIn("| pretrained | npair | recall@1 |", proc.stdout)
@@ -388,7 +388,7 @@ class RegimeStudyTest(chex.TestCase):
     self.assertEqual(pre["train_classes"], 8)          # all training classes, none held out
 
   def test_paired_difference_interval_by_hand(self):
-    from experiments.study_cub100 import paired_difference
+    from experiments.studies.cub100 import paired_difference
 
     d = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])   # differences 0.1, 0.2, 0.0
     # mean 0.1, sd 0.1, t(0.975, 2) = 4.302653, half-width 4.302653 * 0.1 / sqrt(3)

@@ -176,9 +176,10 @@ class EvaluateRunTest(chex.TestCase):
       evaluate_checkpoint(None, workdir)
 
 
-def run_cli(*args, entry="experiments.main", prog="hdml-train", cwd=None, timeout=120):
-  """Runs an entry point's ``run()`` as its console script would (argv[0] = the script name)."""
-  code = f"import sys; sys.argv = {[prog, *args]!r}; from {entry} import run; run()"
+def run_cli(*args, entry="experiments.main", cwd=None, timeout=120):
+  """Runs an entry point's ``run()`` as ``python3 -m <entry>`` would (argv[0] = the module's file)."""
+  argv0 = os.path.join(REPO, *entry.split(".")) + ".py"
+  code = f"import sys; sys.argv = {[argv0, *args]!r}; from {entry} import run; run()"
   return subprocess.run([sys.executable, "-c", code], cwd=cwd or tempfile.mkdtemp(), capture_output=True,
                         text=True, timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
 
@@ -186,27 +187,26 @@ def run_cli(*args, entry="experiments.main", prog="hdml-train", cwd=None, timeou
 class CommandLineTest(chex.TestCase):
 
   def test_unknown_key_is_one_line_with_the_closest_keys(self):
-    for entry, prog in (("experiments.main", "hdml-train"), ("experiments.pretrain", "hdml-pretrain")):
-      with self.subTest(prog):
-        out = run_cli("--config.hdml.alfa=1", "--workdir", tempfile.mkdtemp(), entry=entry, prog=prog)
+    for entry in ("experiments.main", "experiments.pretrain"):
+      with self.subTest(entry):
+        out = run_cli("--config.hdml.alfa=1", "--workdir", tempfile.mkdtemp(), entry=entry)
         self.assertEqual(out.returncode, 2)
         self.assertEqual(out.stderr.strip().count("\n"), 0, out.stderr)
         self.assertIn("unknown config key --config.hdml.alfa", out.stderr)
         self.assertIn("did you mean --config.hdml.alpha", out.stderr)
 
   def test_help_lists_the_flags_and_no_arguments_prints_usage(self):
-    for entry, prog in (("experiments.main", "hdml-train"), ("experiments.evaluate", "hdml-evaluate"),
-                        ("experiments.pretrain", "hdml-pretrain")):
-      with self.subTest(prog):
-        out = run_cli("--help", entry=entry, prog=prog)
+    for entry in ("experiments.main", "experiments.evaluate", "experiments.pretrain"):
+      with self.subTest(entry):
+        out = run_cli("--help", entry=entry)
         self.assertEqual(out.returncode, 0, out.stderr[-1000:])
-        self.assertIn(f"usage: {prog}", out.stdout)
+        self.assertIn(f"usage: python3 -m {entry} ", out.stdout)
         self.assertIn("--workdir", out.stdout)
         self.assertIn("--config", out.stdout)
     cwd = tempfile.mkdtemp()
-    out = run_cli(prog="hdml-train", cwd=cwd)
+    out = run_cli(cwd=cwd)
     self.assertEqual(out.returncode, 2)
-    self.assertIn("usage: hdml-train", out.stderr)
+    self.assertIn("usage: python3 -m experiments.main ", out.stderr)
     self.assertEqual(os.listdir(cwd), [])   # no silent training into ./runs/default
 
   def test_a_finished_run_resumed_prints_no_progress_bar(self):

@@ -10,7 +10,7 @@ Each (scale, family) runs in a fresh subprocess so its peak resident memory
 P@1, R-precision, MAP@R), ``kmeans`` (JAX k-means, k = #classes),
 ``nmi_f1`` (from the assignments), ``evaluate`` (everything, end to end).
 
-    python -m experiments.bench_evaluation --scales cub,sop
+    python -m experiments.benchmarks.evaluation --scales cub,sop
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main(argv=None):
   print(f"{'scale':<6}{'family':<11}{'seconds':>9}{'peak MiB':>10}  metrics")
   for scale in args.scales.split(","):
     for family in args.families.split(","):
-      out = subprocess.run([sys.executable, "-m", "experiments.bench_evaluation", "--_one",
+      out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.evaluation", "--_one",
                             f"{scale}:{family}"], capture_output=True, text=True, check=False)
       if out.returncode:
         raise RuntimeError(f"{scale}/{family} failed:\n{out.stderr[-3000:]}")

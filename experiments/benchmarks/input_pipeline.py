@@ -8,7 +8,7 @@ normalise) at the paper's size (256 -> 227, "paper" preprocessing) and at the
 CPU configuration's (72 -> 64, "standard"), and the in-memory image-folder
 path at the CPU size for comparison.
 
-    python -m experiments.bench_input_pipeline --threads 4 --batches 20
+    python -m experiments.benchmarks.input_pipeline --threads 4 --batches 20
 """
 
 from __future__ import annotations

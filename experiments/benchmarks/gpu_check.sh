@@ -10,8 +10,8 @@
 # Each stage has its own time limit, so one failure does not hide the others.
 # Writes gpu_check.log and the benchmarks' JSON under $OUT (default gpu_out/).
 #
-#     bash experiments/gpu_check.sh                 # every stage
-#     bash experiments/gpu_check.sh bench_googlenet # only stages whose name starts so
+#     bash experiments/benchmarks/gpu_check.sh                 # every stage
+#     bash experiments/benchmarks/gpu_check.sh bench_googlenet # only stages whose name starts so
 #
 # Needs jax with CUDA, flax, optax, chex, absl-py, orbax-checkpoint, scikit-learn,
 # matplotlib, tqdm; for stage 4 also ml_collections, grain and tensorboardX.
@@ -39,7 +39,7 @@ print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__v
 print(jax.devices())'"
 
 for dtype in float32 bfloat16; do
-  stage bench_googlenet_$dtype 170 $PY -m experiments.bench_train_step --backbone googlenet --image_size 227 \
+  stage bench_googlenet_$dtype 170 $PY -m experiments.benchmarks.train_step --backbone googlenet --image_size 227 \
     --batch 128 --embedding_dim 512 --losses npair --dtypes $dtype \
     --steps_per_round 20 --rounds 5 --out "$OUT/bench_googlenet_$dtype.json"
 done
@@ -50,10 +50,10 @@ stage main_default 100 $PY -m experiments.main --config experiments/configs/defa
   --workdir /tmp/hdml_gpu_default
 cp /tmp/hdml_gpu_default/results.json "$OUT/main_default_results.json" 2>/dev/null
 
-stage bench_evaluation 90 $PY -m experiments.bench_evaluation --scales cub,sop --families evaluate \
+stage bench_evaluation 90 $PY -m experiments.benchmarks.evaluation --scales cub,sop --families evaluate \
   --out "$OUT/bench_evaluation.json"
 
-stage bench_small_cnn 60 $PY -m experiments.bench_train_step --steps_per_round 20 --rounds 5 \
+stage bench_small_cnn 60 $PY -m experiments.benchmarks.train_step --steps_per_round 20 --rounds 5 \
   --out "$OUT/bench_small_cnn.json"
 
 grep -E "^(device|variant|npair|triplet|scale|cub|sop|results|===)|R@1|recall@1" "$LOG" || true

@@ -11,9 +11,9 @@
 # which keeps the test classes out of every choice. Prints the regime table
 # (mean ± std, paired difference HDML - baseline with a 95 % t interval).
 #
-#     bash experiments/gpu_regime.sh                     # 3 seeds, 600 + 600 steps
-#     SEEDS=0 STEPS=200 PRETRAIN_STEPS=200 bash experiments/gpu_regime.sh
-#     bash experiments/gpu_regime.sh --set model.backbone=tiny ...   # extra study flags (tests)
+#     bash experiments/studies/gpu_regime.sh                     # 3 seeds, 600 + 600 steps
+#     SEEDS=0 STEPS=200 PRETRAIN_STEPS=200 bash experiments/studies/gpu_regime.sh
+#     bash experiments/studies/gpu_regime.sh --set model.backbone=tiny ...   # extra study flags (tests)
 #
 # Writes under $OUT (default gpu_out/): gpu_regime.log, the table and regime.json;
 # the runs go to $WORKDIR (default runs/gpu_regime), so a second call resumes.
@@ -28,7 +28,7 @@ t0=$SECONDS
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c 'import jax; print("jax", jax.__version__, jax.devices())'
 } >"$OUT/gpu_regime.log" 2>&1
-$PY -m experiments.study_cub100 --workdir "$WORKDIR" --table regime --regimes pretrained --losses npair \
+$PY -m experiments.studies.cub100 --workdir "$WORKDIR" --table regime --regimes pretrained --losses npair \
   --seeds "${SEEDS:-0,1,2}" --num_steps "${STEPS:-600}" --pretrain_steps "${PRETRAIN_STEPS:-600}" \
   --pretrain_lr "${PRETRAIN_LR:-1e-3}" --metric_lr "${METRIC_LR:-6e-5}" \
   --set model.backbone=googlenet --set "model.backbone_kwargs={}" --set model.embedding_dim=256 \

@@ -15,9 +15,9 @@ and their ratio: how much the loop costs beyond the step. With
 project (say, an earlier commit in a git worktree) runs in interleaved
 rounds, so both see the same machine noise: a before/after comparison.
 
-    python -m experiments.bench_train_loop --config experiments/configs/default.py
+    python -m experiments.benchmarks.train_loop --config experiments/configs/default.py
     git worktree add /tmp/before HEAD~1
-    python -m experiments.bench_train_loop --other_checkout /tmp/before
+    python -m experiments.benchmarks.train_loop --other_checkout /tmp/before
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv=None):
     print(_loop_seconds(args) if args._one == "loop" else _step_seconds(args))
     return
 
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the checkout
   checkouts = {"this": here}
   if args.other_checkout:
     checkouts["other"] = os.path.abspath(args.other_checkout)

@@ -5,7 +5,7 @@ persistent compilation cache (cold), then again with the cache it filled
 (warm), and reports the time to the first finished step of each and their
 ratio. Each process is new, so nothing is cached in memory.
 
-    python -m experiments.bench_compile --backbone small_cnn --image_size 64 --batch 48
+    python -m experiments.benchmarks.compile --backbone small_cnn --image_size 64 --batch 48
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(argv=None):
     print(json.dumps({"seconds": _first_step(args, args._cache)}))
     return
   cache = tempfile.mkdtemp(prefix="hdml_xla_cache_")
-  child = [sys.executable, "-m", "experiments.bench_compile", "--backbone", args.backbone,
+  child = [sys.executable, "-m", "experiments.benchmarks.compile", "--backbone", args.backbone,
            "--image_size", str(args.image_size), "--batch", str(args.batch), "--loss", args.loss,
            "--_cache", cache] + (["--baseline"] if args.baseline else [])
   times = {}

@@ -9,16 +9,16 @@ runs are skipped, so an interrupted study resumes where it stopped.
 
 Generic mode (methods x seeds x sweeps, from scratch):
 
-    python -m experiments.study_cub100 --workdir runs/study --seeds 0,1,2 --num_steps 2000
-    python -m experiments.study_cub100 --workdir runs/sensitivity --methods npair_hdml \
+    python -m experiments.studies.cub100 --workdir runs/study --seeds 0,1,2 --num_steps 2000
+    python -m experiments.studies.cub100 --workdir runs/sensitivity --methods npair_hdml \
         --seeds 0 --sweep hdml.alpha=30,90,270 --sweep hdml.beta=1e3,5e3,2e4
 
 The regime study (``--table``; one command per table, all in one workdir):
 
-    python -m experiments.study_cub100 --workdir runs/regime --table lr      # metric lr, pretrained start
-    python -m experiments.study_cub100 --workdir runs/regime --table regime  # scratch vs pretrained
-    python -m experiments.study_cub100 --workdir runs/regime --table beta    # beta sensitivity
-    python -m experiments.study_cub100 --workdir runs/regime --table alpha   # alpha transfer
+    python -m experiments.studies.cub100 --workdir runs/regime --table lr      # metric lr, pretrained start
+    python -m experiments.studies.cub100 --workdir runs/regime --table regime  # scratch vs pretrained
+    python -m experiments.studies.cub100 --workdir runs/regime --table beta    # beta sensitivity
+    python -m experiments.studies.cub100 --workdir runs/regime --table alpha   # alpha transfer
 
 * ``lr``: pretrains the backbone once per seed (``experiments.pretrain``, the
   45 training classes that are not held out) and picks the metric learning

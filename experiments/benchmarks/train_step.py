@@ -5,20 +5,20 @@ rounds (A B C D, A B C D, ...) so that machine noise hits all of them alike,
 and the median step time per variant is reported with the HDML/baseline
 ratio for each loss. Prints a table and writes JSON.
 
-    python -m experiments.bench_train_step --image_size 64 --batch 48 --rounds 5
+    python -m experiments.benchmarks.train_step --image_size 64 --batch 48 --rounds 5
 
 The HDML path in isolation (identity backbone on 1024-d "features", the
 paper's embedding size and batch): the step is then the embedding head, the
 losses and, for HDML, the P + P^2 synthetic rows through the generator and
 the re-encoder:
 
-    python -m experiments.bench_train_step --backbone mlp --hidden "" --image_size 1 \
+    python -m experiments.benchmarks.train_step --backbone mlp --hidden "" --image_size 1 \
         --channels 1024 --batch 128 --embedding_dim 512
 
 On a GPU (the paper's setting: GoogLeNet, 227 px, batch 128; float32 and
 bfloat16, HDML and baseline, 100 timed steps each):
 
-    python -m experiments.bench_train_step --backbone googlenet --image_size 227 \
+    python -m experiments.benchmarks.train_step --backbone googlenet --image_size 227 \
         --batch 128 --embedding_dim 512 --losses npair --dtypes float32,bfloat16 \
         --steps_per_round 20 --rounds 5 --out bench_gpu.json
 """

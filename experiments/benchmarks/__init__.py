@@ -1,0 +1,1 @@
+"""Benchmark scripts: speed and memory, measured side by side (never by timed tests)."""

@@ -1,0 +1,188 @@
+"""The metric losses against pytorch-metric-learning, value and gradient.
+
+A comparison script, not a test and not a dependency: it needs torch and
+pytorch-metric-learning installed by hand (``pip install torch
+pytorch-metric-learning``) and exits with a message when they are not.
+
+For random class-balanced batches (several seeds, batch shapes and scales,
+float64 on both sides) it computes each loss and its gradient with respect
+to the embeddings in hdml_jax and in PML, configured so that both compute
+the same quantity, and prints the largest differences (relative to the
+value's scale). Where the two libraries define a loss differently the
+PML side is composed from PML's own parts to the project's definition, and
+the table says so:
+
+Every PML distance is given ``normalize_embeddings=False`` (PML
+L2-normalises by default; the project's losses take the embeddings as they
+are, as the reference does).
+
+* N-pair: ``hdml_jax.losses.npair_loss(a, p)`` (anchors against positives,
+  raw inner products) is PML's ``NPairsLoss`` on ``[a; p]``. ``npair_loss_from_labels`` also
+  contrasts each row with the other anchors (multi-class, soft targets) and
+  has no PML counterpart; it is checked against NumPy in the tests.
+* triplet, ``mining="all"``: ``TripletMarginLoss`` (``LpDistance`` without
+  normalisation, ``MeanReducer``: the mean over every valid triplet, zero
+  ones included).
+* triplet, ``"batch_hard"``: ``BatchHardMiner`` + ``TripletMarginLoss``.
+* triplet, ``"semi_hard"``: ``TripletMarginMiner(type_of_triplets=
+  "semihard")`` keeps *every* triplet with ``0 < d(a,n) - d(a,p) <= m``;
+  the project keeps, per positive pair, the *nearest* such negative (the
+  FaceNet rule), so PML's mined triplets are reduced to that one per pair
+  before its ``TripletMarginLoss``.
+* contrastive: the project's is Hadsell et al.'s squared form,
+  ``d^2`` for positives and ``max(0, m - d)^2`` for negatives, averaged
+  over all ``B (B - 1)`` ordered pairs; PML's ``ContrastiveLoss`` uses
+  ``max(0, d - m_pos)`` and ``max(0, m_neg - d)`` unsquared and averages
+  positives and negatives apart. PML's per-pair losses
+  (``DoNothingReducer``) are squared and averaged over all pairs.
+
+    python3 -m experiments.benchmarks.compare_pml                 # prints the table
+    python3 -m experiments.benchmarks.compare_pml --out compare_pml.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _batches(seeds, shapes, scales):
+  for seed in seeds:
+    for classes, per_class, dim in shapes:
+      for scale in scales:
+        rng = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(classes), per_class)
+        rng.shuffle(labels)
+        centres = rng.normal(size=(classes, dim))
+        x = scale * (centres[labels] + rng.normal(size=(labels.size, dim)))
+        yield {"seed": seed, "classes": classes, "per_class": per_class, "dim": dim, "scale": scale}, x, labels
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--seeds", default="0,1,2,3,4")
+  ap.add_argument("--margin", type=float, default=0.5)
+  ap.add_argument("--out", default=None, help="also write the results as JSON")
+  args = ap.parse_args(argv)
+  try:
+    import torch
+    from pytorch_metric_learning import distances, losses, miners, reducers
+    import pytorch_metric_learning
+  except ImportError as e:
+    sys.exit(f"compare_pml: {e.name} is not installed; this script needs torch and "
+             "pytorch-metric-learning (pip install torch pytorch-metric-learning).")
+  import jax
+
+  jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp
+
+  from hdml_jax import label_losses, losses as hl
+
+  m = args.margin
+  lp = lambda: distances.LpDistance(normalize_embeddings=False, p=2, power=1)
+
+  def ours(name):
+    return {
+        "npair (a, p layout)": lambda e, y: hl.npair_loss(e[: e.shape[0] // 2], e[e.shape[0] // 2:]),
+        "triplet all": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m, mining="all"),
+        "triplet all, sum": lambda e, y: label_losses.triplet_loss_from_labels(
+            e, y, margin=m, mining="all", reduction="sum"),
+        "triplet batch_hard": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m,
+                                                                                 mining="batch_hard"),
+        "triplet semi_hard": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m,
+                                                                                mining="semi_hard"),
+        "contrastive": lambda e, y: label_losses.contrastive_loss_from_labels(e, y, margin=m),
+    }[name]
+
+  def nearest_negative_per_pair(e, triplets):
+    a, p, n = (t.numpy() for t in triplets)
+    if a.size == 0:
+      return triplets
+    d_an = torch.cdist(e, e).detach().numpy()[a, n]
+    keep = {}
+    for i in np.lexsort((n, d_an)):       # nearest first, then the smaller index
+      keep.setdefault((a[i], p[i]), i)
+    idx = np.array(sorted(keep.values()))
+    return tuple(torch.as_tensor(t[idx]) for t in (a, p, n))
+
+  def theirs(name):
+    mean, total = reducers.MeanReducer(), reducers.SumReducer()
+    if name == "npair (a, p layout)":
+      loss = losses.NPairsLoss(distance=distances.DotProductSimilarity(normalize_embeddings=False))
+      return lambda e, y: loss(e, y)
+    if name in ("triplet all", "triplet all, sum"):
+      loss = losses.TripletMarginLoss(margin=m, distance=lp(), reducer=mean if name == "triplet all" else total)
+      return lambda e, y: loss(e, y)
+    if name == "triplet batch_hard":
+      miner, loss = miners.BatchHardMiner(distance=lp()), losses.TripletMarginLoss(margin=m, distance=lp(),
+                                                                                   reducer=mean)
+      return lambda e, y: loss(e, y, miner(e, y))
+    if name == "triplet semi_hard":
+      miner = miners.TripletMarginMiner(margin=m, type_of_triplets="semihard", distance=lp())
+      loss = losses.TripletMarginLoss(margin=m, distance=lp(), reducer=mean)
+      return lambda e, y: loss(e, y, nearest_negative_per_pair(e, miner(e, y)))
+    if name == "contrastive":
+      loss = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=m, distance=lp(), reducer=reducers.DoNothingReducer())
+
+      def contrastive(e, y):
+        out = loss(e, y)   # {"pos_loss": per positive pair, "neg_loss": per negative pair}
+        b = e.shape[0]
+        return (torch.sum(out["pos_loss"]["losses"] ** 2) + torch.sum(out["neg_loss"]["losses"] ** 2)) / (b * (b - 1))
+      return contrastive
+    raise KeyError(name)
+
+  names = ["npair (a, p layout)", "triplet all", "triplet all, sum", "triplet batch_hard", "triplet semi_hard",
+           "contrastive"]
+  shapes = [(8, 2, 16), (8, 4, 16), (16, 4, 64), (5, 6, 8)]
+  seeds = [int(s) for s in args.seeds.split(",")]
+  rows = {n: {"cases": 0, "max_rel_value": 0.0, "max_rel_grad": 0.0, "value_range": [np.inf, -np.inf]}
+          for n in names}
+  for case, x, y in _batches(seeds, shapes, scales=(0.1, 1.0, 3.0)):
+    for name in names:
+      if name.startswith("npair"):
+        if case["per_class"] != 2:
+          continue
+        order = np.argsort(y, kind="stable")            # [a; p]: the first of each class, then the second
+        order = np.concatenate([order[0::2], order[1::2]])
+        xe, ye = x[order], y[order]
+      else:
+        xe, ye = x, y
+      f = ours(name)
+      v_ours, g_ours = jax.value_and_grad(lambda e: f(e, jnp.asarray(ye)))(jnp.asarray(xe))
+      et = torch.tensor(xe, dtype=torch.float64, requires_grad=True)
+      v_theirs = theirs(name)(et, torch.as_tensor(ye))
+      v_theirs.backward()
+      g_theirs = et.grad.numpy()
+      v_ours, g_ours = float(v_ours), np.asarray(g_ours)
+      scale_v = max(abs(v_theirs.item()), 1e-12)
+      scale_g = max(np.abs(g_theirs).max(), 1e-12)
+      r = rows[name]
+      r["cases"] += 1
+      r["max_rel_value"] = max(r["max_rel_value"], abs(v_ours - v_theirs.item()) / scale_v)
+      r["max_rel_grad"] = max(r["max_rel_grad"], float(np.abs(g_ours - g_theirs).max() / scale_g))
+      r["value_range"] = [min(r["value_range"][0], v_ours), max(r["value_range"][1], v_ours)]
+  print(f"pytorch-metric-learning {pytorch_metric_learning.__version__}, torch {torch.__version__}, "
+        f"jax {jax.__version__}; float64; margin {m}; seeds {seeds}; batches (classes, per class, dim) "
+        f"{shapes} at scales 0.1, 1, 3")
+  print("| loss | PML side | batches | loss values | max relative difference, value | "
+        "max relative difference, gradient |")
+  print("|---|---|---|---|---|---|")
+  pml_side = {"npair (a, p layout)": "NPairsLoss, unnormalised dot product", "triplet all": "TripletMarginLoss, MeanReducer",
+              "triplet all, sum": "TripletMarginLoss, SumReducer",
+              "triplet batch_hard": "BatchHardMiner + TripletMarginLoss",
+              "triplet semi_hard": "TripletMarginMiner(semihard), nearest negative per pair, + TripletMarginLoss",
+              "contrastive": "ContrastiveLoss per pair, squared, mean over all pairs"}
+  for name, r in rows.items():
+    lo, hi = r["value_range"]
+    print(f"| {name} | {pml_side[name]} | {r['cases']} | {lo:.3g} to {hi:.3g} | {r['max_rel_value']:.1e} | "
+          f"{r['max_rel_grad']:.1e} |")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
