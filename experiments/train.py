@@ -56,6 +56,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
         "training classes (or choose selection.split='test' or 'none').")
   if cfg.eval.kmeans_backend not in ("jax", "sklearn"):
     raise ValueError(f"config.eval.kmeans_backend must be 'jax' or 'sklearn', got {cfg.eval.kmeans_backend!r}.")
+  if cfg.eval.kmeans_protocol not in evaluation.KMEANS_PROTOCOLS:
+    raise ValueError(f"config.eval.kmeans_protocol must be one of {evaluation.KMEANS_PROTOCOLS}, "
+                     f"got {cfg.eval.kmeans_protocol!r}.")
   metrics = selectable_metrics(cfg)
   if cfg.selection.split != "none" and cfg.selection.metric not in metrics:
     raise ValueError(f"config.selection.metric={cfg.selection.metric!r} is not a metric the evaluation "
@@ -108,7 +111,8 @@ def check_run_config(cfg, workdir: str, *, resuming: bool) -> list[dict]:
     a, b = _flat(run), _flat(now)
     diffs = [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
              if a.get(k, "<absent>") != b.get(k, "<absent>")]
-    refused = [d for d in diffs if d[0] not in RESUMABLE_KEYS]
+    # A key the run's config lacks was added by a newer version: allowed, and listed as a change.
+    refused = [d for d in diffs if d[0] not in RESUMABLE_KEYS and d[1] != "<absent>"]
     if refused:
       lines = "\n".join(f"  {k}: {old!r} in the run, {new!r} now" for k, old, new in refused)
       raise ValueError(
@@ -234,7 +238,8 @@ def evaluate_split(cfg, state, data, split, *, clustering: bool = True) -> dict:
   emb = embed_split(state, data, split, cfg.eval.batch_size)
   ks = [k for k in cfg.eval.recall_ks if k <= len(split.labels) - 1]
   return evaluation.evaluate(emb, split.labels, recall_ks=ks, clustering=clustering,
-                             kmeans_backend=cfg.eval.kmeans_backend, kmeans_seed=cfg.seed)
+                             kmeans_backend=cfg.eval.kmeans_backend, kmeans_seed=cfg.seed,
+                             kmeans_protocol=cfg.eval.kmeans_protocol)
 
 
 def _selection_name(cfg) -> str:
@@ -470,6 +475,9 @@ def train_and_evaluate(
   if changes:
     results["config_changes"] = changes
   stats = local_copy(state.stats)
+  results["kmeans_protocol"] = {**evaluation.kmeans_settings(cfg.eval.kmeans_protocol,
+                                                              int(np.unique(data.test.labels).size)),
+                                 "backend": cfg.eval.kmeans_backend, "seed": cfg.seed}
   results["statistics"] = {k: float(getattr(stats, k)) for k in ("j_avg", "j_gen", "j_avg_first", "j_gen_first")}
   if is_main:
     checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), results)

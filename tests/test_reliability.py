@@ -58,6 +58,14 @@ class ResumeTest(chex.TestCase):
                                                  {"key": "num_steps", "run": 8, "now": 12}])
     self.assertEqual(strict_json(os.path.join(workdir, "config.json"))["num_steps"], 12)
     self.assertEqual(results["config"]["seed"], 0)
+    self.assertEqual(results["kmeans_protocol"]["protocol"], "reference")   # 5 test classes: auto -> reference
+    # A run saved by an older version lacks keys added since: resuming it is allowed, the keys listed.
+    saved = strict_json(os.path.join(workdir, "config.json"))
+    del saved["eval"]["kmeans_protocol"]
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(saved, f)
+    results = train_and_evaluate(fast_default(num_steps=14, log_every=2), workdir)
+    self.assertIn({"key": "eval.kmeans_protocol", "run": "<absent>", "now": "auto"}, results["config_changes"])
 
   def test_checkpoint_of_another_model_without_a_saved_config(self):
     # A workdir of an older version (no config.json) holding another embedding size.
@@ -101,6 +109,7 @@ class EarlyErrorTest(chex.TestCase):
         ({"num_devices": 99}, r"num_devices=99, but 8 cpu device\(s\) are present: use 0 \(all\) or 1..8"),
         ({"num_devices": -1}, r"num_devices must be 0 \(all devices\) or a positive count, got -1"),
         ({"dataset.train_classes": (0, 4, 8)}, r"dataset.train_classes must be two integers .*\(0, 4, 8\)"),
+        ({"eval.kmeans_protocol": "sklearn"}, r"eval.kmeans_protocol must be one of \('auto', 'reference', 'fast'\)"),
     ]
     for overrides, message in cases:
       with self.subTest(overrides=overrides), self.assertRaisesRegex(ValueError, message):

@@ -94,6 +94,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.recall_ks = (1, 2, 4, 8)
   c.eval.batch_size = 256
   c.eval.kmeans_backend = "jax"        # jax | sklearn
+  c.eval.kmeans_protocol = "auto"      # NMI/F1 clustering: reference (greedy k-means++, n_init 10, as the
+                                       # paper's scikit-learn KMeans) | fast (one k-means++ run) | auto
+                                       # (reference up to k = 1024 classes, fast above: SOP)
   c.eval.test_curves = False           # also log test Recall@K / MAP@R at every evaluation
                                        # (learning curves; never used for selection)
 
