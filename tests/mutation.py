@@ -1,0 +1,185 @@
+"""Mutation testing of the core modules with mutmut (a script, not part of CI).
+
+    python3 -m pip install mutmut
+    python3 -m tests.mutation                          # every core module, its own tests
+    python3 -m tests.mutation --changed main           # only core modules changed since main
+    python3 -m tests.mutation --modules distances,hardness --report mutation_report.md
+
+mutmut works on a copy: the script copies the checkout's library, the
+application and the tests into ``--workdir`` (default ``/tmp/hdml_mutation``;
+kept between calls, so a second call only re-runs what changed), writes the
+mutmut configuration there (the modules to mutate, and for each only the
+test files that exercise it), runs ``mutmut run`` and writes a Markdown
+report: the score per module and every surviving mutant with its diff.
+A survivor is then either killed by a new test or listed in ``EQUIVALENT``
+below with the reason it cannot change behaviour.
+
+Score: killed / (killed + survived + timeout), equivalent mutants left out;
+timeouts count against the score until each is looked at (a mutant can hang
+the tests, which catches it, but a hung worker is not a kill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Core module -> the tests that exercise it (the relevant tests only, so a run fits in about an hour).
+CORE = {
+    "losses": ["tests/test_losses.py"],
+    "label_losses": ["tests/test_label_losses.py"],
+    "hardness": ["tests/test_hardness.py"],
+    "objective": ["tests/test_objective.py"],
+    "head": ["tests/test_own_loop.py", "tests/test_gradient_paths.py"],
+    "statistics": ["tests/test_statistics.py"],
+    "distances": ["tests/test_distances.py"],
+    "train_step": ["tests/test_train_step.py", "tests/test_gradient_paths.py"],
+    "train_state": ["tests/test_train_step.py"],
+    "evaluation": ["tests/test_evaluation.py"],
+    "data/samplers": ["tests/test_data.py"],
+}
+# The resume and selection logic of the training loop.
+APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test_experiments.py"]}
+
+# Mutant name -> why it cannot change behaviour (filled in as survivors are reviewed).
+EQUIVALENT: dict[str, str] = {}
+
+
+def _changed(base: str) -> set[str]:
+  out = subprocess.run(["git", "diff", "--name-only", base, "--"], cwd=REPO, capture_output=True, text=True,
+                       check=True).stdout.split()
+  return set(out)
+
+
+def _targets(args) -> dict[str, list[str]]:
+  targets = {f"hdml_jax/{m}.py": tests for m, tests in CORE.items()}
+  if args.with_application:
+    targets.update(APPLICATION)
+  if args.modules:
+    wanted = {m.strip() for m in args.modules.split(",") if m.strip()}
+    unknown = wanted - set(CORE)
+    if unknown:
+      sys.exit(f"mutation: unknown module(s) {sorted(unknown)}; core modules: {', '.join(CORE)}")
+    targets = {f"hdml_jax/{m}.py": CORE[m] for m in wanted}
+  if args.changed:
+    changed = _changed(args.changed)
+    targets = {path: tests for path, tests in targets.items() if path in changed}
+  return targets
+
+
+def _write_config(workdir: str, targets: dict[str, list[str]]) -> None:
+  tests = sorted({t for ts in targets.values() for t in ts})
+  lines = ["[mutmut]",
+           "source_paths=hdml_jax/" + ("\n    experiments/" if any(p.startswith("experiments/") for p in targets)
+                                       else ""),
+           "only_mutate=" + "\n    ".join(sorted(targets)),
+           "also_copy=conftest.py\n    experiments/\n    README.md",
+           "pytest_add_cli_args_test_selection=" + "\n    ".join(tests),
+           # No doctests and no cache: only the selected test files, stopping at the first failure.
+           "pytest_add_cli_args=-p no:cacheprovider -x -q --no-header -o addopts=",
+           # JAX is multithreaded: a plain fork of a process that ran JAX can deadlock (and would reuse
+           # compiled functions traced without the mutant), so every mutant starts from a fresh server
+           # that has imported nothing.
+           "process_isolation=forkserver",
+           "forkserver_warmup=none",
+           ""]
+  with open(os.path.join(workdir, "setup.cfg"), "w") as f:
+    f.write("\n".join(lines))
+
+
+def _copy_checkout(workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  for name in ("hdml_jax", "experiments", "tests"):
+    dst = os.path.join(workdir, name)
+    if os.path.exists(dst):
+      shutil.rmtree(dst)
+    shutil.copytree(os.path.join(REPO, name), dst, ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("conftest.py", "pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(REPO, name), workdir)
+
+
+def _results(workdir: str) -> dict[str, str]:
+  out = subprocess.run(["mutmut", "results", "--all", "true"], cwd=workdir, capture_output=True, text=True)
+  if out.returncode:
+    out = subprocess.run(["mutmut", "results"], cwd=workdir, capture_output=True, text=True, check=True)
+  status = {}
+  for line in out.stdout.splitlines():
+    if ":" in line and "__mutmut_" in line:
+      name, state = line.strip().rsplit(":", 1)
+      status[name.strip()] = state.strip()
+  return status
+
+
+def _report(workdir: str, status: dict[str, str], path: str) -> float:
+  by_module: dict[str, dict[str, int]] = {}
+  survivors = []
+  for name, state in sorted(status.items()):
+    module = name.split(".x_")[0]
+    counts = by_module.setdefault(module, {"killed": 0, "survived": 0, "timeout": 0, "equivalent": 0,
+                                           "other": 0})
+    if name in EQUIVALENT:
+      counts["equivalent"] += 1
+    elif state == "killed":
+      counts[state] += 1
+    elif state in ("survived", "timeout"):
+      counts[state] += 1
+      survivors.append(name)
+    else:
+      counts["other"] += 1
+  lines = ["# Mutation testing report", "",
+           "| module | killed | timeout | survived | equivalent | not run / other | score |",
+           "|---|---|---|---|---|---|---|"]
+  total_k = total_s = 0
+  for module, c in by_module.items():
+    k, s = c["killed"], c["survived"] + c["timeout"]
+    total_k, total_s = total_k + k, total_s + s
+    score = f"{100 * k / (k + s):.1f} %" if k + s else "-"
+    lines.append(f"| {module} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['equivalent']} | {c['other']} | "
+                 f"{score} |")
+  overall = total_k / (total_k + total_s) if total_k + total_s else float("nan")
+  lines += ["", f"Overall: {100 * overall:.1f} % of non-equivalent mutants killed "
+            f"({total_k} of {total_k + total_s}).", "", "## Survivors and timeouts", ""]
+  for name in survivors:
+    diff = subprocess.run(["mutmut", "show", name], cwd=workdir, capture_output=True, text=True).stdout
+    lines += [f"### {name}", "", "```diff", diff.strip(), "```", ""]
+  if EQUIVALENT:
+    lines += ["## Equivalent mutants", ""] + [f"* `{k}`: {v}" for k, v in sorted(EQUIVALENT.items())]
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return overall
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--workdir", default=os.path.join("/tmp", "hdml_mutation"))
+  ap.add_argument("--modules", default="", help=f"comma-separated subset of: {', '.join(CORE)}")
+  ap.add_argument("--changed", default="", help="only modules changed since this git revision")
+  ap.add_argument("--with_application", action="store_true",
+                  help="also mutate experiments/train.py (resume and checkpoint selection)")
+  ap.add_argument("--max_children", type=int, default=os.cpu_count() or 1)
+  ap.add_argument("--report", default="mutation_report.md")
+  ap.add_argument("mutants", nargs="*", help="only these mutant names (mutmut's)")
+  args = ap.parse_args(argv)
+  if shutil.which("mutmut") is None:
+    sys.exit("mutation: mutmut is not installed (python3 -m pip install mutmut).")
+  targets = _targets(args)
+  if not targets:
+    sys.exit("mutation: no core module to mutate (nothing changed?).")
+  workdir = os.path.abspath(args.workdir)
+  _copy_checkout(workdir)
+  _write_config(workdir, targets)
+  print(f"mutating {', '.join(sorted(targets))} in {workdir}", flush=True)
+  proc = subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *args.mutants], cwd=workdir)
+  if proc.returncode:
+    sys.exit(f"mutation: mutmut run failed (exit {proc.returncode}); see {workdir}")
+  overall = _report(workdir, _results(workdir), os.path.abspath(args.report))
+  print(f"score {100 * overall:.1f} %; report: {os.path.abspath(args.report)}")
+
+
+if __name__ == "__main__":
+  main()
