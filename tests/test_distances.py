@@ -71,3 +71,32 @@ class DistancesTest(chex.TestCase):
       distances.pairwise_distances(jnp.zeros((2, 3), jnp.int32))
     with self.assertRaisesRegex(ValueError, r"shapes must match.*\(2, 3\).*\(3, 3\)"):
       distances.rowwise_distances(jnp.zeros((2, 3)), jnp.zeros((3, 3)))
+
+
+class DistanceErrorsTest(chex.TestCase):
+  """Every bad input is named: the function, the argument, what is wrong."""
+
+  def test_errors_name_the_function_and_the_argument(self):
+    good, vec, ints = jnp.ones((3, 2)), jnp.ones((3,)), jnp.ones((3, 2), jnp.int32)
+    for name in ("rowwise_squared_distances", "rowwise_distances", "pairwise_squared_distances",
+                 "pairwise_distances"):
+      fn = getattr(distances, name)
+      where = "rowwise_squared_distances" if name == "rowwise_distances" else (
+          "pairwise_squared_distances" if name == "pairwise_distances" else name)
+      with self.subTest(name):
+        with self.assertRaisesRegex(ValueError, rf"^{where}: `x` must have rank 2, got shape \(3,\)\.$"):
+          fn(vec, good)
+        with self.assertRaisesRegex(ValueError, rf"^{where}: `y` must have rank 2, got shape \(3,\)\.$"):
+          fn(good, vec)
+        with self.assertRaisesRegex(TypeError, rf"^{where}: `x` must be a floating-point array, got dtype int32"):
+          fn(ints, good)
+        with self.assertRaisesRegex(TypeError, rf"^{where}: `y` must be a floating-point array, got dtype int32"):
+          fn(good, ints)
+    for name in ("rowwise_squared_distances", "rowwise_distances"):
+      with self.assertRaisesRegex(ValueError, r"^rowwise_squared_distances: shapes must match, got `x` \(3, 2\), "
+                                  r"`y` \(4, 2\)\.$"):
+        getattr(distances, name)(good, jnp.ones((4, 2)))
+    for name in ("pairwise_squared_distances", "pairwise_distances"):
+      with self.assertRaisesRegex(ValueError, r"^pairwise_squared_distances: `x` \(3, 2\) and `y` \(3, 4\) must "
+                                  r"have the same embedding dimension\.$"):
+        getattr(distances, name)(good, jnp.ones((3, 4)))
