@@ -91,6 +91,21 @@ def _knn_chunk(queries, query_offset, gallery, gallery_sq, *, k, exclude_self):
   return idx, -neg
 
 
+def bucket(n: int) -> int:
+  """The padded size of ``n`` rows: the smallest ``2^j`` or ``3 * 2^(j-1)`` >= n (at least 8).
+
+  Device shapes depend only on the bucket, not on the number of test
+  images, so evaluations of sets of nearby sizes share one compilation
+  (and the persistent compilation cache serves new processes); padding
+  wastes at most a third of the rows.
+  """
+  size = 8
+  while size < n:
+    half = size // 2
+    size = size + half if (size & (size - 1)) == 0 else size + size // 3   # 8, 12, 16, 24, 32, ...
+  return size
+
+
 def _conditioned(queries: np.ndarray, gallery: np.ndarray):
   """float32 copies ``(x - center) / unit``: centred on the gallery mean, ``unit`` a power of two
   making max |x| <= 1. Returns ``(queries, gallery, center, unit)``."""
@@ -158,18 +173,21 @@ def nearest_neighbors(
         f"{where}: k={k} neighbours requested but only {available} gallery items are "
         f"available{' (the query itself excluded)' if exclude_self else ''}."
     )
-  chunk_size = max(1, min(chunk_size, queries.shape[0]))
+  chunk_size = max(1, min(chunk_size, bucket(queries.shape[0])))
   kc = min(available, k + 8 + k // 4)   # spare candidates for the float64 re-ranking
   cq, cg, _, unit = _conditioned(queries, queries if exclude_self else gallery)
   q64 = queries.astype(np.float64)
   g64 = q64 if exclude_self else gallery.astype(np.float64)
-  g = jnp.asarray(cg)
-  g_sq = jnp.sum(jnp.square(g), axis=1)
+  g_sq = np.sum(np.square(cg), axis=1)
+  # Padded to a bucket with rows at infinite distance: never chosen, since k <= the real rows available.
+  pad = bucket(cg.shape[0]) - cg.shape[0]
+  g = jnp.asarray(np.concatenate([cg, np.zeros((pad, cg.shape[1]), np.float32)]))
+  g_sq = jnp.asarray(np.concatenate([g_sq, np.full(pad, np.inf, np.float32)]))
   # A bound on the float32 error of |q|^2 + |g|^2 - 2 q.g on the conditioned data
   # (Higham's gamma_D for the dot products, doubled): orderings decided by more
   # than this are exact; rows with a closer call are re-ranked in float64.
   q_sq = np.sum(cq.astype(np.float64) ** 2, axis=1)
-  tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(np.asarray(g_sq))))
+  tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(np.sum(np.square(cg), axis=1))))
   idx_out = np.empty((queries.shape[0], k), np.int32)
   d_out = np.empty((queries.shape[0], k), np.float64)
   for start in range(0, queries.shape[0], chunk_size):
@@ -445,7 +463,7 @@ def kmeans(
     raise ValueError(f"{where}: max_iter must be a positive integer, got {max_iter!r}.")
   # Centred and scaled by a power of two: any finite offset or scale clusters alike.
   x, _, center, unit = _conditioned(x, x)
-  chunk = min(chunk_size, max(1, n))
+  chunk = min(chunk_size, bucket(n))   # device shapes depend on the bucket of n only
   xp, w = _pad_rows(x, chunk)
   xj, wj = jnp.asarray(xp), jnp.asarray(w)
   tol_abs = tol * float(np.mean(np.var(x.astype(np.float64), axis=0)))

@@ -299,6 +299,23 @@ class ClusteringTest(chex.TestCase):
     np.testing.assert_allclose(relocated[2], x[21])   # the farthest point starts the empty cluster
     np.testing.assert_allclose(relocated[1], x[21])   # ... and its old cluster had it alone: kept as is
 
+  def test_compilations_per_evaluation_are_constant_within_a_bucket(self):
+    # Device shapes depend on the bucket of the set size, not on the size: test sets of 150, 160 and 170
+    # items (bucket 192) share every compiled function; 200 (bucket 256) compiles once more.
+    self.assertEqual([ev.bucket(n) for n in (1, 9, 13, 150, 170, 192, 193, 5924)],
+                     [8, 12, 16, 192, 192, 192, 256, 6144])
+    fns = (ev._knn_chunk, ev._assign, ev._update_centers, ev._greedy_kmeans_pp_init)
+    rng = np.random.default_rng(0)
+    counts = []
+    for n in (150, 160, 170, 200):
+      y = np.arange(n) % 20
+      x = rng.normal(size=(n, 13)).astype(np.float32) + y[:, None]   # D = 13: shapes no other test uses
+      ev.evaluate(x, y)
+      counts.append([f._cache_size() for f in fns])
+    self.assertEqual(counts[0], counts[1])
+    self.assertEqual(counts[0], counts[2])
+    self.assertEqual([b - a for a, b in zip(counts[2], counts[3])], [1, 1, 1, 1])
+
   def test_protocols(self):
     self.assertEqual(ev.kmeans_settings("auto", 100)["protocol"], "reference")
     self.assertEqual(ev.kmeans_settings("auto", 11316), {"protocol": "fast", "init": "k-means++", "n_init": 1})
