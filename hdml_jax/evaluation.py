@@ -81,13 +81,14 @@ def _as_labels(labels, n: int, name: str, where: str) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("k", "exclude_self"))
 def _knn_chunk(queries, query_offset, gallery, gallery_sq, *, k, exclude_self):
-  q_sq = jnp.sum(jnp.square(queries), axis=1)
+  """The k smallest of ``|g|^2 - 2 q.g`` per query row (``|q|^2`` is added on the host: it does not
+  change a row's order), the query itself set to +inf when excluded."""
   prod = jnp.matmul(queries, gallery.T, precision=jax.lax.Precision.HIGHEST)
-  d2 = jnp.maximum(q_sq[:, None] + gallery_sq[None, :] - 2.0 * prod, 0.0)
+  score = gallery_sq[None, :] - 2.0 * prod
   if exclude_self:
-    rows = query_offset + jnp.arange(queries.shape[0])
-    d2 = jnp.where(rows[:, None] == jnp.arange(gallery.shape[0])[None, :], jnp.inf, d2)
-  neg, idx = jax.lax.top_k(-d2, k)
+    rows = jnp.arange(queries.shape[0])
+    score = score.at[rows, query_offset + rows].set(jnp.inf, mode="drop")
+  neg, idx = jax.lax.top_k(-score, k)
   return idx, -neg
 
 
@@ -196,7 +197,8 @@ def nearest_neighbors(
     if n < chunk_size:  # pad: one compiled shape for every chunk
       chunk = np.concatenate([chunk, np.zeros((chunk_size - n, chunk.shape[1]), np.float32)])
     cand, d32 = _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=kc, exclude_self=exclude_self)
-    cand, d32 = np.asarray(cand)[:n], np.asarray(d32, np.float64)[:n]
+    cand = np.asarray(cand)[:n]
+    d32 = np.maximum(np.asarray(d32, np.float64)[:n] + q_sq[start:start + n, None], 0.0)
     rows = slice(start, start + n)
     t = tol[rows]
     close = (np.diff(d32[:, :min(k + 1, kc)], axis=1) <= t[:, None]).any(axis=1)
