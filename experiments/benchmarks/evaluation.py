@@ -15,7 +15,8 @@ SOP scale; its NMI is reported), ``nmi_f1`` (from the assignments),
 ``--peer`` adds, where importable (never dependencies): ``sklearn_kmeans``
 (scikit-learn's ``KMeans(n_init=10)``, the paper's protocol, with its NMI),
 ``faiss_knn`` (faiss's exact ``IndexFlatL2`` search for the same neighbours
-as ``retrieval``) and ``faiss_kmeans`` (faiss's k-means, 20 iterations, with
+as ``retrieval``), ``matmul_limit`` (only the products ``retrieval`` needs, its
+arithmetic floor; timed after compilation) and ``faiss_kmeans`` (faiss's k-means, 20 iterations, with
 its NMI). Each is timed in its own subprocess, the families in interleaved
 rounds (``--rounds``), so the ratios are side by side.
 
@@ -36,7 +37,7 @@ import numpy as np
 
 SCALES = {"sop": (60502, 11316, 512, (1, 10, 100)), "cub": (5924, 100, 512, (1, 2, 4, 8))}
 FAMILIES = ("retrieval", "kmeans", "nmi_f1", "evaluate")
-PEERS = {"retrieval": "faiss_knn", "kmeans": ("sklearn_kmeans", "faiss_kmeans")}
+PEERS = {"retrieval": ("faiss_knn", "matmul_limit"), "kmeans": ("sklearn_kmeans", "faiss_kmeans")}
 
 
 def make_data(scale: str, seed: int = 0, noise: float = 1.2):
@@ -64,6 +65,20 @@ def run_one(scale: str, family: str) -> dict:
     assign, _ = ev.kmeans(x, k, init=settings["init"], n_init=settings["n_init"])
     metrics = {"protocol": settings["protocol"], "clusters_used": int(np.unique(assign).size),
                "nmi": ev.normalized_mutual_information(y, assign)}
+  elif family == "matmul_limit":
+    # The arithmetic floor of exact kNN: the same [1024, D] x [D, N] products, nothing else.
+    import jax
+    import jax.numpy as jnp
+    g = jnp.asarray(x)
+    mm = jax.jit(lambda q, g: jnp.max(jnp.matmul(q, g.T, precision=jax.lax.Precision.HIGHEST), axis=1))
+    mm(g[:1024], g).block_until_ready()
+    t0 = time.perf_counter()
+    for start in range(0, x.shape[0], 1024):
+      q = x[start:start + 1024]
+      if q.shape[0] < 1024:
+        q = np.concatenate([q, np.zeros((1024 - q.shape[0], q.shape[1]), np.float32)])
+      mm(jnp.asarray(q), g).block_until_ready()
+    metrics = {"gflop": 2.0 * x.shape[0] * x.shape[0] * x.shape[1] / 1e9}
   elif family == "sklearn_kmeans":
     from sklearn.cluster import KMeans
     assign = KMeans(n_clusters=int(np.unique(y).size), n_init=10, random_state=0).fit_predict(x)
@@ -110,7 +125,7 @@ def main(argv=None):
     for family in list(families):
       peers = PEERS.get(family, ())
       for peer in (peers,) if isinstance(peers, str) else peers:
-        module = "sklearn" if peer.startswith("sklearn") else "faiss"
+        module = {"sklearn": "sklearn", "faiss": "faiss", "matmul": "jax"}[peer.split("_")[0]]
         if importlib.util.find_spec(module) is None:
           print(f"--peer: {module} is not installed; {peer} skipped")
         else:
