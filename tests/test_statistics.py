@@ -68,3 +68,18 @@ class StatisticsTest(chex.TestCase):
       statistics.init_statistics(block_length=0)
     with self.assertRaisesRegex(ValueError, "initial_value must be > 0"):
       statistics.init_statistics(initial_value=0.0)
+
+
+class StatisticsDtypeTest(chex.TestCase):
+
+  def test_the_state_keeps_its_dtypes_whatever_the_loss_dtype(self):
+    # The statistics live in the train state: a float64 (x64 mode), bfloat16 or integer loss must not
+    # change their dtypes (a changed pytree would retrace the step and break a checkpoint restore).
+    with jax.enable_x64(True):
+      s = statistics.init_statistics(block_length=2)
+      for m, g in ((np.float64(1.5), np.float64(2.5)), (jnp.bfloat16(1.5), jnp.bfloat16(2.0)), (3, 4)):
+        with self.subTest(dtype=str(jnp.asarray(m).dtype)):
+          for _ in range(2):   # through a block boundary
+            s2 = statistics.update_statistics(s, m, g)
+            chex.assert_trees_all_equal_dtypes(s, s2)
+            s = s2
