@@ -83,3 +83,16 @@ class StatisticsDtypeTest(chex.TestCase):
             s2 = statistics.update_statistics(s, m, g)
             chex.assert_trees_all_equal_dtypes(s, s2)
             s = s2
+
+  def test_a_block_with_one_finite_value_takes_that_value(self):
+    # Non-finite steps are skipped: one finite value in a block is the block's mean, first block included.
+    nan = float("nan")
+    s = statistics.init_statistics(block_length=3)
+    for m, g in ((nan, 6.0), (2.0, nan), (nan, nan)):
+      s = statistics.update_statistics(s, m, g)
+    self.assertEqual((float(s.j_avg), float(s.j_gen)), (2.0, 6.0))
+    self.assertEqual((float(s.j_avg_first), float(s.j_gen_first)), (2.0, 6.0))
+    # A block with no finite value keeps the previous means and the first block's.
+    for _ in range(3):
+      s = statistics.update_statistics(s, nan, nan)
+    self.assertEqual((float(s.j_avg), float(s.j_gen), float(s.j_avg_first)), (2.0, 6.0, 2.0))
