@@ -48,6 +48,8 @@ APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test
 
 # Mutant name -> why it cannot change behaviour (filled in as survivors are reviewed).
 EQUIVALENT: dict[str, str] = {
+    "hdml_jax.hardness.xǁNPairTuplesǁflat__mutmut_5":
+        "dropping `axis=0` from `jnp.concatenate`: 0 is its default axis.",
     "hdml_jax.statistics.x_update_statistics__mutmut_71":
         "`count > 0` -> `count >= 0` in `first`: with count 0 the block's total is 0, so the value written, "
         "0 / max(0, 1) = 0, equals the previous first-block mean that the condition requires to be 0.",

@@ -132,3 +132,35 @@ class NPairTuplesTest(chex.TestCase):
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, r"`anchors` \(4, 3\), `positives` \(3, 3\)"):
       hardness.expand_npair_tuples(jnp.zeros((4, 3)), jnp.zeros((3, 3)), alpha=1.0, j_avg=1.0)
+
+
+class TupleLayoutAndErrorsTest(chex.TestCase):
+
+  def test_flat_and_unflatten_are_inverse(self):
+    a, p = jnp.arange(6.0).reshape(3, 2), jnp.arange(6.0, 12.0).reshape(3, 2)
+    t = hardness.expand_npair_tuples(a, p, alpha=0.0, j_avg=1.0)
+    back = t.unflatten(t.flat())
+    chex.assert_trees_all_equal(back.anchors, t.anchors)
+    chex.assert_trees_all_equal(back.candidates, t.candidates)
+    wide = t.unflatten(jnp.ones((3 + 9, 5)))        # any trailing width
+    chex.assert_shape((wide.anchors, wide.candidates), ((3, 5), (3, 3, 5)))
+    with self.assertRaisesRegex(ValueError, r"NPairTuples.unflatten: expected shape \(12, F\) for P=3, got \(11, 5\)"):
+      t.unflatten(jnp.ones((11, 5)))
+
+  def test_errors_name_the_function_and_the_argument(self):
+    ok, vec = jnp.ones((3, 2)), jnp.ones((3,))
+    with self.assertRaisesRegex(ValueError, r"^expand_npair_tuples: `anchors` must have rank 2, got shape \(3,\)"):
+      hardness.expand_npair_tuples(vec, ok, alpha=1.0, j_avg=1.0)
+    with self.assertRaisesRegex(ValueError, r"^expand_npair_tuples: `positives` must have rank 2"):
+      hardness.expand_npair_tuples(ok, vec, alpha=1.0, j_avg=1.0)
+    with self.assertRaisesRegex(ValueError, r"^expand_npair_tuples: shapes must match, got `anchors` \(3, 2\), "
+                                r"`positives` \(4, 2\)"):
+      hardness.expand_npair_tuples(ok, jnp.ones((4, 2)), alpha=1.0, j_avg=1.0)
+    with self.assertRaisesRegex(ValueError, r"^expand_npair_tuples: `j_avg` must be a scalar, got shape \(2,\)"):
+      hardness.expand_npair_tuples(ok, ok, alpha=1.0, j_avg=jnp.ones(2))
+    with self.assertRaisesRegex(ValueError, r"^npair_synthetic_labels: `labels` must be \[P\], got shape \(2, 2\)"):
+      hardness.npair_synthetic_labels(jnp.ones((2, 2), jnp.int32))
+    for name in ("anchors", "positives", "negatives"):
+      args = {"anchors": ok, "positives": ok, "negatives": ok, name: vec}
+      with self.assertRaisesRegex(ValueError, rf"^synthesize_negatives: `{name}` must have rank 2"):
+        hardness.synthesize_negatives(args["anchors"], args["positives"], args["negatives"], alpha=1.0, j_avg=1.0)

@@ -96,3 +96,16 @@ class StatisticsDtypeTest(chex.TestCase):
     for _ in range(3):
       s = statistics.update_statistics(s, nan, nan)
     self.assertEqual((float(s.j_avg), float(s.j_gen), float(s.j_avg_first)), (2.0, 6.0, 2.0))
+
+  def test_init_statistics_dtypes_and_checks(self):
+    with jax.enable_x64(True):   # float32 / int32 even where the default would be 64-bit
+      s = statistics.init_statistics(block_length=4, initial_value=0.5)   # any positive initial value
+    self.assertEqual(float(s.j_avg), 0.5)
+    for name in ("j_avg", "j_gen", "j_avg_first", "j_gen_first", "metric_sum", "gen_sum"):
+      self.assertEqual(getattr(s, name).dtype, jnp.float32, name)
+    for name in ("metric_count", "gen_count", "steps_in_block"):
+      self.assertEqual(getattr(s, name).dtype, jnp.int32, name)
+    with self.assertRaisesRegex(ValueError, "initial_value must be > 0, got 0"):
+      statistics.init_statistics(initial_value=0)
+    with self.assertRaisesRegex(ValueError, "block_length must be >= 1, got 0"):
+      statistics.init_statistics(block_length=0)
