@@ -164,3 +164,20 @@ class TupleLayoutAndErrorsTest(chex.TestCase):
       args = {"anchors": ok, "positives": ok, "negatives": ok, name: vec}
       with self.assertRaisesRegex(ValueError, rf"^synthesize_negatives: `{name}` must have rank 2"):
         hardness.synthesize_negatives(args["anchors"], args["positives"], args["negatives"], alpha=1.0, j_avg=1.0)
+
+  def test_synthesize_negatives_errors_and_dtypes(self):
+    ok = jnp.ones((3, 2))
+    with self.assertRaisesRegex(ValueError, r"^synthesize_negatives: shapes must match, got `anchors` \(3, 2\), "
+                                r"`positives` \(3, 2\), `negatives` \(4, 2\)"):
+      hardness.synthesize_negatives(ok, ok, jnp.ones((4, 2)), alpha=1.0, j_avg=1.0)
+    with self.assertRaisesRegex(ValueError, r"^synthesize_negatives: `j_avg` must be a scalar, got shape \(3,\)"):
+      hardness.synthesize_negatives(ok, ok, ok, alpha=1.0, j_avg=jnp.ones(3))
+    # The embeddings' dtype is kept (bfloat16 stays bfloat16); the factor is float32 even in x64 mode.
+    b = jnp.arange(6.0, dtype=jnp.bfloat16).reshape(3, 2)
+    self.assertEqual(hardness.synthesize_negatives(b, b + 1, b + 3, alpha=1.0, j_avg=2.0).dtype, jnp.bfloat16)
+    self.assertEqual(hardness.expand_npair_tuples(b, b + 1, alpha=1.0, j_avg=2.0).candidates.dtype, jnp.bfloat16)
+    with jax.enable_x64(True):
+      self.assertEqual(hardness.hardness_factor(np.float64(2.0), alpha=1.0).dtype, jnp.float32)
+      x = np.ones((3, 2), np.float32)
+      self.assertEqual(hardness.synthesize_negatives(x, x + 1, x + 3, alpha=1.0, j_avg=np.float64(2.0)).dtype,
+                       jnp.float32)
