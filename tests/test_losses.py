@@ -172,3 +172,66 @@ class CrossEntropyTest(chex.TestCase):
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, r"`labels` must have shape \(5,\)"):
       losses.cross_entropy(jnp.zeros((5, 4)), jnp.zeros(4, jnp.int32))
+
+
+class LossErrorsTest(chex.TestCase):
+  """Every bad input of every loss: the message names the function, the argument and what is wrong."""
+
+  def test_each_message_in_full(self):
+    ok, vec, ints = jnp.ones((3, 2)), jnp.ones((3,)), jnp.ones((3, 2), jnp.int32)
+    lab = jnp.arange(3)
+    cases = [
+        (lambda: losses.cross_entropy(vec, lab), ValueError,
+         r"^cross_entropy: `logits` must have rank 2, got shape \(3,\)\.$"),
+        (lambda: losses.cross_entropy(ints, lab), TypeError,
+         r"^cross_entropy: `logits` must be a floating-point array, got dtype int32"),
+        (lambda: losses.cross_entropy(ok, jnp.arange(4)), ValueError,
+         r"^cross_entropy: `labels` must have shape \(3,\) to match the embeddings, got shape \(4,\)\.$"),
+        (lambda: losses.cross_entropy(ok, jnp.ones(3)), TypeError,
+         r"^cross_entropy: `labels` must hold integer class ids, got dtype float32\.$"),
+        (lambda: losses.npair_loss(vec, ok), ValueError, r"^npair_loss: `anchors` must have rank 2"),
+        (lambda: losses.npair_loss(ok, vec), ValueError, r"^npair_loss: `positives` must have rank 2"),
+        (lambda: losses.npair_loss(ok, jnp.ones((4, 2))), ValueError,
+         r"^npair_loss: shapes must match, got `anchors` \(3, 2\), `positives` \(4, 2\)\.$"),
+        (lambda: losses.npair_loss(ok, ok, labels=jnp.arange(2)), ValueError,
+         r"^npair_loss: `labels` must have shape \(3,\)"),
+        (lambda: losses.synthetic_npair_loss(vec, jnp.ones((3, 3, 2))), ValueError,
+         r"^synthetic_npair_loss: `anchors` must have rank 2"),
+        (lambda: losses.synthetic_npair_loss(ok, ok), ValueError,
+         r"^synthetic_npair_loss: `candidates` must have rank 3, got shape \(3, 2\)\.$"),
+        (lambda: losses.synthetic_npair_loss(ok, jnp.ones((3, 3, 2), jnp.int32)), TypeError,
+         r"^synthetic_npair_loss: `candidates` must be a floating-point array"),
+        (lambda: losses.synthetic_npair_loss(ok, jnp.ones((3, 2, 2))), ValueError,
+         r"^synthetic_npair_loss: `candidates` must have shape \(P, P, E\) = \(3, 3, 2\) for `anchors` \(3, 2\), "
+         r"got \(3, 2, 2\)\.$"),
+        (lambda: losses.split_triplets(vec), ValueError, r"^split_triplets: `embeddings` must have rank 2"),
+        (lambda: losses.split_triplets(jnp.ones((4, 2))), ValueError,
+         r"^split_triplets: a triplet batch \[anchors; positives; negatives\] needs a size divisible by 3, "
+         r"got shape \(4, 2\)\.$"),
+        (lambda: losses.triplet_loss(ok, ok, ok, reduction="max"), ValueError,
+         r"^triplet_loss: reduction must be 'sum', 'mean' or 'none', got 'max'\.$"),
+        (lambda: losses.triplet_loss(ok, ok, jnp.ones((4, 2))), ValueError,
+         r"^triplet_loss: shapes must match, got `anchors` \(3, 2\), `positives` \(3, 2\), `negatives` \(4, 2\)"),
+        (lambda: losses.contrastive_loss(ok, ok, jnp.ones(3), reduction="avg"), ValueError,
+         r"^contrastive_loss: reduction must be 'sum', 'mean' or 'none', got 'avg'\.$"),
+        (lambda: losses.contrastive_loss(vec, ok, jnp.ones(3)), ValueError,
+         r"^contrastive_loss: `x1` must have rank 2"),
+        (lambda: losses.contrastive_loss(ok, vec, jnp.ones(3)), ValueError,
+         r"^contrastive_loss: `x2` must have rank 2"),
+        (lambda: losses.contrastive_loss(ok, jnp.ones((4, 2)), jnp.ones(3)), ValueError,
+         r"^contrastive_loss: shapes must match, got `x1` \(3, 2\), `x2` \(4, 2\)\.$"),
+        (lambda: losses.contrastive_loss(ok, ok, jnp.ones(4)), ValueError,
+         r"^contrastive_loss: `same` must have shape \(3,\) to match `x1` \(3, 2\), got \(4,\)\.$"),
+    ]
+    for name in ("anchors", "positives", "negatives"):
+      args = {"anchors": ok, "positives": ok, "negatives": ok, name: vec}
+      cases.append((lambda a=args: losses.triplet_loss(a["anchors"], a["positives"], a["negatives"]),
+                    ValueError, rf"^triplet_loss: `{name}` must have rank 2"))
+    for i, (call, error, message) in enumerate(cases):
+      with self.subTest(i=i, message=message[:40]), self.assertRaisesRegex(error, message):
+        call()
+
+  def test_split_triplets_returns_the_three_thirds(self):
+    x = jnp.arange(12.0).reshape(6, 2)
+    a, p, n = losses.split_triplets(x)
+    chex.assert_trees_all_equal((a, p, n), (x[:2], x[2:4], x[4:]))
