@@ -235,3 +235,16 @@ class LossErrorsTest(chex.TestCase):
     x = jnp.arange(12.0).reshape(6, 2)
     a, p, n = losses.split_triplets(x)
     chex.assert_trees_all_equal((a, p, n), (x[:2], x[2:4], x[4:]))
+
+  def test_reference_defaults_and_dtypes(self):
+    # triplet_loss defaults to the reference: squared distances, margin 1, summed.
+    a, p = jnp.zeros((2, 2)), jnp.array([[1., 0.], [0., 0.]])
+    n = jnp.array([[0., 1.], [0., 3.]])
+    self.assertEqual(float(losses.triplet_loss(a, p, n)), 1.0)          # (1 - 1 + 1) + max(0 - 9 + 1, 0)
+    self.assertEqual(float(losses.triplet_loss(a, p, n, squared=False, reduction="mean")), 0.5)
+    # contrastive_loss keeps the embeddings' dtype (a boolean `same` does not promote bfloat16).
+    x1 = jnp.zeros((2, 2), jnp.bfloat16)
+    x2 = jnp.array([[0.5, 0.], [0., 0.5]], jnp.bfloat16)
+    out = losses.contrastive_loss(x1, x2, jnp.array([True, False]), reduction="none")
+    self.assertEqual(out.dtype, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(out, np.float32), [0.25, 0.25])   # d^2, then (1 - d)^2
