@@ -48,6 +48,13 @@ APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test
 
 # Mutant name -> why it cannot change behaviour (filled in as survivors are reviewed).
 EQUIVALENT: dict[str, str] = {
+    "hdml_jax.losses.x_npair_loss__mutmut_56":
+        "`keepdims=True` -> `None` in the same-label row sums: the matrix is symmetric, so dividing column j by "
+        "the size of j's class equals dividing row i by the size of i's class wherever the entry is non-zero.",
+    "hdml_jax.losses.x_synthetic_npair_loss__mutmut_45":
+        "einsum subscripts in upper case: the same contraction.",
+    "hdml_jax.losses.x_synthetic_npair_loss__mutmut_64":
+        "`axis=-1` -> `axis=+1` on the rank-2 anchors (checked rank): the same axis.",
     "hdml_jax.hardness.x__synthesize__mutmut_17":
         "the safe divisor 1.0 -> 2.0 is used only where the negative is not moved (`harder` false), where "
         "`jnp.where` discards the value and zeroes the gradient: any non-zero constant is the same.",

@@ -1,3 +1,4 @@
+import math
 import chex
 import jax
 import jax.numpy as jnp
@@ -248,3 +249,14 @@ class LossErrorsTest(chex.TestCase):
     out = losses.contrastive_loss(x1, x2, jnp.array([True, False]), reduction="none")
     self.assertEqual(out.dtype, jnp.bfloat16)
     np.testing.assert_allclose(np.asarray(out, np.float32), [0.25, 0.25])   # d^2, then (1 - d)^2
+
+  def test_npair_defaults_and_dtypes(self):
+    a = jnp.array([[1., 0.], [0., 1.]])
+    c = jnp.stack([a, a])                        # every anchor against both candidates
+    # No embedding penalty unless asked: log(1 + e^-1) for each anchor.
+    self.assertAlmostEqual(float(losses.synthetic_npair_loss(a, c)), math.log(1 + math.exp(-1)), places=6)
+    self.assertAlmostEqual(float(losses.npair_loss(a, a)), math.log(1 + math.exp(-1)), places=6)
+    # bfloat16 embeddings give a bfloat16 loss (targets take the embeddings' dtype), labels or not.
+    b = a.astype(jnp.bfloat16)
+    self.assertEqual(losses.npair_loss(b, b).dtype, jnp.bfloat16)
+    self.assertEqual(losses.npair_loss(b, b, labels=jnp.array([0, 1])).dtype, jnp.bfloat16)
