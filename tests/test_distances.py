@@ -100,3 +100,10 @@ class DistanceErrorsTest(chex.TestCase):
       with self.assertRaisesRegex(ValueError, r"^pairwise_squared_distances: `x` \(3, 2\) and `y` \(3, 4\) must "
                                   r"have the same embedding dimension\.$"):
         getattr(distances, name)(good, jnp.ones((3, 4)))
+
+  def test_dtypes_are_kept(self):
+    x = jnp.array([[0., 0.], [3., 4.]], jnp.bfloat16)
+    for d in (distances.pairwise_squared_distances(x), distances.pairwise_distances(x),
+              distances.pairwise_squared_distances(x, x), distances.rowwise_distances(x, x[::-1])):
+      self.assertEqual(d.dtype, jnp.bfloat16)
+    np.testing.assert_allclose(np.asarray(distances.pairwise_distances(x), np.float32), [[0, 5], [5, 0]])
