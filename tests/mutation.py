@@ -48,6 +48,13 @@ APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test
 
 # Mutant name -> why it cannot change behaviour (filled in as survivors are reviewed).
 EQUIVALENT: dict[str, str] = {
+    "hdml_jax.distances.x_rowwise_squared_distances__mutmut_36":
+        "`axis=-1` -> `axis=+1` on rank-2 inputs (checked rank): the same axis.",
+    "hdml_jax.distances.x_safe_sqrt__mutmut_11":
+        "the placeholder 1.0 -> 2.0 under the square root is used only where `x <= 0`, where the outer `where` "
+        "returns 0 and zeroes the gradient: any positive constant is the same.",
+    "hdml_jax.losses.x_npair_loss__mutmut_59": "the same as mutant 56 (`keepdims` dropped).",
+    "hdml_jax.losses.x_npair_loss__mutmut_61": "the same as mutant 56 (`keepdims=False`).",
     "hdml_jax.distances.x_pairwise_squared_distances__mutmut_48":
         "`precision=HIGHEST` -> default: equivalent on CPU, where the tests run (float32 products are exact "
         "float32 either way); on GPU/TPU the default allows TF32/bfloat16 passes, which HIGHEST rules out.",
