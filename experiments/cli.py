@@ -1,8 +1,9 @@
 """What every command line of experiments/ shares: help, usage and override-key checks.
 
 absl's ``--help`` lists only the flags of the script's own ``__main__``
-module (for ``python3 -m experiments.main``, absl's ``__main__`` is not the
-module that defines the flags when ``run()`` is called from elsewhere); and an unknown ``--config.<key>`` fails deep inside
+module, which is not the module defining the flags when ``run()`` is
+called from elsewhere (a test, a wrapper); and an unknown
+``--config.<key>`` fails deep inside
 ml_collections with a long chained traceback. ``run_app`` answers both
 before absl parses anything.
 """

@@ -179,16 +179,16 @@ def nearest_neighbors(
   cq, cg, _, unit = _conditioned(queries, queries if exclude_self else gallery)
   q64 = queries.astype(np.float64)
   g64 = q64 if exclude_self else gallery.astype(np.float64)
-  g_sq = np.sum(np.square(cg), axis=1)
+  cg_sq = np.sum(np.square(cg), axis=1)
   # Padded to a bucket with rows at infinite distance: never chosen, since k <= the real rows available.
   pad = bucket(cg.shape[0]) - cg.shape[0]
   g = jnp.asarray(np.concatenate([cg, np.zeros((pad, cg.shape[1]), np.float32)]))
-  g_sq = jnp.asarray(np.concatenate([g_sq, np.full(pad, np.inf, np.float32)]))
+  g_sq = jnp.asarray(np.concatenate([cg_sq, np.full(pad, np.inf, np.float32)]))
   # A bound on the float32 error of |q|^2 + |g|^2 - 2 q.g on the conditioned data
   # (Higham's gamma_D for the dot products, doubled): orderings decided by more
   # than this are exact; rows with a closer call are re-ranked in float64.
   q_sq = np.sum(cq.astype(np.float64) ** 2, axis=1)
-  tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(np.sum(np.square(cg), axis=1))))
+  tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(cg_sq)))
   idx_out = np.empty((queries.shape[0], k), np.int32)
   d_out = np.empty((queries.shape[0], k), np.float64)
   for start in range(0, queries.shape[0], chunk_size):
@@ -216,7 +216,6 @@ def nearest_neighbors(
   if not return_float64:   # the exact distances of the chosen neighbours, in the input's units
     diff = q64[:, None, :] - g64[idx_out]
     d_out = np.einsum("qkd,qkd->qk", diff, diff)
-  if not return_float64:
     with np.errstate(over="ignore"):
       d32 = d_out.astype(np.float32)
     if not np.isfinite(d32).all():
@@ -377,12 +376,12 @@ def _greedy_kmeans_pp_init(x, weights, key, *, k, trials):
   return chosen
 
 
-def _relocate_empty(x, assign, d2, sums_centers, counts, n):
+def _relocate_empty(x, assign, d2, centers, counts, n):
   """scikit-learn's rule for empty clusters: each takes one of the points farthest from their centres."""
   empty = np.flatnonzero(counts == 0)
   if empty.size == 0:
-    return sums_centers
-  centers, counts = np.array(sums_centers), np.array(counts)
+    return centers
+  centers, counts = np.array(centers), np.array(counts)
   far = np.argsort(-d2[:n], kind="stable")[:empty.size]
   for cluster, i in zip(empty, far):
     old = assign[i]

@@ -123,8 +123,7 @@ def main(argv=None):
   families = args.families.split(",")
   if args.peer:
     for family in list(families):
-      peers = PEERS.get(family, ())
-      for peer in (peers,) if isinstance(peers, str) else peers:
+      for peer in PEERS.get(family, ()):
         module = {"sklearn": "sklearn", "faiss": "faiss", "matmul": "jax"}[peer.split("_")[0]]
         if importlib.util.find_spec(module) is None:
           print(f"--peer: {module} is not installed; {peer} skipped")
@@ -148,7 +147,7 @@ def main(argv=None):
     median = {f: float(np.median([x["seconds"] for x in rows if x["scale"] == scale and x["family"] == f]))
               for f in families}
     for family, peers in PEERS.items():
-      for peer in (peers,) if isinstance(peers, str) else peers:
+      for peer in peers:
         if family in median and peer in median:
           print(f"{scale}: {family} / {peer} = {median[family] / median[peer]:.2f} (median seconds "
                 f"{median[family]:.2f} / {median[peer]:.2f})")
