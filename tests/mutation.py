@@ -94,6 +94,8 @@ def _targets(args) -> dict[str, list[str]]:
     if unknown:
       sys.exit(f"mutation: unknown module(s) {sorted(unknown)}; core modules: {', '.join(CORE)}")
     targets = {f"hdml_jax/{m}.py": CORE[m] for m in wanted}
+    if args.with_application:
+      targets.update(APPLICATION)
   if args.changed:
     changed = _changed(args.changed)
     targets = {path: tests for path, tests in targets.items() if path in changed}
@@ -129,6 +131,11 @@ def _copy_checkout(workdir: str) -> None:
     shutil.copytree(os.path.join(REPO, name), dst, ignore=shutil.ignore_patterns("__pycache__"))
   for name in ("conftest.py", "pyproject.toml", "README.md"):
     shutil.copy(os.path.join(REPO, name), workdir)
+  # mutmut runs the tests in <workdir>/mutants, whose parent must hold the checkout's sibling `shared/`
+  # (the photographs some tests read), as the checkout's parent does.
+  shared, link = os.path.join(os.path.dirname(REPO), "shared"), os.path.join(workdir, "shared")
+  if os.path.isdir(shared) and not os.path.lexists(link):
+    os.symlink(shared, link)
 
 
 def _results(workdir: str) -> dict[str, str]:

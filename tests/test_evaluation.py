@@ -133,6 +133,93 @@ class NeighborsTest(chex.TestCase):
       ev.nearest_neighbors(x, x[:, :2], k=1)
 
 
+def numpy_neighbors(q, g, exclude_self, k):
+  """Float64 brute force, sorted by (distance, index)."""
+  d = ((q.astype(np.float64)[:, None, :] - g.astype(np.float64)[None]) ** 2).sum(-1)
+  if exclude_self:
+    np.fill_diagonal(d, np.inf)
+  index = np.broadcast_to(np.arange(g.shape[0]), d.shape)
+  return np.lexsort((index, d), axis=-1)[:, :k]
+
+
+def metrics_from_neighbors(nbrs, yq, yg, ks, exclude_self):
+  """Recall@K, R-precision and MAP@R from exact neighbour lists, by plain loops."""
+  rec = {k: np.mean([any(yg[j] == yq[i] for j in nb[:k]) for i, nb in enumerate(nbrs)]) for k in ks}
+  rps, aps = [], []
+  for i, nb in enumerate(nbrs):
+    r = int(np.sum(yg == yq[i])) - (1 if exclude_self else 0)
+    if r == 0:
+      continue
+    rel = [yg[j] == yq[i] for j in nb[:r]]
+    rps.append(sum(rel) / r)
+    aps.append(sum(sum(rel[:p + 1]) / (p + 1) for p in range(r) if rel[p]) / r)
+  return rec, np.mean(rps), np.mean(aps)
+
+
+def near_ties(n, seed, d=16, clusters=6):
+  """Clusters on an integer grid plus offsets on a 2^-12 grid: many exact and near ties,
+  closer than float32's |q|^2 + |g|^2 - 2 q.g can separate (all values exact in float32)."""
+  rng = np.random.default_rng(seed)
+  centers = rng.integers(-3, 4, size=(clusters, d))
+  offsets = rng.integers(-4, 5, size=(n, d)) * 2.0 ** -12
+  return (centers[rng.integers(0, clusters, n)] + offsets).astype(np.float32)
+
+
+class WideGalleryTest(chex.TestCase):
+  """Galleries wide enough for the two-stage selection (more than 4 k groups of columns)."""
+
+  def test_two_stage_selection_keeps_the_k_smallest_values(self):
+    rng = np.random.default_rng(0)
+    score = rng.integers(0, 50, size=(24, 3 * 512)).astype(np.float32)   # many ties
+    score[3, 100:200] = np.inf
+    k = 20
+    self.assertGreaterEqual(score.shape[1] // ev._GROUP, 4 * k)   # the two-stage path
+    values, cols = ev._smallest(score, k)
+    values, cols = np.asarray(values), np.asarray(cols)
+    np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])
+    np.testing.assert_array_equal(np.take_along_axis(score, cols, axis=1), values)
+    self.assertTrue(all(len(set(row)) == k for row in cols.tolist()))   # distinct columns
+
+  @parameterized.parameters(False, True)
+  def test_near_ties_match_the_float64_brute_force(self, return_float64):
+    x = near_ties(1100, seed=1)
+    k = 12
+    want = numpy_neighbors(x, x, True, k)
+    # The data are hard: float32 distances order some rows differently from the exact order.
+    x32 = x.astype(np.float32)
+    d32 = (x32 ** 2).sum(1)[:, None] + (x32 ** 2).sum(1)[None] - 2 * x32 @ x32.T
+    np.fill_diagonal(d32, np.inf)
+    self.assertFalse(np.array_equal(np.argsort(d32, axis=1, kind="stable")[:, :k], want))
+    idx, d2 = ev.nearest_neighbors(x, k=k, chunk_size=256, return_float64=return_float64)
+    np.testing.assert_array_equal(idx, want)
+    exact = ((x.astype(np.float64)[:, None] - x[want]) ** 2).sum(-1)
+    np.testing.assert_allclose(d2, exact, rtol=1e-6, atol=1e-9)
+    g = near_ties(1000, seed=2)
+    idx, _ = ev.nearest_neighbors(x[:300], g, k=k, chunk_size=128, return_float64=return_float64)
+    np.testing.assert_array_equal(idx, numpy_neighbors(x[:300], g, False, k))
+
+  def test_metrics_with_near_ties_across_labels_match_the_brute_force(self):
+    # Random labels: close runs mix relevant and irrelevant neighbours, so their order matters.
+    x = near_ties(1100, seed=3)
+    y = np.random.default_rng(4).integers(0, 40, x.shape[0])
+    ks = (1, 2, 4, 16)
+    got = ev.evaluate(x, y, recall_ks=ks, clustering=False)
+    k = max(max(ks), int(np.bincount(y).max()) - 1)
+    rec, rp, mapr = metrics_from_neighbors(numpy_neighbors(x, x, True, k), y, y, ks, True)
+    for kk in ks:
+      self.assertAlmostEqual(got[f"recall@{kk}"], rec[kk], places=12)
+    self.assertAlmostEqual(got["r_precision"], rp, places=12)
+    self.assertAlmostEqual(got["map@r"], mapr, places=12)
+    g, q = x[:1000], near_ties(200, seed=5)
+    gl, ql = y[:1000], np.random.default_rng(6).integers(0, 40, 200)
+    got = ev.evaluate_query_gallery(q, ql, g, gl, recall_ks=ks)
+    k = max(max(ks), int(np.bincount(gl).max()))
+    rec, rp, mapr = metrics_from_neighbors(numpy_neighbors(q, g, False, k), ql, gl, ks, False)
+    for kk in ks:
+      self.assertAlmostEqual(got[f"recall@{kk}"], rec[kk], places=12)
+    self.assertAlmostEqual(got["map@r"], mapr, places=12)
+
+
 class RetrievalMetricsTest(chex.TestCase):
 
   def test_matches_brute_force(self):
