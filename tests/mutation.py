@@ -41,7 +41,7 @@ CORE = {
     "train_step": ["tests/test_train_step.py", "tests/test_gradient_paths.py"],
     "train_state": ["tests/test_train_step.py"],
     "evaluation": ["tests/test_evaluation.py"],
-    "data/samplers": ["tests/test_data.py"],
+    "data/samplers": ["tests/test_data.py", "tests/test_samplers.py"],
 }
 # The resume and selection logic of the training loop.
 APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test_experiments.py"]}

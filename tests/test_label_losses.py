@@ -139,3 +139,116 @@ class LabelLossesTest(chex.TestCase):
       ll.triplet_loss_from_labels(x[:5], np.array([0, 0, 1, 1, 7], np.int32), require_pairs=True)
     with self.assertRaisesRegex(ValueError, "mining must be one of"):
       ll.triplet_loss_from_labels(x, y, mining="hardest")
+
+
+def brute_rows(e, y, loss, *, margin=None, mining="all", kind="euclidean", l2_reg=0.0):
+  """Per-row (anchor) losses and the individual items the reductions run over, by loops."""
+  b = len(y)
+  d = [[dist(e[i], e[j], kind) for j in range(b)] for i in range(b)]
+  rows, items = [], []
+  for a in range(b):
+    positives = [p for p in range(b) if p != a and y[p] == y[a]]
+    negatives = [n for n in range(b) if y[n] != y[a]]
+    if loss == "npair":
+      if not positives:
+        rows.append(0.0)
+        continue
+      logits = {j: float(np.dot(e[a], e[j])) for j in range(b) if j != a}
+      log_z = math.log(sum(math.exp(v) for v in logits.values()))
+      mine = [-sum((logits[j] - log_z) / len(positives) for j in positives)]
+    elif loss == "contrastive":
+      mine = [d[a][j] ** 2 if y[j] == y[a] else max(0.0, margin - d[a][j]) ** 2 for j in range(b) if j != a]
+      items += mine
+      rows.append(sum(mine) / (b - 1))
+      continue
+    elif mining == "batch_hard":
+      mine = ([max(0.0, max(d[a][p] for p in positives) - min(d[a][n] for n in negatives) + margin)]
+              if positives and negatives else [])
+    elif mining == "all":
+      mine = [max(0.0, d[a][p] - d[a][n] + margin) for p in positives for n in negatives]
+    else:
+      mine = []
+      for p in positives:
+        semi = [d[a][n] for n in negatives if d[a][p] < d[a][n] < d[a][p] + margin]
+        if semi:
+          mine.append(d[a][p] - min(semi) + margin)
+    items += mine
+    rows.append(sum(mine) / len(mine) if mine else 0.0)
+  return np.array(rows), np.array(items)
+
+
+class ReductionsAndDefaultsTest(chex.TestCase):
+  """Every reduction of every loss against loops, the reference defaults, and the errors' wording."""
+
+  @parameterized.parameters(("all", "euclidean"), ("semi_hard", "euclidean"), ("batch_hard", "euclidean"),
+                            ("all", "squared"), ("semi_hard", "squared"), ("batch_hard", "squared"))
+  def test_triplet_reductions(self, mining, kind):
+    x, y = batch(6, b=14)
+    y[13] = 9                   # a class with a single sample: a row without a valid triplet
+    margin = 0.9 if kind == "euclidean" else 3.0
+    rows, items = brute_rows(x, y, "triplet", margin=margin, mining=mining, kind=kind)
+    fn = jax.jit(lambda x, r: ll.triplet_loss_from_labels(x, y, margin=margin, mining=mining, distance=kind,
+                                                          reduction=r), static_argnums=1)
+    np.testing.assert_allclose(fn(x, "none"), rows, rtol=1e-5, atol=1e-6)
+    self.assertEqual(rows[13], 0.0)
+    np.testing.assert_allclose(fn(x, "sum"), items.sum(), rtol=1e-5)
+    np.testing.assert_allclose(fn(x, "mean"), items.mean(), rtol=1e-5)
+
+  def test_npair_and_contrastive_reductions(self):
+    x, y = batch(7, b=10)
+    y[9] = 9
+    rows, _ = brute_rows(x, y, "npair")
+    reg = 0.05 * np.mean(np.sum(x.astype(np.float64) ** 2, axis=1))
+    got = ll.npair_loss_from_labels(x, y, l2_reg=0.05, reduction="none")
+    np.testing.assert_allclose(got, np.where(np.arange(10) == 9, 0.0, rows + reg), rtol=1e-5)
+    np.testing.assert_allclose(ll.npair_loss_from_labels(x, y, l2_reg=0.05, reduction="sum"), rows.sum() + reg,
+                               rtol=1e-5)
+    for kind in ("euclidean", "squared"):
+      rows, items = brute_rows(x, y, "contrastive", margin=1.7, kind=kind)
+      fn = lambda r: ll.contrastive_loss_from_labels(x, y, margin=1.7, distance=kind, reduction=r)
+      np.testing.assert_allclose(fn("none"), rows, rtol=1e-5)
+      np.testing.assert_allclose(fn("sum"), items.sum(), rtol=1e-5)
+
+  def test_defaults(self):
+    x, y = batch(8)
+    np.testing.assert_allclose(ll.triplet_loss_from_labels(x, y),
+                               brute_rows(x, y, "triplet", margin=0.2)[1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(ll.contrastive_loss_from_labels(x, y),
+                               brute_rows(x, y, "contrastive", margin=1.0)[1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(ll.npair_loss_from_labels(x, y), brute_npair(x, y), rtol=1e-5)
+
+  def test_semi_hard_window_is_open_at_both_ends(self):
+    # 1-D integer points, squared distances: d(a, n) equals d(a, p) and d(a, p) + margin exactly.
+    x = np.array([[0.0], [1.0], [-1.0], [2.0], [3.0], [3.5]], np.float32)
+    y = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    # anchor 0, positive 1 (d = 1): negatives at d = 1 (row 2), 4 (row 3), 9, 12.25; margin 3 -> window (1, 4).
+    rows, items = brute_rows(x, y, "triplet", margin=3.0, mining="semi_hard", kind="squared")
+    got = ll.triplet_loss_from_labels(x, y, margin=3.0, mining="semi_hard", distance="squared", reduction="none")
+    np.testing.assert_allclose(got, rows, atol=1e-6)
+    self.assertEqual(float(got[0]), 0.0)    # neither boundary negative counts for anchor 0
+    self.assertGreater(len(items), 0)
+    np.testing.assert_allclose(
+        ll.triplet_loss_from_labels(x, y, margin=3.0, mining="semi_hard", distance="squared"), items.mean())
+
+  def test_errors_name_the_function(self):
+    x, y = batch(0)
+    for name, fn in (("npair_loss_from_labels", ll.npair_loss_from_labels),
+                     ("triplet_loss_from_labels", ll.triplet_loss_from_labels),
+                     ("contrastive_loss_from_labels", ll.contrastive_loss_from_labels)):
+      with self.subTest(name):
+        with self.assertRaisesRegex(ValueError, rf"^{name}: reduction must be one of"):
+          fn(x, y, reduction="avg")
+        with self.assertRaisesRegex(ValueError, rf"^{name}: labels must have shape \(12,\)"):
+          fn(x, y[:3])
+        with self.assertRaisesRegex(TypeError, rf"^{name}: labels must be integers"):
+          fn(x, y.astype(np.float32))
+        with self.assertRaisesRegex(ValueError, rf"^{name}: `embeddings` must have rank 2"):
+          fn(x[0], y)
+        if name != "npair_loss_from_labels":
+          with self.assertRaisesRegex(ValueError, rf"^{name}: distance must be 'euclidean' or 'squared'"):
+            fn(x, y, distance="cosine")
+    with self.assertRaisesRegex(ValueError, r"^triplet_loss_from_labels: mining must be one of"):
+      ll.triplet_loss_from_labels(x, y, mining="hard")
+    for mining in ll.MININGS:
+      with self.assertRaisesRegex(ValueError, r"^triplet_loss_from_labels: reduction must be one of"):
+        ll.triplet_loss_from_labels(x, y, mining=mining, reduction="avg")

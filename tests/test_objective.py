@@ -71,3 +71,57 @@ class ObjectiveTest(chex.TestCase):
       objective.soft_loss_npair(jnp.zeros((3, 5)), jnp.zeros((8, 5)), jnp.zeros(3, jnp.int32), lam=0.5)
     with self.assertRaisesRegex(ValueError, r"`reconstructed` \(2, 3\), `features` \(2, 4\)"):
       objective.reconstruction_loss(jnp.zeros((2, 3)), jnp.zeros((2, 4)), lam=0.5)
+
+
+class ObjectiveDetailsTest(chex.TestCase):
+  """Which leaves decay, the default factors and dtypes, and the errors' wording."""
+
+  def test_is_decayed_leaf(self):
+    cases = {
+        ("conv", "kernel"): True, ("conv", "bias"): True, ("fc1", "kernel"): True,
+        ("conv", "scale"): False, ("conv", "embedding"): False,
+        ("bn1", "bias"): False, ("BN_x", "kernel"): False, ("Bn2", "bias"): False,
+        ("BatchNorm_0", "bias"): False, ("block", "batchnorm", "kernel"): False,
+        ("model", "bn", "bias"): False,                  # a BatchNorm below the top level
+        ("model", "block", "BatchNorm_3", "bias"): False,
+        ("bn_stack", "BatchNorm_1", "Dense_0", "kernel"): False,
+    }
+    for names, want in cases.items():
+      for make in (jax.tree_util.DictKey, jax.tree_util.GetAttrKey, str):   # dict keys, attributes, names
+        with self.subTest(names=names, key=make.__name__):
+          self.assertEqual(objective.is_decayed_leaf(tuple(make(n) for n in names)), want)
+
+  def test_default_decay_follows_is_decayed_leaf(self):
+    params = {"conv": {"kernel": jnp.full((2,), 2.0), "bias": jnp.ones(3)},
+              "BatchNorm_0": {"scale": jnp.ones(5), "bias": jnp.ones(7)},
+              "bn1": {"bias": jnp.ones(11)}}
+    self.assertAlmostEqual(float(objective.weight_decay(params, wd=0.5)), 0.5 * 0.5 * (8.0 + 3.0), places=6)
+
+  def test_float32_results_under_x64(self):
+    with jax.enable_x64(True):
+      self.assertEqual(objective.weight_decay({}, wd=1.0).dtype, jnp.float32)
+      self.assertEqual(objective.metric_weight(2e4, beta=5e3).dtype, jnp.float32)
+
+  def test_soft_loss_npair_default_factor_is_the_reference_1e4(self):
+    p, c = 3, 4
+    anc, cand, labels = _rand(11, p, c), _rand(12, p * p, c), np.array([1, 3, 0])
+    got = objective.soft_loss_npair(anc, cand, labels, lam=0.5)
+    want = 1e4 * 0.5 * (reference.cross_entropy(cand, [labels[j] for _ in range(p) for j in range(p)])
+                        + reference.cross_entropy(anc, labels))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+  def test_errors_name_the_function_and_argument(self):
+    with self.assertRaisesRegex(ValueError, r"^reconstruction_loss: `reconstructed` must have rank 2"):
+      objective.reconstruction_loss(jnp.zeros(3), jnp.zeros((2, 3)), lam=0.5)
+    with self.assertRaisesRegex(ValueError, r"^reconstruction_loss: `features` must have rank 2"):
+      objective.reconstruction_loss(jnp.zeros((2, 3)), jnp.zeros(3), lam=0.5)
+    with self.assertRaisesRegex(ValueError, r"^reconstruction_loss: shapes must match"):
+      objective.reconstruction_loss(jnp.zeros((2, 3)), jnp.zeros((3, 3)), lam=0.5)
+    with self.assertRaisesRegex(TypeError, r"^reconstruction_loss: `reconstructed` must be a floating"):
+      objective.reconstruction_loss(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3)), lam=0.5)
+    with self.assertRaisesRegex(TypeError, r"^reconstruction_loss: `features` must be a floating"):
+      objective.reconstruction_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3), jnp.int32), lam=0.5)
+    with self.assertRaisesRegex(ValueError, r"^soft_loss_npair: `anchor_logits` must have rank 2"):
+      objective.soft_loss_npair(jnp.zeros(3), jnp.zeros((9, 5)), jnp.zeros(3, jnp.int32), lam=0.5)
+    with self.assertRaisesRegex(ValueError, r"^soft_loss_npair: `anchor_labels` must have shape \(3,\)"):
+      objective.soft_loss_npair(jnp.zeros((3, 5)), jnp.zeros((9, 5)), jnp.zeros(4, jnp.int32), lam=0.5)
