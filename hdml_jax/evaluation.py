@@ -415,25 +415,41 @@ def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
   return x, w
 
 
-def _kmeans_pp_init(x, weights, k, rng, per_round, chunk):
-  """D^2 sampling; ``per_round`` centres are drawn per round (1 = exact k-means++)."""
-  n = int(weights.sum())
-  xj = jnp.asarray(x)
-  centers = [np.asarray(x[int(rng.integers(n))])]
-  _, d2 = _assign(xj, jnp.asarray(centers[0][None]), chunk=chunk)
-  d2 = np.asarray(d2)
-  while len(centers) < k:
-    take = min(per_round, k - len(centers))
-    p = d2[:n].astype(np.float64)
-    if np.count_nonzero(p) >= take:
-      picks = rng.choice(n, size=take, replace=False, p=p / p.sum())
-    else:  # fewer distinct points left than centres wanted
-      picks = rng.choice(n, size=take, replace=False)
-    new = np.asarray(x[picks])
-    centers.extend(new)
-    _, d_new = _assign(xj, jnp.asarray(new), chunk=chunk)
-    d2 = np.minimum(d2, np.asarray(d_new))
-  return np.stack(centers)
+def _d2_to(x, x_sq, weights, idx):
+  """``[len(idx), n]`` squared distances from the points ``idx`` to every point, zero for padding rows."""
+  dot = jnp.matmul(x[idx], x.T, precision=jax.lax.Precision.HIGHEST)
+  return jnp.maximum(x_sq[idx][:, None] + x_sq[None, :] - 2.0 * dot, 0.0) * weights[None, :]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "per_round"))
+def _kmeans_pp_init(x, weights, key, *, k, per_round):
+  """Plain k-means++ (D^2 sampling) on device, ``per_round`` centres per round: indices of the k centres.
+
+  Each round draws ``per_round`` distinct points with probability
+  proportional to their squared distance to the nearest centre so far
+  (Gumbel top-k: sampling without replacement); points at distance zero are
+  drawn only when no other point is left, padding rows never.
+  """
+  n = x.shape[0]
+  x_sq = jnp.sum(jnp.square(x), axis=1)
+  key, sub = jax.random.split(key)
+  first = jax.random.choice(sub, n, p=weights / jnp.sum(weights)).astype(jnp.int32)
+  closest = _d2_to(x, x_sq, weights, first[None])[0]
+  rounds = -(-(k - 1) // per_round)
+  chosen = jnp.zeros((1 + rounds * per_round,), jnp.int32).at[0].set(first)
+
+  def body(r, carry):
+    closest, chosen, key = carry
+    key, sub = jax.random.split(key)
+    g = jax.random.gumbel(sub, (n,), jnp.float32)
+    score = jnp.where(closest > 0, jnp.log(jnp.where(closest > 0, closest, 1.0)) + g, g - 1e4)
+    score = jnp.where(weights > 0, score, -jnp.inf)
+    _, picks = jax.lax.top_k(score, per_round)
+    closest = jnp.minimum(closest, jnp.min(_d2_to(x, x_sq, weights, picks), axis=0))
+    return closest, jax.lax.dynamic_update_slice(chosen, picks.astype(jnp.int32), (1 + r * per_round,)), key
+
+  _, chosen, _ = jax.lax.fori_loop(0, rounds, body, (closest, chosen, key))
+  return chosen[:k]
 
 
 @functools.partial(jax.jit, static_argnames=("k", "trials"))
@@ -446,11 +462,7 @@ def _greedy_kmeans_pp_init(x, weights, key, *, k, trials):
   """
   n = x.shape[0]
   x_sq = jnp.sum(jnp.square(x), axis=1)
-
-  def d2_to(idx):   # [len(idx), n] squared distances, zero for padding rows
-    c = x[idx]
-    dot = jnp.matmul(c, x.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.maximum(x_sq[idx][:, None] + x_sq[None, :] - 2.0 * dot, 0.0) * weights[None, :]
+  d2_to = functools.partial(_d2_to, x, x_sq, weights)
 
   key, sub = jax.random.split(key)
   first = jax.random.choice(sub, n, p=weights / jnp.sum(weights))
@@ -566,11 +578,12 @@ def kmeans(
   best = None
   for run in range(n_init):
     run_seed = seed if n_init == 1 else np.random.SeedSequence([seed, run]).generate_state(1)[0]
-    rng = np.random.default_rng(run_seed)
     if init == "random":
-      centers = x[rng.choice(n, size=k, replace=False)]
+      centers = x[np.random.default_rng(run_seed).choice(n, size=k, replace=False)]
     elif init == "k-means++":
-      centers = _kmeans_pp_init(xp, w, k, rng, init_per_round or max(1, k // 256), chunk)
+      idx = _kmeans_pp_init(xj, wj, jax.random.key(int(run_seed)), k=k,
+                            per_round=min(k, init_per_round or max(1, k // 256)))
+      centers = xp[np.asarray(idx)]
     else:
       idx = _greedy_kmeans_pp_init(xj, wj, jax.random.key(int(run_seed)), k=k, trials=2 + int(np.log(k)))
       centers = xp[np.asarray(idx)]
@@ -671,8 +684,8 @@ def kmeans_settings(protocol: str, k: int) -> dict:
   if protocol == "auto":
     protocol = "reference" if k <= REFERENCE_MAX_K else "fast"
   if protocol == "reference":
-    return {"protocol": "reference", "init": "greedy-k-means++", "n_init": 10}
-  return {"protocol": "fast", "init": "k-means++", "n_init": 1}
+    return {"protocol": "reference", "init": "greedy-k-means++", "n_init": 10, "max_iter": 300}
+  return {"protocol": "fast", "init": "k-means++", "n_init": 1, "max_iter": 300}
 
 
 def evaluate(
@@ -736,10 +749,12 @@ def cluster_metrics(x, y, *, backend: str = "jax", seed: int = 0, protocol: str 
   k = int(np.unique(y).size)
   settings = kmeans_settings(protocol, k)
   if backend == "jax":
-    assign, _ = kmeans(x, k, seed=seed, init=settings["init"], n_init=settings["n_init"])
+    assign, _ = kmeans(x, k, seed=seed, init=settings["init"], n_init=settings["n_init"],
+                       max_iter=settings["max_iter"])
   elif backend == "sklearn":
     from sklearn.cluster import KMeans
-    assign = KMeans(n_clusters=k, n_init=settings["n_init"], random_state=seed).fit_predict(np.asarray(x))
+    assign = KMeans(n_clusters=k, n_init=settings["n_init"], max_iter=settings["max_iter"],
+                    random_state=seed).fit_predict(np.asarray(x))
   else:
     raise ValueError(f"cluster_metrics: backend must be 'jax' or 'sklearn', got {backend!r}.")
   return {"nmi": normalized_mutual_information(y, assign), "f1": pair_f1(y, assign)}

@@ -327,10 +327,14 @@ class ClusteringTest(chex.TestCase):
     x, y = blobs(seed=3, n=300, classes=5, spread=0.2)
     assign, centers = ev.kmeans(x, 5, seed=0, init=init)
     chex.assert_shape(centers, (5, 5))
-    if init != "random":
-      self.assertEqual(ev.normalized_mutual_information(y, assign), 1.0)
     a2, _ = ev.kmeans(x, 5, seed=0, init=init)
     np.testing.assert_array_equal(assign, a2)   # seeded
+    if init != "random":
+      # Greedy k-means++ recovers the blobs from every seed; plain D^2 sampling occasionally puts two
+      # centres in one blob (from which Lloyd cannot recover), as plain k-means++ does.
+      recovered = sum(ev.normalized_mutual_information(y, ev.kmeans(x, 5, seed=s, init=init)[0]) == 1.0
+                      for s in range(10))
+      self.assertGreaterEqual(recovered, 10 if init == "greedy-k-means++" else 8)
 
   def test_kmeans_inertia_close_to_sklearn(self):
     from sklearn.cluster import KMeans
@@ -405,7 +409,8 @@ class ClusteringTest(chex.TestCase):
 
   def test_protocols(self):
     self.assertEqual(ev.kmeans_settings("auto", 100)["protocol"], "reference")
-    self.assertEqual(ev.kmeans_settings("auto", 11316), {"protocol": "fast", "init": "k-means++", "n_init": 1})
+    self.assertEqual(ev.kmeans_settings("auto", 11316),
+                     {"protocol": "fast", "init": "k-means++", "n_init": 1, "max_iter": 300})
     self.assertEqual(ev.kmeans_settings("reference", 11316)["n_init"], 10)
     with self.assertRaisesRegex(ValueError, "kmeans_protocol must be one of"):
       ev.evaluate(np.eye(4), [0, 0, 1, 1], recall_ks=(1,), kmeans_protocol="faiss")
