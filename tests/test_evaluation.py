@@ -410,7 +410,7 @@ class ClusteringTest(chex.TestCase):
   def test_protocols(self):
     self.assertEqual(ev.kmeans_settings("auto", 100)["protocol"], "reference")
     self.assertEqual(ev.kmeans_settings("auto", 11316),
-                     {"protocol": "fast", "init": "k-means++", "n_init": 1, "max_iter": 300})
+                     {"protocol": "fast", "init": "k-means++", "n_init": 1, "max_iter": 20})
     self.assertEqual(ev.kmeans_settings("reference", 11316)["n_init"], 10)
     with self.assertRaisesRegex(ValueError, "kmeans_protocol must be one of"):
       ev.evaluate(np.eye(4), [0, 0, 1, 1], recall_ks=(1,), kmeans_protocol="faiss")

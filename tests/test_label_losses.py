@@ -252,3 +252,47 @@ class ReductionsAndDefaultsTest(chex.TestCase):
     for mining in ll.MININGS:
       with self.assertRaisesRegex(ValueError, r"^triplet_loss_from_labels: reduction must be one of"):
         ll.triplet_loss_from_labels(x, y, mining=mining, reduction="avg")
+
+
+class InputChecksTest(chex.TestCase):
+
+  def test_messages(self):
+    x, y = batch(0)
+    bad = x.copy()
+    bad[[1, 2, 4, 6, 8, 10, 11], 0] = np.inf
+    with self.assertRaisesRegex(ValueError, r"^npair_loss_from_labels: embeddings hold NaN or infinite values "
+                                            r"\(rows \[1, 2, 4, 6, 8\]\)\.$"):
+      ll.npair_loss_from_labels(bad, y)
+    pairs = np.array([0, 0, 1, 1, 2, 2], np.int32)   # exactly two per class: enough
+    ll.triplet_loss_from_labels(x[:6], pairs, require_pairs=True)
+    ll.npair_loss_from_labels(x[:6], pairs, require_pairs=True)
+    with self.assertRaisesRegex(ValueError, r"^npair_loss_from_labels: class \[7\] has a single sample in this "
+                                            r"batch; every class needs at least two\.$"):
+      ll.npair_loss_from_labels(x[:5], np.array([0, 0, 1, 1, 7], np.int32), require_pairs=True)
+    with self.assertRaisesRegex(ValueError, r"^triplet_loss_from_labels: classes \[5, 7\] have a single sample"):
+      ll.triplet_loss_from_labels(x[:4], np.array([0, 0, 5, 7], np.int32), require_pairs=True)
+    many = np.concatenate([[0, 0], np.arange(1, 12)]).astype(np.int32)   # 11 singletons: the first 10 named
+    with self.assertRaisesRegex(ValueError, r"classes \[1, 2, 3, 4, 5, 6, 7, 8, 9, 10\] have a single sample"):
+      ll.triplet_loss_from_labels(np.zeros((13, 2), np.float32), many, require_pairs=True)
+
+  def test_contrastive_needs_no_positive_pair(self):
+    x, _ = batch(1, b=4)
+    y = np.array([0, 1, 2, 3], np.int32)
+    np.testing.assert_allclose(ll.contrastive_loss_from_labels(x, y, margin=4.0),
+                               brute_contrastive(x, y, 4.0, "euclidean"), rtol=1e-5)
+
+  def test_mean_over_a_single_item(self):
+    # One positive pair (0 -> 1) has a semi-hard negative (row 2); the reverse pair has none.
+    x = np.array([[0.0], [1.0], [1.5]], np.float32)
+    y = np.array([0, 0, 1], np.int32)
+    got = ll.triplet_loss_from_labels(x, y, margin=1.0, mining="semi_hard")
+    np.testing.assert_allclose(got, 1.0 - 1.5 + 1.0, rtol=1e-6)
+
+  def test_rows_with_a_single_item(self):
+    # Anchors 0 and 1 have exactly one triplet each; a batch of two has one pair per row.
+    x = np.array([[0.0], [1.0], [3.0]], np.float32)
+    y = np.array([0, 0, 1], np.int32)
+    got = ll.triplet_loss_from_labels(x, y, margin=2.5, reduction="none")
+    np.testing.assert_allclose(got, [1.0 - 3.0 + 2.5, 1.0 - 2.0 + 2.5, 0.0], rtol=1e-6)
+    two = ll.contrastive_loss_from_labels(x[:2], np.array([0, 1], np.int32), margin=3.0, reduction="none")
+    np.testing.assert_allclose(two, [4.0, 4.0], rtol=1e-6)

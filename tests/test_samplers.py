@@ -203,3 +203,17 @@ class MakeSamplerTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class DefaultSeedTest(parameterized.TestCase):
+
+  def test_every_sampler_defaults_to_seed_0(self):
+    y = sized(4, 4, 4, 4, 4, 4)
+    for make in (lambda **s: NPairSampler(y, num_pairs=3, **s), lambda **s: TripletSampler(y, num_triplets=3, **s),
+                 lambda **s: MPerClassSampler(y, m=2, batch_size=6, **s),
+                 lambda **s: EpochNPairSampler(y, num_pairs=3, **s),
+                 lambda **s: make_sampler("npair", y, batch_size=6, **s),
+                 lambda **s: make_sampler("triplet", y, batch_size=6, **s)):
+      for step in (0, 5):
+        np.testing.assert_array_equal(make()(step), make(seed=0)(step))
+      self.assertFalse(all(np.array_equal(make()(i), make(seed=1)(i)) for i in range(4)))
