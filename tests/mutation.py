@@ -228,7 +228,7 @@ def _report(workdir: str, status: dict[str, str], path: str) -> float:
     if name in EQUIVALENT:
       counts["equivalent"] += 1
     elif state == "killed" or (state == "timeout" and name in HANGS):
-      counts[state] += 1
+      counts["killed"] += 1
     elif state in ("survived", "timeout"):
       counts[state] += 1
       survivors.append(name)
