@@ -428,7 +428,8 @@ def _kmeans_pp_init(x, weights, key, *, k, per_round):
   Each round draws ``per_round`` distinct points with probability
   proportional to their squared distance to the nearest centre so far
   (Gumbel top-k: sampling without replacement); points at distance zero are
-  drawn only when no other point is left, padding rows never.
+  drawn only when no other point is left, a point already chosen and the
+  padding rows never.
   """
   n = x.shape[0]
   x_sq = jnp.sum(jnp.square(x), axis=1)
@@ -437,18 +438,19 @@ def _kmeans_pp_init(x, weights, key, *, k, per_round):
   closest = _d2_to(x, x_sq, weights, first[None])[0]
   rounds = -(-(k - 1) // per_round)
   chosen = jnp.zeros((1 + rounds * per_round,), jnp.int32).at[0].set(first)
+  free = (weights > 0).at[first].set(False)   # real points not yet chosen
 
   def body(r, carry):
-    closest, chosen, key = carry
+    closest, chosen, free, key = carry
     key, sub = jax.random.split(key)
     g = jax.random.gumbel(sub, (n,), jnp.float32)
     score = jnp.where(closest > 0, jnp.log(jnp.where(closest > 0, closest, 1.0)) + g, g - 1e4)
-    score = jnp.where(weights > 0, score, -jnp.inf)
-    _, picks = jax.lax.top_k(score, per_round)
+    _, picks = jax.lax.top_k(jnp.where(free, score, -jnp.inf), per_round)
     closest = jnp.minimum(closest, jnp.min(_d2_to(x, x_sq, weights, picks), axis=0))
-    return closest, jax.lax.dynamic_update_slice(chosen, picks.astype(jnp.int32), (1 + r * per_round,)), key
+    chosen = jax.lax.dynamic_update_slice(chosen, picks.astype(jnp.int32), (1 + r * per_round,))
+    return closest, chosen, free.at[picks].set(False), key
 
-  _, chosen, _ = jax.lax.fori_loop(0, rounds, body, (closest, chosen, key))
+  _, chosen, _, _ = jax.lax.fori_loop(0, rounds, body, (closest, chosen, free, key))
   return chosen[:k]
 
 

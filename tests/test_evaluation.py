@@ -433,6 +433,26 @@ class ClusteringTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "init must be"):
       ev.kmeans(dup, 2, init="farthest")
 
+  def test_device_kmeans_pp_init(self):
+    import jax
+    # 50 copies of one point and one far point: whichever is drawn first, the other location must
+    # come second (the only one at a positive distance); padding rows (weight 0) are never drawn.
+    x = np.concatenate([np.zeros((50, 2)), [[10.0, 0.0]], np.full((13, 2), 5.0)]).astype(np.float32)
+    w = np.concatenate([np.ones(51), np.zeros(13)]).astype(np.float32)
+    for seed in range(6):
+      idx = np.asarray(ev._kmeans_pp_init(x, w, jax.random.key(seed), k=2, per_round=1))
+      self.assertEqual(sorted(x[idx, 0].tolist()), [0.0, 10.0])
+      idx = np.asarray(ev._kmeans_pp_init(x, w, jax.random.key(seed), k=8, per_round=3))
+      self.assertTrue(np.all(idx < 51), idx)                    # no padding row
+      self.assertEqual(len(set(idx.tolist())), 8)               # distinct points (Gumbel top-k)
+      self.assertIn(50, idx.tolist())                           # the far point
+      np.testing.assert_array_equal(idx, ev._kmeans_pp_init(x, w, jax.random.key(seed), k=8, per_round=3))
+    # Through kmeans: three distinct locations, k = 5, plain k-means++ puts a centre on each.
+    dup = np.repeat(np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 9.0]], np.float32), 10, axis=0)
+    assign, centers = ev.kmeans(dup, 5, init="k-means++", init_per_round=2)
+    self.assertEqual(len(np.unique(assign)), 3)
+    self.assertTrue(np.all(np.isfinite(centers)))
+
   def test_evaluate_clustering_backends(self):
     x, y = blobs(seed=6, n=150, classes=5, spread=0.2)
     ours = ev.evaluate(x, y)
