@@ -1,6 +1,5 @@
 """Label-based losses against loops over every tuple."""
 
-import itertools
 import math
 
 import chex
@@ -31,33 +30,12 @@ def brute_npair(e, y, l2_reg=0.0):
 
 
 def brute_triplet(e, y, margin, mining, kind):
-  b = len(y)
-  d = [[dist(e[i], e[j], kind) for j in range(b)] for i in range(b)]
-  losses = []
-  for a in range(b):
-    positives = [p for p in range(b) if p != a and y[p] == y[a]]
-    negatives = [n for n in range(b) if y[n] != y[a]]
-    if mining == "batch_hard":
-      if positives and negatives:
-        losses.append(max(0.0, max(d[a][p] for p in positives) - min(d[a][n] for n in negatives) + margin))
-      continue
-    for p in positives:
-      if mining == "all":
-        losses += [max(0.0, d[a][p] - d[a][n] + margin) for n in negatives]
-      else:
-        semi = [d[a][n] for n in negatives if d[a][p] < d[a][n] < d[a][p] + margin]
-        if semi:
-          losses.append(d[a][p] - min(semi) + margin)
-  return sum(losses) / len(losses) if losses else 0.0
+  items = brute_rows(e, y, "triplet", margin=margin, mining=mining, kind=kind)[1]
+  return items.mean() if len(items) else 0.0
 
 
 def brute_contrastive(e, y, margin, kind):
-  total, count = 0.0, 0
-  for i, j in itertools.permutations(range(len(y)), 2):
-    dij = dist(e[i], e[j], kind)
-    total += dij ** 2 if y[i] == y[j] else max(0.0, margin - dij) ** 2
-    count += 1
-  return total / count
+  return brute_rows(e, y, "contrastive", margin=margin, kind=kind)[1].mean()
 
 
 def batch(seed=0, b=12, e=5, classes=4):
