@@ -36,7 +36,7 @@ CORE = {
     "label_losses": ["tests/test_label_losses.py"],
     "hardness": ["tests/test_hardness.py"],
     "objective": ["tests/test_objective.py"],
-    "head": ["tests/test_own_loop.py", "tests/test_gradient_paths.py"],
+    "head": ["tests/test_head.py", "tests/test_own_loop.py", "tests/test_gradient_paths.py"],
     "statistics": ["tests/test_statistics.py"],
     "distances": ["tests/test_distances.py"],
     "train_step": ["tests/test_train_step.py", "tests/test_gradient_paths.py", "tests/test_parallel.py"],
