@@ -172,6 +172,38 @@ class TrainStepTest(chex.TestCase):
     self.assertFalse(bool(m[0]["finite"]))
     self.assertFalse(np.isfinite(float(m[0]["loss"])))
 
+  def test_a_nonfinite_generator_or_classifier_loss_is_flagged(self):
+    # A NaN classifier leaves J_metric finite but makes J_soft (so J_gen) and J_cls NaN: still flagged.
+    state = tiny_state()
+    bad = jax.tree_util.tree_map(lambda x: jnp.full_like(x, jnp.nan), state.params["classifier"])
+    state = state.replace(params={**state.params, "classifier": bad})
+    _, m = _run(state, [digits_batch(step=0)])
+    self.assertTrue(np.isfinite(float(m[0]["loss"])))
+    self.assertFalse(np.isfinite(float(m[0]["j_gen"])) or np.isfinite(float(m[0]["j_cls"])))
+    self.assertFalse(bool(m[0]["finite"]))
+
+  def test_hdml_step_needs_the_generator_and_the_classifier(self):
+    state = tiny_state()
+    base = tiny_state(hdml=False)
+    message = r"^make_train_step: HDML needs networks built with hdml=True\.$"
+    for networks in (base.networks, state.networks.__class__(state.networks.backbone, state.networks.embedding,
+                                                             None, state.networks.classifier),
+                     state.networks.__class__(state.networks.backbone, state.networks.embedding,
+                                              state.networks.generator, None)):
+      with self.assertRaisesRegex(ValueError, message):
+        make_train_step(networks, state.config)
+    make_train_step(base.networks, base.config)   # the baseline needs neither
+
+  def test_a_backbone_without_batch_norm_keeps_an_empty_statistics_group(self):
+    state = create_train_state(jax.random.key(0), image_shape=(1, 1, 12), num_classes=4, embedding_dim=5,
+                               backbone="mlp", backbone_kwargs={"hidden": ()}, generator_hidden=8,
+                               config=HDMLConfig(), optimizer=OptimizerConfig())
+    batch = {"images": np.random.default_rng(0).normal(size=(8, 1, 1, 12)).astype(np.float32),
+             "labels": np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int32)}
+    new, _ = _run(state, [batch])
+    self.assertEqual(new.batch_stats["backbone"], {})
+    self.assertEqual(jax.tree_util.tree_structure(new), jax.tree_util.tree_structure(state))
+
   def test_bad_batches(self):
     state = tiny_state()
     step = make_train_step(state.networks, state.config)
