@@ -172,6 +172,22 @@ class TrainStepTest(chex.TestCase):
     self.assertFalse(bool(m[0]["finite"]))
     self.assertFalse(np.isfinite(float(m[0]["loss"])))
 
+  def test_backbone_batch_norm_statistics_carry_over_steps(self):
+    # Each step's backbone statistics are one EMA update of the previous step's (not of the initial ones):
+    # the first step alone cannot tell, since the initial mean is zero.
+    batches = [digits_batch(step=i) for i in range(2)]
+    state = tiny_state()
+    step = jax.jit(make_train_step(state.networks, state.config))
+    states = [state]
+    for i, batch in enumerate(batches):
+      states.append(step(states[-1], batch, jax.random.key(i))[0])
+    nets = state.networks
+    for before, after, batch in zip(states, states[1:], batches):
+      _, want = nets.backbone.apply({"params": before.params["backbone"], "batch_stats": before.batch_stats["backbone"]},
+                                    batch["images"], train=True, mutable=["batch_stats"])
+      self.assertLess(max_abs_diff(after.batch_stats["backbone"], want["batch_stats"]), 1e-5)
+    self.assertGreater(max_abs_diff(states[2].batch_stats["backbone"], states[1].batch_stats["backbone"]), 1e-4)
+
   def test_a_nonfinite_generator_or_classifier_loss_is_flagged(self):
     # A NaN classifier leaves J_metric finite but makes J_soft (so J_gen) and J_cls NaN: still flagged.
     state = tiny_state()
