@@ -134,6 +134,18 @@ EQUIVALENT: dict[str, str] = {
         ' and `_reduce`).',
     'hdml_jax.label_losses.x_triplet_loss_from_labels__mutmut_187':
         "the same as mutant 146, for `mining='all'`.",
+    "hdml_jax.train_step.x_make_train_step__mutmut_59":
+        "the head's parameters keep the `backbone` entry (`!= 'XXbackboneXX'`): `hdml_objective` reads only "
+        "`embedding`, `generator` and `classifier`, so the extra entry is never read and gets no gradient there.",
+    "hdml_jax.train_step.x_make_train_step__mutmut_60": "the same as mutant 59 (`!= 'BACKBONE'`).",
+    "hdml_jax.train_step.x_make_train_step__mutmut_63":
+        "the same as mutant 59, for the head's BatchNorm statistics (an unread `backbone` entry).",
+    "hdml_jax.train_step.x_make_train_step__mutmut_64": "the same as mutant 63 (`!= 'BACKBONE'`).",
+    "hdml_jax.train_step.x_make_train_step__mutmut_83":
+        "`bb_new.get('batch_stats', None)`: the step always passes a `batch_stats` entry to the backbone's "
+        "`apply(..., mutable=['batch_stats'])`, and Flax then always returns that collection, empty for a "
+        "backbone without BatchNorm (checked), so the default is never used.",
+    "hdml_jax.train_step.x_make_train_step__mutmut_85": "the same as mutant 83 (the default dropped: None).",
 }
 
 # Mutant name -> why its timeout is a detection: the mutant makes the tests hang (an endless loop), so

@@ -224,6 +224,13 @@ class HDMLObjectiveTest(parameterized.TestCase):
       hdml_objective(head, params, bstats, jnp.zeros((6, 4)), jnp.zeros((6, 1), jnp.int32), stats)
     head, params, bstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,
                                           generator_hidden=4)
+    # The smallest layouts are accepted: two N-pair pairs, one triplet.
+    value, _ = hdml_objective(head, params, bstats, jnp.ones((4, 4)), jnp.array([0, 1, 0, 1]), stats)
+    self.assertTrue(np.isfinite(float(value)))
+    thead, tparams, tbstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,
+                                             config=HDMLConfig(loss="triplet"), generator_hidden=4)
+    value, _ = hdml_objective(thead, tparams, tbstats, jnp.eye(3, 4), jnp.array([0, 0, 1]), stats)
+    self.assertTrue(np.isfinite(float(value)))
     for b in (2, 5):
       with self.assertRaisesRegex(ValueError, rf"^train_step: an N-pair batch \[anchors; positives\] needs an even "
                                   rf"size >= 4, got images \({b}, 4\)\.$"):
