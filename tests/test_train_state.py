@@ -197,7 +197,23 @@ class Spatial(nn.Module):
     return x
 
 
+class WithDropout(nn.Module):
+  """A backbone with a stochastic layer in training mode: it needs a 'dropout' key only when ``train``."""
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    x = nn.Dense(4)(x.reshape(x.shape[0], -1))
+    return nn.Dropout(0.5, deterministic=not train)(x)
+
+
 class NetworksAndStateTest(parameterized.TestCase):
+
+  def test_the_backbone_is_initialised_and_measured_in_inference_mode(self):
+    # Initialisation runs the backbone with train=False: no 'dropout' key is needed.
+    state = create_train_state(jax.random.key(0), image_shape=(2, 3, 1), num_classes=3, embedding_dim=2,
+                               backbone=WithDropout(), generator_hidden=4)
+    self.assertEqual(state.params["backbone"]["Dense_0"]["kernel"].shape, (6, 4))
+    self.assertEqual(state.networks.generator.feature_dim, 4)
 
   def test_build_networks(self):
     nets = build_networks(feature_dim=7, embedding_dim=3, num_classes=5, backbone="small_cnn",
