@@ -146,6 +146,29 @@ EQUIVALENT: dict[str, str] = {
         "`apply(..., mutable=['batch_stats'])`, and Flax then always returns that collection, empty for a "
         "backbone without BatchNorm (checked), so the default is never used.",
     "hdml_jax.train_step.x_make_train_step__mutmut_85": "the same as mutant 83 (the default dropped: None).",
+    "hdml_jax.train_state.x_create_train_state__mutmut_19":
+        "the dummy batch's dtype float32 -> the default: it is float32 unless x64 is on, and the dummy only sets "
+        "shapes; every parameter and BatchNorm statistic has the module's own dtype (float32) either way.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_21": "the same as mutant 19 (dtype dropped).",
+    "hdml_jax.train_state.x_create_train_state__mutmut_76": "the same as mutant 19, for the feature dummy.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_78": "the same as mutant 76 (dtype dropped).",
+    "hdml_jax.train_state.x_create_train_state__mutmut_79":
+        "the feature dummy's batch 2 -> 3: `init` takes only shapes of the feature axis from it; the variables "
+        "and their initial values do not depend on the batch size.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_122": "the same as mutant 79, for the generator's dummy.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_34":
+        "`init(..., train=False)` -> `train=None`: every module reads `train` for truth (`not train`), and None "
+        "is false.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_47": "the same as mutant 34, in the `eval_shape` call.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_83": "the same as mutant 34, for the embedding head.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_117": "the same as mutant 34, for the generator.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_38":
+        "the backbone initialised with `train=True`: Flax's BatchNorm skips the moving-average update while "
+        "initialising and `make_rng` falls back to the params key, so the variables are identical (checked for "
+        "`small_cnn` and `googlenet`: same tree, maximum difference 0.0). The shape probe, whose train flag does "
+        "matter (a dropout backbone), is tested.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_87": "the same as mutant 38, for the embedding head.",
+    "hdml_jax.train_state.x_create_train_state__mutmut_123": "the same as mutant 38, for the generator.",
 }
 
 # Mutant name -> why its timeout is a detection: the mutant makes the tests hang (an endless loop), so
@@ -246,17 +269,43 @@ def _results(workdir: str) -> dict[str, str]:
   return status
 
 
+INTERRUPTED = "check was interrupted by user"
+
+
+def _count_import_failures(workdir: str, status: dict[str, str], targets: dict[str, list[str]]) -> None:
+  """Marks killed the mutants that break the tests' collection, which mutmut reports as interrupted.
+
+  pytest exits with code 2 both when interrupted and when a test module fails to import, and a mutant can
+  make the import fail (a config dataclass evaluated as a default argument that now raises). Each mutant
+  mutmut calls interrupted is collected again under that mutant: if collection fails it is caught, and it
+  is marked ``killed (collection)``; otherwise it keeps its status (not run).
+  """
+  for name, state in sorted(status.items()):
+    if state != INTERRUPTED:
+      continue
+    module_path = name.rsplit(".", 1)[0].replace(".", "/") + ".py"
+    tests = targets.get(module_path)
+    if not tests:
+      continue
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=os.path.join(workdir, "mutants"), capture_output=True, text=True,
+                          env={**os.environ, "MUTANT_UNDER_TEST": name})
+    if proc.returncode == 2 and "error" in proc.stdout.lower():
+      status[name] = "killed (collection)"
+
+
 def _report(workdir: str, status: dict[str, str], path: str) -> float:
   by_module: dict[str, dict[str, int]] = {}
   survivors = []
   for name, state in sorted(status.items()):
     module = name.rsplit(".", 1)[0]   # "hdml_jax.hardness" of "hdml_jax.hardness.x_f__mutmut_3"
     counts = by_module.setdefault(module, {"killed": 0, "survived": 0, "timeout": 0, "equivalent": 0,
-                                           "other": 0})
+                                           "other": 0, "collection": 0})
     if name in EQUIVALENT:
       counts["equivalent"] += 1
-    elif state == "killed" or (state == "timeout" and name in HANGS):
+    elif state in ("killed", "killed (collection)") or (state == "timeout" and name in HANGS):
       counts["killed"] += 1
+      counts["collection"] += state == "killed (collection)"
     elif state in ("survived", "timeout"):
       counts[state] += 1
       survivors.append(name)
@@ -270,11 +319,15 @@ def _report(workdir: str, status: dict[str, str], path: str) -> float:
     k, s = c["killed"], c["survived"] + c["timeout"]
     total_k, total_s = total_k + k, total_s + s
     score = f"{100 * k / (k + s):.1f} %" if k + s else "-"
-    lines.append(f"| {module} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['equivalent']} | {c['other']} | "
+    killed = f"{c['killed']} ({c['collection']} at collection)" if c["collection"] else str(c["killed"])
+    lines.append(f"| {module} | {killed} | {c['timeout']} | {c['survived']} | {c['equivalent']} | {c['other']} | "
                  f"{score} |")
   overall = total_k / (total_k + total_s) if total_k + total_s else float("nan")
   lines += ["", f"Overall: {100 * overall:.1f} % of non-equivalent mutants killed "
-            f"({total_k} of {total_k + total_s}).", "", "## Survivors and timeouts", ""]
+            f"({total_k} of {total_k + total_s}).", "",
+            "\"at collection\": the mutant makes a test module fail to import (pytest exits 2, which mutmut "
+            "reports as interrupted); each was collected again under the mutant to check.", "",
+            "## Survivors and timeouts", ""]
   for name in survivors:
     diff = subprocess.run(["mutmut", "show", name], cwd=workdir, capture_output=True, text=True).stdout
     lines += [f"### {name}", "", "```diff", diff.strip(), "```", ""]
@@ -309,7 +362,9 @@ def main(argv=None):
   proc = subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *args.mutants], cwd=workdir)
   if proc.returncode:
     sys.exit(f"mutation: mutmut run failed (exit {proc.returncode}); see {workdir}")
-  overall = _report(workdir, _results(workdir), os.path.abspath(args.report))
+  status = _results(workdir)
+  _count_import_failures(workdir, status, targets)
+  overall = _report(workdir, status, os.path.abspath(args.report))
   print(f"score {100 * overall:.1f} %; report: {os.path.abspath(args.report)}")
 
 
