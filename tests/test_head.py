@@ -13,7 +13,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax import hardness, losses, objective
-from hdml_jax.head import HDMLHead, hdml_objective, init_hdml_head
+from hdml_jax.head import HDMLHead, hdml_objective, init_hdml_head, synthetic_inputs
 from hdml_jax.statistics import init_statistics
 from hdml_jax.train_state import HDMLConfig
 
@@ -211,6 +211,15 @@ class HDMLObjectiveTest(parameterized.TestCase):
       self.assertFalse(np.array_equal(x, y))
     e, g, k = kernels(a)
     self.assertFalse(np.allclose(np.abs(e), np.abs(g)) or np.allclose(np.abs(e), np.abs(k)))
+
+  @parameterized.parameters("npair", "triplet")
+  def test_synthetic_inputs_default_to_the_configured_alpha(self, loss):
+    cfg = HDMLConfig(loss=loss, alpha=1.5)
+    y, _ = batch(loss)
+    z = y[:, :E]
+    default = synthetic_inputs(cfg, z, jnp.float32(2.0))
+    np.testing.assert_array_equal(default, synthetic_inputs(cfg, z, jnp.float32(2.0), 1.5))
+    self.assertGreater(float(jnp.max(jnp.abs(default - synthetic_inputs(cfg, z, jnp.float32(2.0), 0.1)))), 1e-3)
 
   def test_batch_layout_errors(self):
     head, params, bstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,
