@@ -28,6 +28,7 @@ def batch(loss, seed=0):
   if loss == "npair":
     p = 4
     cls = rng.permutation(C)[:p]
+    cls[-1] = cls[0]   # a repeated class: the N-pair loss must be told the labels
     labels = np.concatenate([cls, cls])
   else:
     t = 3
@@ -150,9 +151,9 @@ class HDMLObjectiveTest(parameterized.TestCase):
 
   @parameterized.parameters("npair", "triplet")
   def test_relative_alpha_and_beta(self, loss):
-    cfg = HDMLConfig(loss=loss, alpha_relative=1.3, beta_relative=0.9, **DISTINCT)
+    cfg = HDMLConfig(loss=loss, alpha_relative=0.7, beta_relative=0.9, **DISTINCT)   # both below 1
     out = self.check(cfg)
-    np.testing.assert_allclose(out.metrics["alpha"], 1.3 * 0.8, rtol=1e-6)
+    np.testing.assert_allclose(out.metrics["alpha"], 0.7 * 0.8, rtol=1e-6)
     np.testing.assert_allclose(out.metrics["beta"], 0.9 * 0.6, rtol=1e-6)
     # Before the first block closes (firsts 0): hardness factor 1, w = 1.
     out = self.check(cfg, stats=statistics(j_avg_first=0.0, j_gen_first=0.0))
