@@ -169,6 +169,26 @@ EQUIVALENT: dict[str, str] = {
         "matter (a dropout backbone), is tested.",
     "hdml_jax.train_state.x_create_train_state__mutmut_87": "the same as mutant 38, for the embedding head.",
     "hdml_jax.train_state.x_create_train_state__mutmut_123": "the same as mutant 38, for the generator.",
+    "hdml_jax.head.x_init_hdml_head__mutmut_43":
+        "the same as `create_train_state`'s mutant 19: the feature dummy's dtype (only shapes matter).",
+    "hdml_jax.head.x_init_hdml_head__mutmut_45": "the same as mutant 43 (dtype dropped).",
+    "hdml_jax.head.x_init_hdml_head__mutmut_46":
+        "the same as `create_train_state`'s mutant 79: the feature dummy's batch size.",
+    "hdml_jax.head.x_init_hdml_head__mutmut_73": "the same as mutant 46, for the generator's dummy.",
+    "hdml_jax.head.x_init_hdml_head__mutmut_50":
+        "the same as `create_train_state`'s mutant 34: `train=None` is read for truth, and None is false.",
+    "hdml_jax.head.x_init_hdml_head__mutmut_68": "the same as mutant 50, for the generator.",
+    "hdml_jax.head.x_init_hdml_head__mutmut_54":
+        "the same as `create_train_state`'s mutant 38: initialising with `train=True` gives identical variables.",
+    "hdml_jax.head.x_init_hdml_head__mutmut_74": "the same as mutant 54, for the generator.",
+    "hdml_jax.head.x_hdml_objective__mutmut_24":
+        "the label of the decayed backbone subtree in the tree given to `weight_decay`: a leaf decays by its own "
+        "name (kernel, bias) and the BatchNorm names enclosing it, and neither label is one of those.",
+    "hdml_jax.head.x_hdml_objective__mutmut_25": "the same as mutant 24 (`BACKBONE`).",
+    "hdml_jax.head.x_hdml_objective__mutmut_29": "the same as mutant 24, for the `fc1` label.",
+    "hdml_jax.head.x_hdml_objective__mutmut_30": "the same as mutant 29 (`FC1`).",
+    "hdml_jax.head.x_hdml_objective__mutmut_27":
+        "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }
 
 # Mutant name -> why its timeout is a detection: the mutant makes the tests hang (an endless loop), so

@@ -13,7 +13,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax import hardness, losses, objective
-from hdml_jax.head import HDMLHead, hdml_objective, init_hdml_head, synthetic_inputs
+from hdml_jax.head import HDMLHead, _check_batch, hdml_objective, init_hdml_head, synthetic_inputs
 from hdml_jax.statistics import init_statistics
 from hdml_jax.train_state import HDMLConfig
 
@@ -221,6 +221,11 @@ class HDMLObjectiveTest(parameterized.TestCase):
     default = synthetic_inputs(cfg, z, jnp.float32(2.0))
     np.testing.assert_array_equal(default, synthetic_inputs(cfg, z, jnp.float32(2.0), 1.5))
     self.assertGreater(float(jnp.max(jnp.abs(default - synthetic_inputs(cfg, z, jnp.float32(2.0), 0.1)))), 1e-3)
+
+  def test_check_batch_returns_the_tuple_count(self):
+    for loss, b, want in (("npair", 8, 4), ("npair", 4, 2), ("triplet", 9, 3), ("contrastive", 12, 4)):
+      self.assertEqual(_check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), want)
+      self.assertIsInstance(_check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), int)
 
   def test_batch_layout_errors(self):
     head, params, bstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,
