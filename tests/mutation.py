@@ -17,7 +17,9 @@ below with the reason it cannot change behaviour.
 Score: killed / (killed + survived + timeout), equivalent mutants left out;
 timeouts count against the score until each is looked at (a mutant can hang
 the tests, which catches it, but a hung worker is not a kill); those looked
-at are listed in ``HANGS`` and counted as killed.
+at are listed in ``HANGS`` and counted as killed. A mutant that makes a test module fail to import
+(pytest exits 2, which mutmut reports as "interrupted") is collected again under the mutant and counted
+as killed only if collection fails.
 """
 
 from __future__ import annotations
