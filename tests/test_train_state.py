@@ -164,7 +164,7 @@ class MakeOptimizerTest(parameterized.TestCase):
   def test_the_baseline_optimizer_has_no_generator_or_classifier_group(self):
     tx = make_optimizer(OptimizerConfig(), hdml=False)
     tx.init(scalar_params(["backbone", "embedding"]))
-    with self.assertRaises(Exception):
+    with self.assertRaisesRegex(ValueError, r"(?s)no corresponding transformation.*labels: \['generator', 'metric'\]"):
       tx.init(scalar_params(["backbone", "embedding", "generator"]))
 
   def test_every_leaf_of_a_group_gets_the_group_label(self):
