@@ -189,6 +189,15 @@ EQUIVALENT: dict[str, str] = {
     "hdml_jax.head.x_hdml_objective__mutmut_25": "the same as mutant 24 (`BACKBONE`).",
     "hdml_jax.head.x_hdml_objective__mutmut_29": "the same as mutant 24, for the `fc1` label.",
     "hdml_jax.head.x_hdml_objective__mutmut_30": "the same as mutant 29 (`FC1`).",
+    "hdml_jax.head.x_hdml_objective__mutmut_104":
+        "the moving statistics given to the generator's J_metric pass (key renamed): that pass runs in training "
+        "mode, which normalises with the batch's own statistics, and its updated statistics are discarded, so "
+        "the statistics it is given are never read.",
+    "hdml_jax.head.x_hdml_objective__mutmut_105": "the same as mutant 104 (`BATCH_STATS`).",
+    "hdml_jax.head.x_hdml_objective__mutmut_114":
+        "BN1's second pass always given the first pass's statistics: with `bn1_update='real'` that pass's "
+        "updated statistics are discarded and training mode normalises with the batch's own statistics, so "
+        "which statistics it is given matters only for 'both' (tested).",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }
