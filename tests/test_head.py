@@ -222,6 +222,15 @@ class HDMLObjectiveTest(parameterized.TestCase):
     np.testing.assert_array_equal(default, synthetic_inputs(cfg, z, jnp.float32(2.0), 1.5))
     self.assertGreater(float(jnp.max(jnp.abs(default - synthetic_inputs(cfg, z, jnp.float32(2.0), 0.1)))), 1e-3)
 
+  def test_alpha_and_beta_metrics_are_float32_under_x64(self):
+    # The configured constants are Python floats: the metrics must not become float64 when x64 is on.
+    with jax.enable_x64(True):
+      head, params, bstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,
+                                            generator_hidden=4)
+      _, out = hdml_objective(head, params, bstats, jnp.ones((4, 4), jnp.float32), jnp.array([0, 1, 0, 1]),
+                              init_statistics())
+      self.assertEqual((out.metrics["alpha"].dtype, out.metrics["beta"].dtype), (jnp.float32, jnp.float32))
+
   def test_check_batch_returns_the_tuple_count(self):
     for loss, b, want in (("npair", 8, 4), ("npair", 4, 2), ("triplet", 9, 3), ("contrastive", 12, 4)):
       self.assertEqual(_check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), want)
