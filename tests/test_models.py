@@ -80,3 +80,6 @@ class ModelsTest(chex.TestCase):
     self.assertTrue(bool(metrics["finite"]))
     self.assertGreater(float(jnp.abs(new.params["embedding"]["fc1"]["kernel"]
                                      - state.params["embedding"]["fc1"]["kernel"]).max()), 0.0)
+    # The empty statistics group and the state's structure are kept.
+    self.assertEqual(new.batch_stats["backbone"], {})
+    self.assertEqual(jax.tree_util.tree_structure(new), jax.tree_util.tree_structure(state))
