@@ -43,7 +43,7 @@ CORE = {
     "distances": ["tests/test_distances.py"],
     "train_step": ["tests/test_train_step.py", "tests/test_gradient_paths.py", "tests/test_parallel.py"],
     "train_state": ["tests/test_train_state.py", "tests/test_train_step.py"],
-    "evaluation": ["tests/test_evaluation.py"],
+    "evaluation": ["tests/test_evaluation_contracts.py", "tests/test_evaluation.py"],
     "data/samplers": ["tests/test_data.py", "tests/test_samplers.py"],
 }
 # The resume and selection logic of the training loop.

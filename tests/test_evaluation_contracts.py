@@ -1,0 +1,442 @@
+"""The evaluation's contracts beyond the metrics' values: exact messages, defaults, options passed through,
+and the Lloyd iterations step for step against scikit-learn.
+
+Fast (small inputs, few compilations): the mutation run of ``hdml_jax/evaluation.py`` starts with these.
+"""
+
+import math
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+
+from hdml_jax import evaluation as ev
+
+
+def _data(seed=0, n=40, classes=4, d=3, spread=1.0):
+  rng = np.random.default_rng(seed)
+  y = np.arange(n) % classes
+  centers = rng.normal(size=(classes, d)) * 3
+  return (centers[y] + spread * rng.normal(size=(n, d))).astype(np.float32), y
+
+
+class InputMessagesTest(chex.TestCase):
+  """Every input check names the entry point and the argument, word for word."""
+
+  def _message(self, exc, fn, *args, **kwargs):
+    with self.assertRaises(exc) as cm:
+      fn(*args, **kwargs)
+    return str(cm.exception)
+
+  def test_embedding_checks_in_every_entry_point(self):
+    x, y = _data()
+    calls = {
+        "evaluate": (lambda e: ev.evaluate(e, y[:len(e)], recall_ks=(1,), clustering=False), "embeddings"),
+        "evaluate_query_gallery/q": (lambda e: ev.evaluate_query_gallery(e, y[:len(e)], x, y, recall_ks=(1,)),
+                                     "queries"),
+        "evaluate_query_gallery/g": (lambda e: ev.evaluate_query_gallery(x, y, e, y[:len(e)], recall_ks=(1,)),
+                                     "gallery"),
+        "nearest_neighbors/q": (lambda e: ev.nearest_neighbors(e, k=1), "queries"),
+        "nearest_neighbors/g": (lambda e: ev.nearest_neighbors(x, e, k=1), "gallery"),
+        "kmeans": (lambda e: ev.kmeans(e, 1), "x"),
+    }
+    bad = np.repeat(x[:1], 9, axis=0)
+    bad[[1, 2, 4, 5, 6, 8], 0] = np.nan
+    bad[7, 2] = -np.inf
+    for where, (call, name) in calls.items():
+      where = where.split("/")[0]
+      with self.subTest(where=where, name=name):
+        self.assertEqual(self._message(ValueError, call, x[0]),
+                         f"{where}: `{name}` must be [N, D], got shape (3,).")
+        self.assertEqual(self._message(TypeError, call, np.ones((4, 3), np.int32)),
+                         f"{where}: `{name}` must be floating point, got dtype int32.")
+        self.assertEqual(self._message(ValueError, call, np.zeros((0, 3), np.float32)),
+                         f"{where}: `{name}` is empty.")
+        self.assertEqual(self._message(ValueError, call, bad),
+                         f"{where}: `{name}` has 7 rows with NaN or infinite values (first rows: [1, 2, 4, 5, 6]).")
+
+  def test_label_checks_in_every_entry_point(self):
+    x, y = _data()
+    calls = {
+        ("evaluate", "labels"): lambda l: ev.evaluate(x, l, recall_ks=(1,), clustering=False),
+        ("evaluate_query_gallery", "query_labels"): lambda l: ev.evaluate_query_gallery(x, l, x, y, recall_ks=(1,)),
+        ("evaluate_query_gallery", "gallery_labels"): lambda l: ev.evaluate_query_gallery(x, y, x, l,
+                                                                                           recall_ks=(1,)),
+    }
+    for (where, name), call in calls.items():
+      with self.subTest(name=name):
+        self.assertEqual(self._message(ValueError, call, y[:39]),
+                         f"{where}: `{name}` must have shape (40,) to match the embeddings, got (39,).")
+        self.assertEqual(self._message(ValueError, call, y[:, None]),
+                         f"{where}: `{name}` must have shape (40,) to match the embeddings, got (40, 1).")
+        self.assertEqual(self._message(TypeError, call, y.astype(np.float64)),
+                         f"{where}: `{name}` must hold integer class ids, got dtype float64.")
+
+  def test_embeddings_of_any_float_width_are_searched_in_float32(self):
+    x, y = _data()
+    want = ev.evaluate(x, y, clustering=False)
+    for dtype in (np.float16, np.float64):
+      with self.subTest(dtype=dtype):
+        x_cast = x.astype(dtype)
+        np.testing.assert_array_equal(ev._as_embeddings(x_cast, "x", "here"), x_cast.astype(np.float32))
+        self.assertEqual(ev._as_embeddings(x_cast, "x", "here").dtype, np.float32)
+        got = ev.evaluate(x_cast.astype(np.float32), y, clustering=False)
+        self.assertEqual(got, want)
+    labels = np.arange(5, dtype=np.uint8)
+    self.assertIs(ev._as_labels(labels, 5, "y", "here"), labels)   # labels are returned as given
+
+  def test_evaluate_messages(self):
+    x, y = _data()
+    self.assertEqual(self._message(ValueError, ev.evaluate, x, np.zeros(40, int)),
+                     "evaluate: need at least 2 classes to evaluate, got 1.")
+    for ks in ((0, 4), (1, 40)):
+      self.assertEqual(self._message(ValueError, ev.evaluate, x, y, recall_ks=ks),
+                       f"evaluate: recall K values {sorted(ks)} must lie in [1, 39] (N - 1 = the gallery "
+                       "without the query).")
+    self.assertEqual(self._message(ValueError, ev.evaluate, x, y, kmeans_protocol="faiss"),
+                     "kmeans_protocol must be one of ('auto', 'reference', 'fast'), got 'faiss'.")
+    self.assertEqual(self._message(ValueError, ev.evaluate, x, y, kmeans_backend="faiss"),
+                     "cluster_metrics: backend must be 'jax' or 'sklearn', got 'faiss'.")
+
+  def test_query_gallery_messages(self):
+    x, y = _data()
+    for ks in ((0, 1), (1, 41)):
+      self.assertEqual(self._message(ValueError, ev.evaluate_query_gallery, x, y, x, y, recall_ks=ks),
+                       f"evaluate_query_gallery: recall K values {sorted(ks)} must lie in [1, 40] (the gallery "
+                       "size).")
+    got = ev.evaluate_query_gallery(x, y, x, y, recall_ks=(1, 40))   # the whole gallery is allowed
+    self.assertEqual(got["recall@40"], 1.0)
+
+  def test_nearest_neighbors_messages(self):
+    x, _ = _data(n=6)
+    self.assertEqual(self._message(ValueError, ev.nearest_neighbors, x, k=6),
+                     "nearest_neighbors: k=6 neighbours requested but only 5 gallery items are available "
+                     "(the query itself excluded).")
+    self.assertEqual(self._message(ValueError, ev.nearest_neighbors, x, k=0),
+                     "nearest_neighbors: k=0 neighbours requested but only 5 gallery items are available "
+                     "(the query itself excluded).")
+    self.assertEqual(self._message(ValueError, ev.nearest_neighbors, x, x[:4], k=5),
+                     "nearest_neighbors: k=5 neighbours requested but only 4 gallery items are available.")
+    self.assertEqual(self._message(ValueError, ev.nearest_neighbors, x, x[:, :2], k=1),
+                     "nearest_neighbors: queries (6, 3) and gallery (6, 2) differ in D.")
+    idx, d2 = ev.nearest_neighbors(x, k=5)    # the largest k allowed, either way
+    self.assertEqual((idx.shape, idx.dtype, d2.dtype), ((6, 5), np.int32, np.float32))
+    idx, d2 = ev.nearest_neighbors(x, x[:4], k=4, return_float64=True)
+    self.assertEqual((idx.shape, idx.dtype, d2.dtype), ((6, 4), np.int32, np.float64))
+    big = x.astype(np.float64) * 2.0 ** 66
+    d = ((big[:, None] - big[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    self.assertEqual(self._message(ValueError, ev.nearest_neighbors, big.astype(np.float32), k=1),
+                     f"nearest_neighbors: squared distances up to {d.min(axis=1).max():.3g} exceed the float32 "
+                     "range; rescale the embeddings (the neighbours themselves would be exact).")
+
+  def test_kmeans_messages(self):
+    x, _ = _data(n=10)
+    for k in (0, 11):
+      self.assertEqual(self._message(ValueError, ev.kmeans, x, k),
+                       f"kmeans: k={k} must lie in [1, 10] (the number of points).")
+    self.assertEqual(self._message(ValueError, ev.kmeans, x, 2, init="farthest"),
+                     "kmeans: init must be one of ('greedy-k-means++', 'k-means++', 'random'), got 'farthest'.")
+    for n_init in (0, 2.0, None):
+      self.assertEqual(self._message(ValueError, ev.kmeans, x, 2, n_init=n_init),
+                       f"kmeans: n_init must be a positive integer, got {n_init!r}.")
+    for max_iter in (0, 3.0):
+      self.assertEqual(self._message(ValueError, ev.kmeans, x, 2, max_iter=max_iter),
+                       f"kmeans: max_iter must be a positive integer, got {max_iter!r}.")
+    a, c = ev.kmeans(x, 10, n_init=np.int64(1), max_iter=np.int32(1))   # k = n and NumPy integers allowed
+    self.assertEqual(sorted(a.tolist()), list(range(10)))
+    a, c = ev.kmeans(x, 1)
+    np.testing.assert_array_equal(a, np.zeros(10))
+    np.testing.assert_allclose(c[0], x.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+  def test_metric_function_messages(self):
+    self.assertEqual(self._message(ValueError, ev.recall_at_k, np.zeros((3, 2)), np.zeros(3), [3]),
+                     "recall_at_k: K=3 exceeds the 2 neighbours given.")
+    self.assertEqual(self._message(ValueError, ev.recall_at_k, np.zeros((3, 2)), np.zeros(3), [0]),
+                     "recall_at_k: K=0 exceeds the 2 neighbours given.")
+    self.assertEqual(self._message(ValueError, ev.r_precision_and_map_at_r, np.zeros((3, 2)), np.zeros(3),
+                                   np.array([1, 3, 0])),
+                     "r_precision_and_map_at_r: need 3 neighbours, got 2.")
+    for a, b, shapes in (([0, 1], [0, 1, 2], "(2,) and (3,)"), ([], [], "(0,) and (0,)"),
+                         ([[0, 1]], [[0, 1]], "(1, 2) and (1, 2)")):
+      self.assertEqual(self._message(ValueError, ev.contingency, a, b),
+                       f"contingency: label arrays must be 1-D, non-empty and of one length, got {shapes}.")
+
+
+class ProtocolsTest(chex.TestCase):
+
+  def test_kmeans_settings(self):
+    reference = {"protocol": "reference", "init": "greedy-k-means++", "n_init": 10, "max_iter": 300}
+    fast = {"protocol": "fast", "init": "k-means++", "n_init": 1, "max_iter": 20}
+    self.assertEqual(ev.kmeans_settings("auto", 1024), reference)   # the largest k of the reference rule
+    self.assertEqual(ev.kmeans_settings("auto", 1025), fast)
+    self.assertEqual(ev.kmeans_settings("reference", 20000), reference)
+    self.assertEqual(ev.kmeans_settings("fast", 2), fast)
+    with self.assertRaises(ValueError) as cm:
+      ev.kmeans_settings("sklearn", 10)
+    self.assertEqual(str(cm.exception), "kmeans_protocol must be one of ('auto', 'reference', 'fast'), got 'sklearn'.")
+
+  @parameterized.parameters("reference", "fast", "auto")
+  def test_evaluate_clusters_with_the_protocol_and_seed_given(self, protocol):
+    # Overlapping classes, so that seeds and protocols give different clusterings.
+    x, y = _data(seed=1, n=90, classes=6, spread=2.5)
+    s = ev.kmeans_settings(protocol, 6)
+    for seed in (0, 3):
+      assign, _ = ev.kmeans(x, 6, seed=seed, init=s["init"], n_init=s["n_init"], max_iter=s["max_iter"])
+      got = ev.evaluate(x, y, recall_ks=(1,), kmeans_seed=seed, kmeans_protocol=protocol)
+      self.assertEqual(got["nmi"], ev.normalized_mutual_information(y, assign))
+      self.assertEqual(got["f1"], ev.pair_f1(y, assign))
+      self.assertEqual(ev.cluster_metrics(x, y, seed=seed, protocol=protocol), {"nmi": got["nmi"], "f1": got["f1"]})
+    self.assertNotEqual(ev.evaluate(x, y, kmeans_seed=0, kmeans_protocol=protocol)["nmi"],
+                        ev.evaluate(x, y, kmeans_seed=3, kmeans_protocol=protocol)["nmi"])
+
+  def test_defaults_are_the_auto_protocol_and_seed_zero(self):
+    x, y = _data(seed=1, n=90, classes=6, spread=2.5)
+    got = ev.evaluate(x, y)
+    self.assertEqual(set(got), {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
+                                "map@r", "num_queries_map@r", "nmi", "f1"})
+    want = ev.evaluate(x, y, kmeans_seed=0, kmeans_protocol="reference", kmeans_backend="jax")
+    self.assertEqual(got, want)
+    self.assertEqual(ev.cluster_metrics(x, y), {"nmi": got["nmi"], "f1": got["f1"]})
+    self.assertNotIn("nmi", ev.evaluate(x, y, clustering=False))
+
+  def test_sklearn_backend_is_scikit_learns_kmeans_with_the_protocol(self):
+    from sklearn.cluster import KMeans
+    x, y = _data(seed=1, n=90, classes=6, spread=2.5)
+    for protocol, n_init, max_iter in (("reference", 10, 300), ("fast", 1, 20)):
+      for seed in (0, 5):
+        assign = KMeans(n_clusters=6, n_init=n_init, max_iter=max_iter, random_state=seed).fit_predict(x)
+        got = ev.cluster_metrics(x, y, backend="sklearn", seed=seed, protocol=protocol)
+        self.assertEqual(got, {"nmi": ev.normalized_mutual_information(y, assign), "f1": ev.pair_f1(y, assign)})
+
+
+class OptionsTest(chex.TestCase):
+
+  def test_normalize_divides_each_row_by_its_norm(self):
+    # Rows scaled by different factors: the neighbours change unless the rows are normalised.
+    x, y = _data(seed=2, n=48, classes=4, d=5)
+    scale = np.random.default_rng(0).uniform(0.1, 10.0, size=(48, 1)).astype(np.float32)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    want = ev.evaluate(unit, y, clustering=True)
+    got = ev.evaluate(x * scale, y, normalize=True)
+    for key in want:
+      self.assertAlmostEqual(got[key], want[key], places=6, msg=key)
+    self.assertNotEqual(ev.evaluate(x * scale, y, clustering=False)["map@r"], want["map@r"])
+    q, ql, g, gl = x[:20] * scale[:20], y[:20], x[20:] * scale[20:], y[20:]
+    want = ev.evaluate_query_gallery(unit[:20], ql, unit[20:], gl, recall_ks=(1, 4))
+    got = ev.evaluate_query_gallery(q, ql, g, gl, recall_ks=(1, 4), normalize=True)
+    for key in want:
+      self.assertAlmostEqual(got[key], want[key], places=6, msg=key)
+    self.assertNotEqual(ev.evaluate_query_gallery(q, ql, g, gl, recall_ks=(1, 4))["map@r"], want["map@r"])
+
+  def test_normalize_leaves_zero_rows_at_zero(self):
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 1.0]], np.float32)
+    y = np.array([0, 1, 1, 2, 2])
+    got = ev.evaluate(x, y, recall_ks=(1,), normalize=True, clustering=False)
+    self.assertEqual(got["recall@1"], 0.8)   # the zero row is a miss, every other row finds its twin
+    got = ev.evaluate_query_gallery(x, y, x[1:], y[1:], recall_ks=(1,), normalize=True)
+    self.assertEqual(got["recall@1"], 0.8)
+
+  def test_recall_ks_are_sorted_and_deduplicated(self):
+    x, y = _data()
+    got = ev.evaluate(x, y, recall_ks=(4, 1, 4), clustering=False)
+    self.assertEqual([k for k in got if k.startswith("recall@")], ["recall@1", "recall@4"])
+    got = ev.evaluate(x, y, recall_ks=(), clustering=False)
+    self.assertEqual([k for k in got if k.startswith("recall@")], [])
+    self.assertEqual(got["precision@1"], ev.evaluate(x, y, recall_ks=(1,), clustering=False)["recall@1"])
+    got = ev.evaluate_query_gallery(x, y, x, y, recall_ks=(4, 1, 4))
+    self.assertEqual([k for k in got if k.startswith("recall@")], ["recall@1", "recall@4"])
+
+  def test_query_gallery_defaults_and_absent_classes(self):
+    x, y = _data(n=60, classes=3)
+    got = ev.evaluate_query_gallery(x, y, x, y)
+    self.assertEqual([k for k in got if k.startswith("recall@")],
+                     ["recall@1", "recall@10", "recall@20", "recall@30", "recall@40", "recall@50"])
+    # Queries of a class the gallery lacks: misses for recall, left out of MAP@R; R otherwise counts
+    # every gallery item of the class (none is excluded).
+    q = np.concatenate([x[:6], x[:2] + 50.0])
+    ql = np.concatenate([y[:6], [7, 7]])
+    got = ev.evaluate_query_gallery(q, ql, x, y, recall_ks=(1,))
+    self.assertEqual(got["num_queries_map@r"], 6)
+    self.assertEqual(got["recall@1"], 6 / 8)
+    # Every gallery item of the class, 20 per class here, is within R.
+    want = ev.evaluate_query_gallery(q[:6], ql[:6], x, y, recall_ks=(1,))
+    self.assertEqual(got["map@r"], want["map@r"])
+    g_small = x[:3]   # one item per class: each query finds itself, at distance 0
+    got = ev.evaluate_query_gallery(x[:3], y[:3], g_small, y[:3], recall_ks=(3,))
+    self.assertEqual(got["recall@3"], 1.0)
+    self.assertEqual(got["r_precision"], 1.0)
+
+  def test_chunk_size_does_not_change_the_result(self):
+    x, y = _data(seed=4, n=70, classes=5, spread=2.0)
+    want = ev.evaluate(x, y, clustering=False)
+    for chunk in (1, 16, 5000):
+      self.assertEqual(ev.evaluate(x, y, clustering=False, chunk_size=chunk), want)
+      self.assertEqual(ev.evaluate_query_gallery(x[:30], y[:30], x[30:], y[30:], recall_ks=(1,), chunk_size=chunk),
+                       ev.evaluate_query_gallery(x[:30], y[:30], x[30:], y[30:], recall_ks=(1,)))
+
+  def test_buckets_follow_their_rule(self):
+    want, size = [], 8
+    sizes = [8]
+    while sizes[-1] < 5000:
+      s = sizes[-1]
+      sizes.append(s * 3 // 2 if s & (s - 1) == 0 else s * 4 // 3)
+    self.assertEqual(sizes[:10], [8, 12, 16, 24, 32, 48, 64, 96, 128, 192])
+    for n in range(0, 5000, 7):
+      want = min(s for s in sizes if s >= n)
+      self.assertEqual(ev.bucket(n), want, n)
+
+  def test_pad_rows(self):
+    x = np.arange(10, dtype=np.float32).reshape(5, 2)
+    xp, w = ev._pad_rows(x, 4)
+    np.testing.assert_array_equal(xp, np.concatenate([x, np.repeat(x[:1], 3, axis=0)]))
+    np.testing.assert_array_equal(w, [1, 1, 1, 1, 1, 0, 0, 0])
+    self.assertEqual(w.dtype, np.float32)
+    xp, w = ev._pad_rows(x, 5)
+    self.assertIs(xp, x)
+    np.testing.assert_array_equal(w, np.ones(5))
+
+
+class LloydTest(chex.TestCase):
+  """``_lloyd`` from given centres against scikit-learn's Lloyd from the same centres."""
+
+  @parameterized.parameters((0.0, False), (1e-4, False), (1e-2, False), (1e-4, True))
+  def test_iterations_match_scikit_learn(self, tol, empty):
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import make_blobs
+    x, _ = make_blobs(n_samples=300, centers=6, n_features=4, cluster_std=3.0 if not empty else 1.0,
+                      random_state=0)
+    x = x.astype(np.float32)
+    init = x[np.random.default_rng(0).choice(300, 6, replace=False)]
+    if empty:   # two centres no point is nearest to: relocated to the farthest points, as scikit-learn does
+      init[4], init[5] = -1000.0, 1000.0
+    tol_abs = tol * float(np.mean(np.var(x.astype(np.float64), axis=0)))
+    xp, w = ev._pad_rows(x, 64)
+    assign, centers, inertia, iters = ev._lloyd(x, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300,
+                                                chunk=64, max_iter=300, tol_abs=tol_abs)
+    km = KMeans(6, init=init, n_init=1, tol=tol, algorithm="lloyd").fit(x)
+    self.assertEqual(iters, km.n_iter_)
+    np.testing.assert_array_equal(np.asarray(assign)[:300], km.labels_)
+    np.testing.assert_allclose(np.asarray(centers), km.cluster_centers_, rtol=1e-5, atol=1e-5)
+    self.assertAlmostEqual(inertia / km.inertia_, 1.0, places=5)
+    if tol == 1e-2:
+      _, _, _, capped = ev._lloyd(x, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300, chunk=64,
+                                  max_iter=3, tol_abs=0.0)
+      self.assertEqual(capped, 3)
+
+  def test_relocation_keeps_centres_when_no_cluster_is_empty(self):
+    centers = np.ones((2, 2))
+    self.assertIs(ev._relocate_empty(None, None, None, centers, np.array([1, 1]), 2), centers)
+
+
+class KmeansRunsTest(chex.TestCase):
+
+  def test_restarts_keep_the_lowest_inertia_run_with_its_seed(self):
+    x, _ = _data(seed=1, n=90, classes=6, spread=2.5)
+    runs = []
+    for run in range(4):
+      seed = int(np.random.SeedSequence([7, run]).generate_state(1)[0])
+      runs.append(ev.kmeans(x, 6, seed=seed, return_info=True))
+    inertias = [info["inertia"] for _, _, info in runs]
+    self.assertGreater(len(set(np.round(inertias, 3))), 1)   # the restarts differ
+    a, c, info = ev.kmeans(x, 6, seed=7, n_init=4, return_info=True)
+    best = int(np.argmin(inertias))
+    self.assertEqual(info["best_init"], best)
+    np.testing.assert_array_equal(a, runs[best][0])
+    np.testing.assert_array_equal(c, runs[best][1])
+    self.assertEqual(info["inertia"], inertias[best])
+    self.assertEqual(info["n_iter"], runs[best][2]["n_iter"])
+    self.assertEqual(a.dtype, np.int32)
+    self.assertEqual(c.dtype, np.float32)
+
+  @parameterized.parameters("greedy-k-means++", "k-means++", "random")
+  def test_results_are_in_the_input_units(self, init):
+    x, _ = _data(seed=3, n=64, classes=4, spread=0.5)
+    shifted = x * np.float32(8.0) + np.float32(1000.0)   # exact in float32
+    a, c, info = ev.kmeans(x, 4, init=init, return_info=True)
+    a2, c2, info2 = ev.kmeans(shifted, 4, init=init, return_info=True)
+    np.testing.assert_array_equal(a2, a)
+    np.testing.assert_allclose(c2, c * 8.0 + 1000.0, rtol=1e-6, atol=1e-3)
+    self.assertAlmostEqual(info2["inertia"] / info["inertia"], 64.0, places=4)
+    self.assertAlmostEqual(info2["inertia"] / np.sum((shifted.astype(np.float64) - c2[a2]) ** 2), 1.0, places=4)
+    np.testing.assert_allclose(c2, [shifted[a2 == j].mean(axis=0) for j in range(4)], rtol=1e-5)
+
+  def test_tol_and_max_iter_stop_lloyd(self):
+    x, _ = _data(seed=1, n=200, classes=6, spread=3.0)
+    _, _, loose = ev.kmeans(x, 6, tol=1e9, return_info=True)
+    _, _, exact = ev.kmeans(x, 6, tol=0.0, return_info=True)
+    _, _, default = ev.kmeans(x, 6, return_info=True)
+    _, _, capped = ev.kmeans(x, 6, tol=0.0, max_iter=2, return_info=True)
+    self.assertEqual(loose["n_iter"], 1)
+    self.assertGreater(exact["n_iter"], 2)
+    self.assertLessEqual(default["n_iter"], exact["n_iter"])
+    self.assertEqual(capped["n_iter"], 2)
+    self.assertEqual(set(exact), {"inertia", "n_iter", "best_init"})
+
+  def test_chunk_size_and_per_round_are_only_costs(self):
+    x, _ = _data(seed=1, n=100, classes=6, spread=2.5)
+    for init in ("greedy-k-means++", "random"):
+      a, c = ev.kmeans(x, 6, init=init)
+      a2, c2 = ev.kmeans(x, 6, init=init, chunk_size=8)
+      np.testing.assert_array_equal(a2, a)
+      np.testing.assert_allclose(c2, c, rtol=1e-6)
+    # Plain k-means++ draws max(1, k // 256) centres per round by default: one here, as asked explicitly.
+    a, _ = ev.kmeans(x, 6, init="k-means++", seed=2)
+    a1, _ = ev.kmeans(x, 6, init="k-means++", seed=2, init_per_round=1)
+    np.testing.assert_array_equal(a, a1)
+    a_big, _ = ev.kmeans(x, 6, init="k-means++", seed=2, init_per_round=100)   # at most k per round
+    self.assertEqual(a_big.shape, (100,))
+
+
+class ClusterMetricEdgesTest(chex.TestCase):
+
+  def test_nmi_edges_match_scikit_learn(self):
+    from sklearn.metrics import normalized_mutual_info_score as sk_nmi
+    cases = [([0, 0, 1, 1], [0, 0, 0, 0]), ([0, 0, 0, 0], [0, 1, 2, 3]), ([0, 1, 2, 3], [0, 1, 2, 3]),
+             ([5, 5, 9, 9], [1, 1, 0, 0]), ([0, 0, 1, 1, 2, 2], [0, 1, 0, 1, 0, 1]), ([3], [4])]
+    for a, b in cases:
+      got = ev.normalized_mutual_information(a, b)
+      self.assertAlmostEqual(got, sk_nmi(a, b, average_method="arithmetic"), places=12, msg=(a, b))
+      self.assertGreaterEqual(got, 0.0)
+      self.assertLessEqual(got, 1.0)
+      self.assertIsInstance(got, float)
+
+  def test_pair_f1_edges(self):
+    # All in one cluster: precision = same-class pairs / all pairs, recall 1.
+    y = np.array([0, 0, 0, 1, 1])
+    p = (3 + 1) / 10
+    self.assertAlmostEqual(ev.pair_f1(y, np.zeros(5, int)), 2 * p / (p + 1))
+    # Singletons predicted: no predicted pair, precision 0, F1 0.
+    self.assertEqual(ev.pair_f1(y, np.arange(5)), 0.0)
+    # Classes all singletons, one cluster of two: recall 0, F1 0.
+    self.assertEqual(ev.pair_f1(np.arange(4), [0, 0, 1, 2]), 0.0)
+    # Large counts: no integer overflow in the pair counts.
+    big = np.zeros(200000, np.int64)
+    self.assertEqual(ev.pair_f1(big, big), 1.0)
+    cells, ti, pi, a, b = ev.contingency(big, big)
+    np.testing.assert_array_equal(cells, [200000])
+
+  def test_contingency_of_sparse_ids(self):
+    cells, ti, pi, a, b = ev.contingency([10, 10, 30, 30, 30], [7, 2, 2, 2, 7])
+    table = {(int(t), int(p)): int(c) for c, t, p in zip(cells, ti, pi)}
+    self.assertEqual(table, {(0, 0): 1, (0, 1): 1, (1, 0): 2, (1, 1): 1})
+    np.testing.assert_array_equal(a, [2, 3])
+    np.testing.assert_array_equal(b, [3, 2])
+
+  def test_retrieval_metrics_of_given_neighbours(self):
+    # Hand-made neighbour labels: query labels 0, 1, 2, with R = 2, 1, 0.
+    nl = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 2]])
+    ql = np.array([0, 1, 2])
+    got = ev._retrieval_metrics(nl, ql, [1, 2], np.array([2, 1, 0]))
+    self.assertEqual(got, {"recall@1": 1 / 3, "recall@2": 2 / 3, "precision@1": 1 / 3,
+                           "r_precision": (0.5 + 1.0) / 2, "map@r": (0.25 + 1.0) / 2, "num_queries_map@r": 2})
+    rp, mapr, used = ev.r_precision_and_map_at_r(nl, ql, np.zeros(3, int))
+    self.assertTrue(math.isnan(rp) and math.isnan(mapr))
+    self.assertEqual(used, 0)
+    self.assertEqual(ev.recall_at_k(nl, ql, [3]), {3: 1.0})
+
+
+if __name__ == "__main__":
+  from absl.testing import absltest
+  absltest.main()
