@@ -242,6 +242,45 @@ def evaluate_split(cfg, state, data, split, *, clustering: bool = True) -> dict:
                              kmeans_protocol=cfg.eval.kmeans_protocol)
 
 
+class BestCheckpoint:
+  """The checkpoint the selection keeps: ``workdir/best`` (one checkpoint) and ``workdir/best.json``.
+
+  ``offer(step, value, state)`` keeps the state if ``value`` is strictly
+  higher than the best so far (the first offer always wins): on a tie the
+  earlier step stays. ``best.json`` (``{"step", "value", "selection"}``) is
+  written atomically once the checkpoint is on disk, and read back when a
+  run is resumed, so an interrupted run goes on comparing with the best it
+  had found.
+  """
+
+  def __init__(self, workdir: str, selection: str, *, is_main: bool = True):
+    self.path = os.path.join(workdir, "best.json")
+    self.selection = selection
+    self.is_main = is_main
+    self.manager = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1)
+    self.best = json.load(open(self.path)) if os.path.exists(self.path) else None
+
+  def offer(self, step: int, value: float, state) -> bool:
+    """Keeps ``state`` if ``value`` beats the best so far; returns whether it did."""
+    if self.best is not None and not value > self.best["value"]:
+      return False
+    self.best = {"step": step, "value": value, "selection": self.selection}
+    checkpoints.save(self.manager, step, state)
+    self.manager.wait_until_finished()
+    if self.is_main:
+      checkpoints.write_json_atomic(self.path, self.best)
+    return True
+
+  def restore(self, template):
+    """The kept state (restored into ``template``)."""
+    if self.best is None:
+      raise FileNotFoundError(f"no best checkpoint yet ({self.path} does not exist).")
+    return checkpoints.restore(self.manager, template, self.best["step"])
+
+  def close(self) -> None:
+    self.manager.close()
+
+
 def _selection_name(cfg) -> str:
   if cfg.selection.split == "test":
     return f"test/{cfg.selection.metric} (the reference's rule: selects on the test set)"
@@ -422,12 +461,10 @@ def train_and_evaluate(
     path = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
     pretrained = {"path": path, "sha256": file_sha256(path)}
   ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-  keeps_best = cfg.selection.split != "none"
-  best_mgr = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1) if keeps_best else None
-  best_path = os.path.join(workdir, "best.json")
+  selected = (BestCheckpoint(workdir, _selection_name(cfg), is_main=is_main)
+              if cfg.selection.split != "none" else None)
   changes = check_run_config(cfg, workdir, resuming=bool(ckpt.all_steps()))
   state, last_finite = resume(ckpt, template, workdir)
-  best = json.load(open(best_path)) if keeps_best and os.path.exists(best_path) else None
   start = int(state.step)
 
   state = parallel.replicate_state(state, mesh)
@@ -440,7 +477,6 @@ def train_and_evaluate(
   selection_split = {"val": data.val, "test": data.test}.get(cfg.selection.split)
 
   def maybe_select(step_done: int, state):
-    nonlocal best
     if cfg.eval.test_curves:   # learning curves only: never read by the selection below
       curve = evaluate_split(cfg, state, data, data.test, clustering=False)
       writer.write(step_done, {f"test/{k}": v for k, v in curve.items()})
@@ -449,13 +485,7 @@ def train_and_evaluate(
     clustering = cfg.selection.metric in ("nmi", "f1")
     metrics = evaluate_split(cfg, state, data, selection_split, clustering=clustering)
     writer.write(step_done, {f"{cfg.selection.split}/{k}": v for k, v in metrics.items()})
-    value = metrics[cfg.selection.metric]
-    if best is None or value > best["value"]:
-      best = {"step": step_done, "value": value, "selection": _selection_name(cfg)}
-      checkpoints.save(best_mgr, step_done, state)
-      best_mgr.wait_until_finished()
-      if is_main:
-        checkpoints.write_json_atomic(best_path, best)
+    selected.offer(step_done, metrics[cfg.selection.metric], state)
 
   state = run_loop(cfg, workdir, state, step_fn, batches, key, ckpt=ckpt, last_finite=last_finite,
                    writer=writer, on_eval=maybe_select, step_hook=step_hook, is_main=is_main)
@@ -464,9 +494,8 @@ def train_and_evaluate(
   final = evaluate_split(cfg, state, data, data.test)
   results = {"final": {"step": int(state.step), **final}, "best": None,
              "train_wall_seconds": train_seconds}
-  if best is not None:
-    best_state = checkpoints.restore(best_mgr, template, best["step"])
-    results["best"] = {**best, **evaluate_split(cfg, best_state, data, data.test)}
+  if selected is not None and selected.best is not None:
+    results["best"] = {**selected.best, **evaluate_split(cfg, selected.restore(template), data, data.test)}
   results["wall_seconds"] = time.time() - t_start
   results["devices"] = {"count": len(devices), "kind": devices[0].device_kind, "processes": jax.process_count()}
   results["config"] = json.loads(cfg.to_json_best_effort())
@@ -485,7 +514,7 @@ def train_and_evaluate(
       from experiments import plots
       plots.write_all(workdir, data, embed_split(state, data, data.test, cfg.eval.batch_size))
   ckpt.close()
-  if best_mgr is not None:
-    best_mgr.close()
+  if selected is not None:
+    selected.close()
   writer.close()
   return results

@@ -4,6 +4,7 @@
     python3 -m tests.mutation                          # every core module, its own tests
     python3 -m tests.mutation --changed main           # only core modules changed since main
     python3 -m tests.mutation --modules distances,hardness --report mutation_report.md
+    python3 -m tests.mutation --modules none --with_application   # the training loop's resume and selection
 
 mutmut works on a copy: the script copies the checkout's library, the
 application and the tests into ``--workdir`` (default ``/tmp/hdml_mutation``;
@@ -25,6 +26,7 @@ as killed only if collection fails.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -46,8 +48,30 @@ CORE = {
     "evaluation": ["tests/test_evaluation_contracts.py", "tests/test_evaluation.py"],
     "data/samplers": ["tests/test_data.py", "tests/test_samplers.py"],
 }
-# The resume and selection logic of the training loop.
-APPLICATION = {"experiments/train.py": ["tests/test_reliability.py", "tests/test_experiments.py"]}
+# The resume and selection logic of the training loop: the toy-state loop tests first, then the end-to-end
+# runs that exercise the same logic through real training (only those, so that a survivor costs minutes).
+_APPLICATION_TESTS = [
+    "tests/test_train_loop.py",
+    "tests/test_gradient_paths.py::SelectionAndCheckpointTest",
+    "tests/test_experiments.py::ExperimentsTest::test_resume_after_a_crash_matches_an_uninterrupted_run",
+    "tests/test_experiments.py::ExperimentsTest::test_best_checkpoint_on_held_out_training_classes",
+    "tests/test_experiments.py::ExperimentsTest::test_an_update_to_inf_is_never_checkpointed",
+    "tests/test_experiments.py::ExperimentsTest::test_resume_skips_a_non_finite_checkpoint_of_an_older_version",
+]
+APPLICATION = {"experiments/train.py": _APPLICATION_TESTS, "experiments/checkpoints.py": _APPLICATION_TESTS}
+# Of those files, only these functions are mutated (mutmut's names, fnmatch patterns): the loop that
+# checkpoints, resuming, the selection's best checkpoint, and the checkpoint reads and checks they use.
+APPLICATION_FUNCTIONS = (
+    "experiments.train.x_run_loop__mutmut_*",
+    "experiments.train.x_resume__mutmut_*",
+    "experiments.train.xǁBestCheckpointǁ*",
+    "experiments.train.x__selection_name__mutmut_*",
+    "experiments.checkpoints.x_state_tree__mutmut_*",
+    "experiments.checkpoints.x_non_finite_leaves__mutmut_*",
+    "experiments.checkpoints.x_save__mutmut_*",
+    "experiments.checkpoints.x_restore__mutmut_*",
+    "experiments.checkpoints.x_restore_latest_finite__mutmut_*",
+)
 
 # Mutant name -> why it cannot change behaviour (filled in as survivors are reviewed).
 EQUIVALENT: dict[str, str] = {
@@ -237,7 +261,7 @@ def _targets(args) -> dict[str, list[str]]:
   if args.with_application:
     targets.update(APPLICATION)
   if args.modules:
-    wanted = {m.strip() for m in args.modules.split(",") if m.strip()}
+    wanted = {m.strip() for m in args.modules.split(",") if m.strip()} - {"none"}
     unknown = wanted - set(CORE)
     if unknown:
       sys.exit(f"mutation: unknown module(s) {sorted(unknown)}; core modules: {', '.join(CORE)}")
@@ -248,6 +272,17 @@ def _targets(args) -> dict[str, list[str]]:
     changed = _changed(args.changed)
     targets = {path: tests for path, tests in targets.items() if path in changed}
   return targets
+
+
+def _selected(args, targets: dict[str, list[str]]) -> list[str]:
+  """The mutant names (fnmatch patterns) given to ``mutmut run``: those asked for, else, when the application
+  is mutated, every mutant of the core modules and the application's ``APPLICATION_FUNCTIONS``."""
+  if args.mutants:
+    return list(args.mutants)
+  if not any(path in APPLICATION for path in targets):
+    return []
+  core = [path[:-len(".py")].replace("/", ".") + ".*" for path in targets if path not in APPLICATION]
+  return core + list(APPLICATION_FUNCTIONS)
 
 
 def _write_config(workdir: str, targets: dict[str, list[str]]) -> None:
@@ -373,10 +408,12 @@ def _report(workdir: str, status: dict[str, str], path: str) -> float:
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--workdir", default=os.path.join("/tmp", "hdml_mutation"))
-  ap.add_argument("--modules", default="", help=f"comma-separated subset of: {', '.join(CORE)}")
+  ap.add_argument("--modules", default="",
+                  help=f"comma-separated subset of: {', '.join(CORE)}; 'none' with --with_application")
   ap.add_argument("--changed", default="", help="only modules changed since this git revision")
   ap.add_argument("--with_application", action="store_true",
-                  help="also mutate experiments/train.py (resume and checkpoint selection)")
+                  help="also mutate the training loop's resume and checkpoint selection (APPLICATION_FUNCTIONS "
+                       "of experiments/train.py and experiments/checkpoints.py)")
   ap.add_argument("--max_children", type=int, default=os.cpu_count() or 1)
   ap.add_argument("--report", default="mutation_report.md")
   ap.add_argument("mutants", nargs="*", help="only these mutant names (mutmut's)")
@@ -390,10 +427,14 @@ def main(argv=None):
   _copy_checkout(workdir)
   _write_config(workdir, targets)
   print(f"mutating {', '.join(sorted(targets))} in {workdir}", flush=True)
-  proc = subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *args.mutants], cwd=workdir)
+  proc = subprocess.run(["mutmut", "run", "--max-children", str(args.max_children), *_selected(args, targets)],
+                        cwd=workdir)
   if proc.returncode:
     sys.exit(f"mutation: mutmut run failed (exit {proc.returncode}); see {workdir}")
   status = _results(workdir)
+  names = _selected(args, targets)
+  if names:   # the report covers the mutants selected, not the rest of the files
+    status = {n: st for n, st in status.items() if any(fnmatch.fnmatch(n, pat) for pat in names)}
   _count_import_failures(workdir, status, targets)
   overall = _report(workdir, status, os.path.abspath(args.report))
   print(f"score {100 * overall:.1f} %; report: {os.path.abspath(args.report)}")

@@ -1,0 +1,376 @@
+"""The training loop's checkpointing, selection and resume logic, on a toy state and a scripted step.
+
+No model is built and nothing but the toy step is compiled: each test runs in about a second, so the
+mutation run of ``experiments/train.py`` and ``experiments/checkpoints.py`` starts with these (the end-to-end
+runs in ``test_experiments.py``, ``test_reliability.py`` and ``test_gradient_paths.py`` check the same logic
+through real training).
+"""
+
+import json
+import os
+import tempfile
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments import checkpoints, train
+
+
+@flax.struct.dataclass
+class ToyState:
+  """The fields ``checkpoints`` stores, as the real train state has them."""
+  params: dict
+  batch_stats: dict
+  opt_state: dict
+  stats: dict
+  step: jax.Array
+
+
+def toy_state(step=0, w=0.0):
+  return ToyState(params={"w": jnp.full((3,), w, jnp.float32)}, batch_stats={}, opt_state={"m": jnp.zeros(2)},
+                  stats={"j_avg": jnp.float32(0.5)}, step=jnp.int32(step))
+
+
+def toy_step(state, batch, key):
+  """Adds the batch to the weights; the loss is the batch (computed on the state before the update)."""
+  del key
+  loss = jnp.float32(batch)
+  new = state.replace(params={"w": state.params["w"] + batch}, step=state.step + 1)
+  return new, {"loss": loss, "j_metric": 2.0 * loss, "finite": jnp.isfinite(loss)}
+
+
+class Batches:
+  """Step ``s``'s batch is ``values[s]``; records that it was closed."""
+
+  def __init__(self, values, start=0):
+    self._it = iter(list(values)[start:])
+    self.closed = False
+
+  def __next__(self):
+    return next(self._it)
+
+  def close(self):
+    self.closed = True
+
+
+class Writer:
+  """Records rows and flushes (``logs.MetricWriter``'s interface)."""
+
+  def __init__(self):
+    self.rows, self.flushes = [], 0
+
+  def write(self, step, scalars):
+    self.rows.append((step, dict(scalars)))
+
+  def flush(self):
+    self.flushes += 1
+
+
+def loop_config(num_steps=10, log_every=3, eval_every=5, checkpoint_every=4):
+  return ml_collections.ConfigDict({"num_steps": num_steps, "log_every": log_every, "eval_every": eval_every,
+                                    "checkpoint_every": checkpoint_every, "batch_size": 8})
+
+
+def saved(manager):
+  return sorted(manager.all_steps())
+
+
+class RunLoopTest(chex.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+    self.ckpt = checkpoints.make_manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=20)
+    self.addCleanup(self.ckpt.close)
+
+  def run_loop(self, cfg, values, state=None, last_finite=None, **kwargs):
+    state = toy_state() if state is None else state
+    self.batches = Batches(values, start=int(state.step))
+    self.writer = Writer()
+    return train.run_loop(cfg, self.workdir, state, jax.jit(toy_step), self.batches, jax.random.key(0),
+                          ckpt=self.ckpt, last_finite=last_finite, writer=self.writer, **kwargs)
+
+  def restored(self, step):
+    return checkpoints.restore(self.ckpt, toy_state(), step)
+
+  def test_checkpoints_every_n_steps_and_at_the_final_step(self):
+    values = np.arange(1.0, 11.0)
+    evaluated = []
+    final = self.run_loop(loop_config(), values, on_eval=lambda s, st: evaluated.append((s, float(st.params["w"][0]))))
+    self.assertEqual(int(final.step), 10)
+    self.assertEqual(float(final.params["w"][0]), values.sum())
+    self.assertEqual(saved(self.ckpt), [4, 8, 10])
+    for step in (4, 8, 10):   # each checkpoint holds the state after that many steps
+      got = self.restored(step)
+      self.assertEqual(int(got.step), step)
+      np.testing.assert_array_equal(got.params["w"], np.full(3, values[:step].sum(), np.float32))
+      np.testing.assert_array_equal(got.stats["j_avg"], 0.5)
+    self.assertEqual(evaluated, [(5, values[:5].sum()), (10, values.sum())])
+    self.assertTrue(self.batches.closed)
+
+  def test_logged_rows_are_window_means_at_log_steps_and_the_end(self):
+    values = np.arange(1.0, 11.0)
+    self.run_loop(loop_config(), values)
+    self.assertEqual([s for s, _ in self.writer.rows], [3, 6, 9, 10])
+    windows = {3: values[0:3], 6: values[3:6], 9: values[6:9], 10: values[9:10]}
+    for step, row in self.writer.rows:
+      self.assertEqual(set(row), {"train/loss", "train/j_metric", "train/finite", "perf/steps_per_second",
+                                  "perf/images_per_second"})
+      self.assertAlmostEqual(row["train/loss"], windows[step].mean(), places=5)
+      self.assertAlmostEqual(row["train/j_metric"], 2 * windows[step].mean(), places=5)
+      self.assertEqual(row["train/finite"], 1.0)
+      self.assertGreater(row["perf/steps_per_second"], 0.0)
+      self.assertAlmostEqual(row["perf/images_per_second"], 8 * row["perf/steps_per_second"], places=3)
+    self.assertGreaterEqual(self.writer.flushes, 3 + 1)   # at each checkpoint and at the end
+
+  def test_step_hook_sees_every_step_in_order(self):
+    seen = []
+    self.run_loop(loop_config(num_steps=7), np.arange(7.0), step_hook=lambda s, m: seen.append((s, m["loss"])))
+    self.assertEqual(seen, [(s, float(s)) for s in range(7)])
+
+  def test_a_state_is_checkpointed_only_once_its_own_loss_is_finite(self):
+    # Step 4's loss (computed on the state after 4 steps) is NaN: that state must not be written, and the
+    # error names step 4 and the state it would have made.
+    values = [1.0, 2.0, 3.0, 4.0, np.nan, 6.0, 7.0, 8.0, 9.0, 10.0]
+    with self.assertRaises(train.NonFiniteLossError) as cm:
+      self.run_loop(loop_config(log_every=100, eval_every=100), values)
+    message = str(cm.exception)
+    self.assertTrue(message.startswith("a loss is not finite at step 4 (the step that would make step 5): "),
+                    message)
+    self.assertIn("'loss': nan", message)
+    self.assertIn("'j_metric': nan", message)
+    self.assertNotIn("finite", message.split(":", 2)[2])   # only the losses are listed
+    self.assertTrue(message.endswith(f"No checkpoint had been written yet in {self.workdir}/checkpoints."),
+                    message)
+    self.assertEqual(saved(self.ckpt), [])
+    self.assertTrue(self.batches.closed)
+
+  def test_divergence_after_a_checkpoint_names_it(self):
+    values = [1.0] * 6 + [np.inf] + [1.0] * 3
+    with self.assertRaises(train.NonFiniteLossError) as cm:
+      self.run_loop(loop_config(log_every=1, eval_every=100), values, last_finite=None)
+    self.assertTrue(str(cm.exception).endswith(
+        f"The last finite checkpoint (step 4) is kept in {self.workdir}/checkpoints."), str(cm.exception))
+    self.assertEqual(saved(self.ckpt), [4])
+    self.assertEqual([s for s, _ in self.writer.rows], [1, 2, 3, 4, 5, 6])   # the diverged step is never logged
+
+  def test_a_non_finite_final_state_is_never_written(self):
+    # The last step's loss is finite but its update makes the weights infinite.
+    values = [1.0, 2.0, np.float32(3e38), np.float32(3e38)]
+    with self.assertRaises(train.NonFiniteStateError) as cm:
+      self.run_loop(loop_config(num_steps=4, checkpoint_every=2, eval_every=100), values)
+    self.assertEqual(str(cm.exception),
+                     "the train state after step 4 holds non-finite values (['params']['w']): the update at "
+                     f"step 3 diverged and was not checkpointed. The last finite checkpoint (step 2) is kept in "
+                     f"{self.workdir}/checkpoints.")
+    self.assertEqual(saved(self.ckpt), [2])
+
+  def test_a_non_finite_state_is_never_evaluated(self):
+    values = [1.0, np.float32(3e38), np.float32(3e38), 1.0]
+    evaluated = []
+    with self.assertRaises(train.NonFiniteStateError) as cm:
+      self.run_loop(loop_config(num_steps=4, eval_every=3, checkpoint_every=100), values,
+                    on_eval=lambda s, st: evaluated.append(s))
+    self.assertIn("after step 3 holds non-finite values", str(cm.exception))
+    self.assertEqual(evaluated, [])
+
+  def test_more_than_four_bad_leaves_are_abbreviated(self):
+    bad = toy_state().replace(params={f"w{i}": jnp.full((2,), jnp.nan) for i in range(6)})
+    leaves = checkpoints.non_finite_leaves(bad)
+    self.assertEqual(leaves, [f"['params']['w{i}']" for i in range(6)])
+    ckpt_dir = os.path.join(self.workdir, "checkpoints")
+
+    def nan_step(state, batch, key):
+      return bad.replace(step=state.step + 1), {"loss": jnp.float32(1.0), "finite": jnp.bool_(True)}
+
+    with self.assertRaises(train.NonFiniteStateError) as cm:
+      train.run_loop(loop_config(num_steps=1), self.workdir, toy_state(), nan_step, Batches([0.0]),
+                     jax.random.key(0), ckpt=self.ckpt, last_finite=None, writer=Writer())
+    self.assertEqual(str(cm.exception),
+                     "the train state after step 1 holds non-finite values (['params']['w0'], ['params']['w1'], "
+                     "['params']['w2'], ['params']['w3'], ...): the update at step 0 diverged and was not "
+                     f"checkpointed. No checkpoint had been written yet in {ckpt_dir}.")
+
+  def test_resumed_loop_runs_the_remaining_steps_and_names_the_resumed_checkpoint(self):
+    values = np.arange(1.0, 11.0)
+    start = toy_state(step=6, w=values[:6].sum())
+    seen = []
+    final = self.run_loop(loop_config(), values, state=start, last_finite=6,
+                          step_hook=lambda s, m: seen.append(s))
+    self.assertEqual(seen, [6, 7, 8, 9])
+    self.assertEqual(float(final.params["w"][0]), values.sum())
+    self.assertEqual(saved(self.ckpt), [8, 10])
+    values = list(values[:9]) + [np.nan]   # step 8's own loss is finite: checkpoint 8 is written
+    self.ckpt.delete(8)
+    self.ckpt.delete(10)
+    with self.assertRaises(train.NonFiniteLossError) as cm:
+      self.run_loop(loop_config(), values, state=start, last_finite=6)
+    self.assertTrue(str(cm.exception).endswith(
+        f"The last finite checkpoint (step 8) is kept in {self.workdir}/checkpoints."), str(cm.exception))
+    self.ckpt.delete(8)
+    with self.assertRaises(train.NonFiniteLossError) as cm:   # step 8's own loss is NaN: the resumed one
+      self.run_loop(loop_config(), values[:8] + [np.nan] * 2, state=start, last_finite=6)
+    self.assertEqual(saved(self.ckpt), [])
+    self.assertTrue(str(cm.exception).endswith(
+        f"The last finite checkpoint (step 6) is kept in {self.workdir}/checkpoints."), str(cm.exception))
+
+  def test_a_finished_run_runs_nothing(self):
+    final = self.run_loop(loop_config(num_steps=4), [1.0] * 4, state=toy_state(step=4, w=4.0), last_finite=4)
+    self.assertEqual(int(final.step), 4)
+    self.assertEqual(saved(self.ckpt), [])
+    self.assertEqual(self.writer.rows, [])
+    self.assertTrue(self.batches.closed)
+
+
+class ResumeTest(chex.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+    self.ckpt = checkpoints.make_manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=20)
+    self.addCleanup(self.ckpt.close)
+
+  def save(self, step, w):
+    checkpoints.save(self.ckpt, step, toy_state(step=step, w=w))
+    self.ckpt.wait_until_finished()
+
+  def test_no_checkpoint_resumes_from_the_template(self):
+    template = toy_state(w=7.0)
+    state, last = train.resume(self.ckpt, template, self.workdir)
+    self.assertIs(state, template)
+    self.assertIsNone(last)
+
+  def test_the_newest_finite_checkpoint_is_resumed(self):
+    self.save(2, 2.0)
+    self.save(4, 4.0)
+    with self.assertLogs(level="INFO") as logged:
+      state, last = train.resume(self.ckpt, toy_state(), self.workdir)
+    self.assertEqual((int(state.step), last), (4, 4))
+    np.testing.assert_array_equal(state.params["w"], [4.0] * 3)
+    self.assertIn(f"resumed from step 4 in {self.workdir}", "\n".join(logged.output))
+    self.assertEqual(saved(self.ckpt), [2, 4])
+
+  def test_non_finite_newer_checkpoints_are_skipped_and_deleted(self):
+    self.save(2, 2.0)
+    self.save(4, np.nan)
+    self.save(6, np.inf)
+    with self.assertLogs(level="WARNING") as logged:
+      state, last = train.resume(self.ckpt, toy_state(), self.workdir)
+    self.assertEqual((int(state.step), last), (2, 2))
+    np.testing.assert_array_equal(state.params["w"], [2.0] * 3)
+    self.assertEqual(saved(self.ckpt), [2])
+    warnings = [m for m in logged.output if m.startswith("WARNING")]
+    self.assertEqual(len(warnings), 2)
+    self.assertIn(f"checkpoint 6 in {self.workdir} holds non-finite values (['params']['w']); deleted, "
+                  "resuming from an earlier finite one", warnings[0])
+    self.assertIn("checkpoint 4 in", warnings[1])
+
+  def test_every_checkpoint_non_finite_is_an_error(self):
+    self.save(2, np.nan)
+    self.save(4, np.nan)
+    with self.assertRaises(FloatingPointError) as cm:
+      checkpoints.restore_latest_finite(self.ckpt, toy_state())
+    self.assertEqual(str(cm.exception),
+                     f"every checkpoint in {self.ckpt.directory} holds non-finite values (steps [4, 2]; e.g. "
+                     "[\"['params']['w']\"]): nothing finite to resume. Start again with a fresh --workdir (and a "
+                     "smaller learning rate).")
+    self.assertEqual(saved(self.ckpt), [2, 4])   # nothing deleted when nothing can be resumed
+
+  def test_restore_latest_finite_reports_what_it_skipped(self):
+    self.assertEqual(checkpoints.restore_latest_finite(self.ckpt, toy_state()), (None, []))
+    self.save(2, 2.0)
+    self.save(4, np.nan)
+    state, skipped = checkpoints.restore_latest_finite(self.ckpt, toy_state())
+    self.assertEqual(int(state.step), 2)
+    self.assertEqual(skipped, [(4, ["['params']['w']"])])
+
+  def test_a_checkpoint_of_another_model_is_refused(self):
+    self.save(2, 2.0)
+    other = toy_state().replace(params={"w": jnp.zeros((5,), jnp.float32)})
+    with self.assertRaises(ValueError) as cm:
+      checkpoints.restore_latest_finite(self.ckpt, other)
+    self.assertTrue(str(cm.exception).startswith(
+        f"{self.ckpt.directory} holds checkpoints of a different model (another embedding or hidden size, "
+        "backbone or hdml.enabled): step 2 does not fit this config ("), str(cm.exception))
+    cause = str(cm.exception.__cause__).strip().splitlines()[0]
+    self.assertGreater(len(cause), 200)
+    self.assertTrue(str(cm.exception).endswith(f"({cause[:200]}). Use a fresh --workdir for this config."),
+                    str(cm.exception))
+
+  def test_only_inexact_leaves_are_checked(self):
+    state = toy_state().replace(opt_state={"count": jnp.int32(3), "m": jnp.zeros(2)})
+    self.assertEqual(checkpoints.non_finite_leaves(state), [])
+    state = state.replace(stats={"j_avg": jnp.float32(np.inf)}, batch_stats={"bn": {"mean": jnp.full(2, np.nan)}})
+    self.assertEqual(checkpoints.non_finite_leaves(state), ["['batch_stats']['bn']['mean']", "['stats']['j_avg']"])
+
+
+class BestCheckpointTest(chex.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+
+  def best(self, is_main=True):
+    best = train.BestCheckpoint(self.workdir, "val/recall@1", is_main=is_main)
+    self.addCleanup(best.close)
+    return best
+
+  def test_first_offer_is_kept_then_only_strictly_better_ones(self):
+    best = self.best()
+    self.assertIsNone(best.best)
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, "best.json")))
+    offers = [(2, 0.3, True), (4, 0.5, True), (6, 0.5, False), (8, 0.4, False), (10, 0.6, True)]
+    for step, value, kept in offers:
+      self.assertEqual(best.offer(step, value, toy_state(step=step, w=step)), kept, step)
+    want = {"step": 10, "value": 0.6, "selection": "val/recall@1"}
+    self.assertEqual(best.best, want)
+    self.assertEqual(json.load(open(os.path.join(self.workdir, "best.json"))), want)
+    restored = best.restore(toy_state())
+    self.assertEqual(int(restored.step), 10)
+    np.testing.assert_array_equal(restored.params["w"], [10.0] * 3)
+    self.assertEqual(saved(best.manager), [10])   # only the best is kept
+
+  def test_a_tie_keeps_the_earlier_step(self):
+    best = self.best()
+    best.offer(4, 0.5, toy_state(step=4, w=4.0))
+    self.assertFalse(best.offer(8, 0.5, toy_state(step=8, w=8.0)))
+    self.assertEqual(best.best["step"], 4)
+    np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [4.0] * 3)
+
+  def test_a_resumed_run_compares_with_the_best_found_before(self):
+    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first.offer(4, 0.7, toy_state(step=4, w=4.0))
+    first.close()
+    best = self.best()
+    self.assertEqual(best.best, {"step": 4, "value": 0.7, "selection": "val/recall@1"})
+    self.assertFalse(best.offer(6, 0.6, toy_state(step=6, w=6.0)))
+    np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [4.0] * 3)
+    self.assertTrue(best.offer(8, 0.8, toy_state(step=8, w=8.0)))
+    self.assertEqual(json.load(open(os.path.join(self.workdir, "best.json")))["step"], 8)
+
+  def test_only_the_main_process_writes_best_json(self):
+    best = self.best(is_main=False)
+    self.assertTrue(best.offer(4, 0.5, toy_state(step=4)))
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, "best.json")))
+    self.assertEqual(saved(best.manager), [4])
+
+  def test_restore_before_any_offer_is_an_error(self):
+    with self.assertRaises(FileNotFoundError) as cm:
+      self.best().restore(toy_state())
+    self.assertEqual(str(cm.exception),
+                     f"no best checkpoint yet ({os.path.join(self.workdir, 'best.json')} does not exist).")
+
+  def test_selection_names(self):
+    cfg = ml_collections.ConfigDict({"selection": {"split": "val", "metric": "map@r"}})
+    self.assertEqual(train._selection_name(cfg), "val/map@r")
+    cfg.selection.split = "test"
+    self.assertEqual(train._selection_name(cfg), "test/map@r (the reference's rule: selects on the test set)")
+
+
+if __name__ == "__main__":
+  from absl.testing import absltest
+  absltest.main()
