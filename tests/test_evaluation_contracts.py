@@ -230,6 +230,44 @@ class OptionsTest(chex.TestCase):
       self.assertAlmostEqual(got[key], want[key], places=6, msg=key)
     self.assertNotEqual(ev.evaluate_query_gallery(q, ql, g, gl, recall_ks=(1, 4))["map@r"], want["map@r"])
 
+  def test_normalize_query_by_query(self):
+    # One query at a time, so that any change in its ranking shows in its own recall@1 and MAP@R: gallery rows
+    # of norms from 0.01 to 100 (many below 1), against the same search on rows normalised here. (Once the
+    # gallery is normalised a query's own scale c > 0 cannot change its ranking, |cq - g|^2 = c^2 |q|^2 + 1 -
+    # 2c q.g; in leave-one-out mode, below, every row is both.)
+    rng = np.random.default_rng(5)
+    g = rng.normal(size=(30, 4)).astype(np.float32)
+    gl = np.arange(30) % 5
+    norms = np.exp(rng.uniform(np.log(0.01), np.log(100.0), size=(30, 1))).astype(np.float32)
+    g = g * norms / np.linalg.norm(g, axis=1, keepdims=True)
+    q = g[:12] * np.float32(0.3) + rng.normal(size=(12, 4)).astype(np.float32) * np.float32(0.2)
+    ql = gl[:12]
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+    changed = 0
+    for i in range(12):
+      got = ev.evaluate_query_gallery(q[i:i + 1], ql[i:i + 1], g, gl, recall_ks=(1, 3), normalize=True)
+      want = ev.evaluate_query_gallery(unit(q[i:i + 1]), ql[i:i + 1], unit(g), gl, recall_ks=(1, 3))
+      for key in want:
+        self.assertAlmostEqual(got[key], want[key], places=6, msg=(i, key))
+      raw = ev.evaluate_query_gallery(q[i:i + 1], ql[i:i + 1], g, gl, recall_ks=(1, 3))
+      changed += raw != want
+    self.assertGreater(changed, 3)   # the data are such that normalising matters
+    # In leave-one-out mode, against the same rows normalised here.
+    got = ev.evaluate(g, gl, recall_ks=(1, 2, 3), normalize=True)
+    want = ev.evaluate(unit(g), gl, recall_ks=(1, 2, 3))
+    for key in want:
+      self.assertAlmostEqual(got[key], want[key], places=6, msg=key)
+    self.assertNotEqual(ev.evaluate(g, gl, recall_ks=(1, 2, 3), clustering=False)["map@r"], want["map@r"])
+
+  def test_extreme_scales_are_evaluated_not_refused(self):
+    # Squared distances beyond float32's range: the metrics need only the neighbours, so nothing is refused.
+    x, y = _data(seed=6, n=40, classes=4, spread=0.5)
+    big = x * np.float32(2.0 ** 66)
+    want = ev.evaluate(x, y, clustering=False)
+    self.assertEqual(ev.evaluate(big, y, clustering=False), want)
+    want = ev.evaluate_query_gallery(x[:10], y[:10], x[10:], y[10:], recall_ks=(1, 2))
+    self.assertEqual(ev.evaluate_query_gallery(big[:10], y[:10], big[10:], y[10:], recall_ks=(1, 2)), want)
+
   def test_normalize_leaves_zero_rows_at_zero(self):
     x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [0.0, 1.0]], np.float32)
     y = np.array([0, 1, 1, 2, 2])
@@ -298,6 +336,24 @@ class OptionsTest(chex.TestCase):
     np.testing.assert_array_equal(w, np.ones(5))
 
 
+class RefineTest(chex.TestCase):
+
+  @parameterized.parameters(1, 7, 128)
+  def test_refine_ranks_every_rows_candidates_in_float64(self, rows):
+    # More candidate rows than one block of `rows`: every row is ranked, ties to the smaller index.
+    rng = np.random.default_rng(0)
+    q = rng.integers(-3, 4, size=(300, 4)).astype(np.float64)
+    g = rng.integers(-3, 4, size=(50, 4)).astype(np.float64)     # many exact ties
+    cand = np.stack([rng.permutation(50)[:20] for _ in range(300)])
+    idx, d2 = ev._refine(q, g, cand, 6, rows=rows)
+    self.assertEqual((idx.dtype, d2.dtype, idx.shape), (np.int32, np.float64, (300, 6)))
+    for i in range(300):
+      dist = ((q[i] - g[cand[i]]) ** 2).sum(-1)
+      order = sorted(range(20), key=lambda j: (dist[j], cand[i, j]))[:6]
+      np.testing.assert_array_equal(idx[i], cand[i, order])
+      np.testing.assert_array_equal(d2[i], dist[order])
+
+
 class LloydTest(chex.TestCase):
   """``_lloyd`` from given centres against scikit-learn's Lloyd from the same centres."""
 
@@ -324,6 +380,29 @@ class LloydTest(chex.TestCase):
       _, _, _, capped = ev._lloyd(x, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300, chunk=64,
                                   max_iter=3, tol_abs=0.0)
       self.assertEqual(capped, 3)
+
+  def test_relocation_takes_the_farthest_points_ties_to_the_smaller_index(self):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 2))
+    d2 = rng.integers(0, 3, 100).astype(np.float32)   # many points tie at the largest distance, 2
+    assign = np.zeros(100, int)
+    centers = np.zeros((4, 2))
+    counts = np.array([100, 0, 0, 0])
+    got = ev._relocate_empty(x, assign, d2, centers, counts, 100)
+    farthest = np.flatnonzero(d2 == 2)[:3]
+    np.testing.assert_array_equal(got[1:], x[farthest])
+    mean_without = (centers[0] * 100 - x[farthest].sum(axis=0)) / 97
+    np.testing.assert_allclose(got[0], mean_without)
+    self.assertEqual(counts.tolist(), [100, 0, 0, 0])   # the caller's arrays are left as they were
+    self.assertEqual(centers.tolist(), np.zeros((4, 2)).tolist())
+
+  def test_a_point_leaving_a_cluster_of_two_moves_its_centre(self):
+    x = np.array([[0.0, 0.0], [4.0, 0.0], [9.0, 9.0]])
+    centers = np.array([[2.0, 0.0], [9.0, 9.0], [50.0, 50.0]])
+    # Point 1 is the farthest from its centre (the mean of points 0 and 1): it starts cluster 2, and cluster 0's
+    # centre becomes point 0.
+    got = ev._relocate_empty(x, np.array([0, 0, 1]), np.array([4.0, 4.5, 0.0]), centers, np.array([2, 1, 0]), 3)
+    np.testing.assert_allclose(got, [[0.0, 0.0], [9.0, 9.0], [4.0, 0.0]])
 
   def test_relocation_keeps_centres_when_no_cluster_is_empty(self):
     centers = np.ones((2, 2))
