@@ -222,6 +222,65 @@ EQUIVALENT: dict[str, str] = {
         "BN1's second pass always given the first pass's statistics: with `bn1_update='real'` that pass's "
         "updated statistics are discarded and training mode normalises with the batch's own statistics, so "
         "which statistics it is given matters only for 'both' (tested).",
+    "hdml_jax.evaluation.x__refine__mutmut_1":
+        "`_refine`'s block of 128 rows -> 129: blocks bound the memory of one float64 distance computation; every "
+        "row is ranked on its own, whichever block holds it.",
+    "hdml_jax.evaluation.x__refine__mutmut_10":
+        "the float64 output's dtype dropped (`np.empty(shape, None)`): NumPy's default dtype is float64.",
+    "hdml_jax.evaluation.x__refine__mutmut_12": "the same as mutant 10 (dtype dropped).",
+    "hdml_jax.evaluation.x__refine__mutmut_19":
+        "the loop's step dropped (`range(0, n)`): the blocks then overlap, and each row is ranked again with the "
+        "same result (slower, not different).",
+    "hdml_jax.evaluation.x__refine__mutmut_34":
+        "`np.lexsort(..., axis=-1)` -> the default axis, which is -1.",
+    "hdml_jax.evaluation.x__refine__mutmut_35": "`axis=-1` -> `axis=+1` on the 2-D distances: the same axis.",
+    "hdml_jax.evaluation.x__refine__mutmut_44":
+        "`np.take_along_axis(..., axis=1)` on 2-D arrays -> the default axis, -1 in NumPy >= 2.3 (the same axis).",
+    "hdml_jax.evaluation.x__refine__mutmut_53": "the same as mutant 44, for the distances.",
+    "hdml_jax.evaluation.x__distances64__mutmut_10": "einsum subscripts in upper case: the same contraction.",
+    "hdml_jax.evaluation.x__relocate_empty__mutmut_17":
+        "`kind='stable'` -> `'STABLE'`: NumPy reads the sort kind case-insensitively (checked: the same order "
+        "on ties, which the ties test pins for 'stable').",
+    "hdml_jax.evaluation.x_nearest_neighbors__mutmut_1":
+        "the default `chunk_size` 1024 -> 1025: queries per device call bound memory only; neighbours are exact "
+        "for any chunk size (tested for 1 to 5,000).",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_2": "the same as `nearest_neighbors`' mutant 1.",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_64":
+        "the queries multiplied by their norms instead of divided: once the gallery is normalised, a query's "
+        "own scale c > 0 cannot change its ranking (|cq - g|^2 = c^2 |q|^2 + 1 - 2c q.g), so only the gallery's "
+        "normalisation matters in query-gallery mode (tested; in leave-one-out mode every row is both).",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_70":
+        "the same as mutant 64: the queries divided by one global norm (a positive factor).",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_73": "the same as mutant 70 (axis dropped).",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_77":
+        "the same as mutant 64: a floor of ~1 on the queries' norms divides each by a positive factor.",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_117":
+        "the neighbours fetched at least 2 instead of 1 (then clipped to the gallery): extra neighbours are "
+        "never read by a metric of the first K or first R.",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_122":
+        "`exclude_self=False` -> None: read for truth only, and None is false.",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_126":
+        "the labels not given to the search: they only let it skip re-ranking close runs of equally relevant "
+        "neighbours; without them every close run is re-ranked in float64, and the neighbours' labels in rank "
+        "order are the same.",
+    "hdml_jax.evaluation.x_evaluate_query_gallery__mutmut_133": "the same as mutant 126 (`labels` dropped).",
+    "hdml_jax.evaluation.x_evaluate__mutmut_8": "the same as `nearest_neighbors`' mutant 1 (default chunk size).",
+    "hdml_jax.evaluation.x__relocate_empty__mutmut_36":
+        "the count of a relocated (formerly empty) cluster set to 2 instead of 1: a later relocation reads the "
+        "count of a point's original cluster, and no point was assigned to an empty one, so it is never read.",
+    "hdml_jax.evaluation.x__pairs__mutmut_2": "`astype(None)`: NumPy's default dtype is float64, as written.",
+    "hdml_jax.evaluation.x__pairs__mutmut_5":
+        "the pair count C(n, 2) scaled by 4: `_pairs` is read only by `pair_f1`, whose precision and recall are "
+        "ratios of two such counts, so any common factor cancels.",
+    "hdml_jax.evaluation.x__pairs__mutmut_9": "the same as mutant 5 (a factor 2/3).",
+    "hdml_jax.evaluation.x_pair_f1__mutmut_15":
+        "precision 1.0 instead of 0.0 when no predicted pair exists: then no pair is a true positive, so recall "
+        "is 0 and F1 = 2PR / (P + R) is 0 either way.",
+    "hdml_jax.evaluation.x_pair_f1__mutmut_20": "the same as mutant 15, for recall when no class has a pair.",
+    "hdml_jax.evaluation.x_kmeans_settings__mutmut_12":
+        "the name \"fast\" resolved from \"auto\" misspelt: it is compared only with \"reference\", and the "
+        "settings returned spell their protocol themselves (tested).",
+    "hdml_jax.evaluation.x_kmeans_settings__mutmut_13": "the same as mutant 12 (`FAST`).",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }

@@ -191,6 +191,24 @@ class ProtocolsTest(chex.TestCase):
     self.assertNotEqual(ev.evaluate(x, y, kmeans_seed=0, kmeans_protocol=protocol)["nmi"],
                         ev.evaluate(x, y, kmeans_seed=3, kmeans_protocol=protocol)["nmi"])
 
+  def test_the_fast_protocol_stops_lloyd_at_20_iterations(self):
+    # Gaussian data cut into 20 clusters: Lloyd needs more than 20 iterations from these seeds, so the fast
+    # protocol's budget changes the clustering, for this module's k-means and for scikit-learn's.
+    from sklearn.cluster import KMeans
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    y = np.arange(3000) % 20
+    assign, _, info = ev.kmeans(x, 20, init="k-means++", max_iter=300, return_info=True)
+    self.assertGreater(info["n_iter"], 20)
+    capped, _ = ev.kmeans(x, 20, init="k-means++", max_iter=20)
+    got = ev.cluster_metrics(x, y, protocol="fast")
+    self.assertEqual(got, {"nmi": ev.normalized_mutual_information(y, capped), "f1": ev.pair_f1(y, capped)})
+    self.assertNotEqual(got["nmi"], ev.normalized_mutual_information(y, assign))
+    self.assertGreater(KMeans(20, n_init=1, max_iter=300, random_state=5).fit(x).n_iter_, 20)
+    capped = KMeans(20, n_init=1, max_iter=20, random_state=5).fit_predict(x)
+    got = ev.cluster_metrics(x, y, backend="sklearn", seed=5, protocol="fast")
+    self.assertEqual(got, {"nmi": ev.normalized_mutual_information(y, capped), "f1": ev.pair_f1(y, capped)})
+
   def test_defaults_are_the_auto_protocol_and_seed_zero(self):
     x, y = _data(seed=1, n=90, classes=6, spread=2.5)
     got = ev.evaluate(x, y)
