@@ -281,6 +281,12 @@ EQUIVALENT: dict[str, str] = {
         "the name \"fast\" resolved from \"auto\" misspelt: it is compared only with \"reference\", and the "
         "settings returned spell their protocol themselves (tested).",
     "hdml_jax.evaluation.x_kmeans_settings__mutmut_13": "the same as mutant 12 (`FAST`).",
+    "hdml_jax.evaluation.x__smallest__mutmut_4":
+        "`cols // 16 < 4k` -> `cols / 16 < 4k`: the two differ only when 16 does not divide `cols`, and then the "
+        "first condition (`cols % 16`) already chooses the one-stage path.",
+    "hdml_jax.evaluation.x_evaluate__mutmut_100":
+        "the same as `evaluate_query_gallery`'s mutant 126 (the labels not given to the search).",
+    "hdml_jax.evaluation.x_evaluate__mutmut_107": "the same as mutant 100 (`labels` dropped).",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }

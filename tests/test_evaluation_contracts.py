@@ -7,6 +7,7 @@ Fast (small inputs, few compilations): the mutation run of ``hdml_jax/evaluation
 import math
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
@@ -294,6 +295,16 @@ class OptionsTest(chex.TestCase):
     got = ev.evaluate_query_gallery(x, y, x[1:], y[1:], recall_ks=(1,), normalize=True)
     self.assertEqual(got["recall@1"], 0.8)
 
+  def test_two_singletons(self):
+    # The smallest set: two items of two classes, one neighbour each.
+    got = ev.evaluate(np.array([[0.0], [1.0]], np.float32), np.array([0, 1]), recall_ks=(1,), clustering=False)
+    self.assertEqual(got["recall@1"], 0.0)
+    self.assertEqual(got["num_queries_map@r"], 0)
+    self.assertTrue(math.isnan(got["map@r"]) and math.isnan(got["r_precision"]))
+    got = ev.evaluate_query_gallery(np.array([[0.0]], np.float32), np.array([1]), np.array([[1.0]], np.float32),
+                                    np.array([1]), recall_ks=(1,))
+    self.assertEqual((got["recall@1"], got["map@r"], got["num_queries_map@r"]), (1.0, 1.0, 1))
+
   def test_recall_ks_are_sorted_and_deduplicated(self):
     x, y = _data()
     got = ev.evaluate(x, y, recall_ks=(4, 1, 4), clustering=False)
@@ -370,6 +381,19 @@ class RefineTest(chex.TestCase):
       order = sorted(range(20), key=lambda j: (dist[j], cand[i, j]))[:6]
       np.testing.assert_array_equal(idx[i], cand[i, order])
       np.testing.assert_array_equal(d2[i], dist[order])
+
+
+class SmallestTest(chex.TestCase):
+
+  @parameterized.parameters((1, 64, 2), (1, 63, 1), (2, 128, 2), (2, 112, 1), (3, 16 * 12 + 8, 1), (3, 16 * 13, 2))
+  def test_two_stages_exactly_when_the_row_is_wide(self, k, cols, top_ks):
+    # Two stages need whole groups of 16 columns and at least 4 k of them; otherwise one top_k over the row.
+    score = np.random.default_rng(cols).integers(1, 10, size=(5, cols)).astype(np.float32)   # no zero: -0 == 0
+    jaxpr = str(jax.make_jaxpr(lambda s: ev._smallest(s, k))(score))
+    self.assertEqual(jaxpr.count("top_k["), top_ks, (k, cols))
+    values, columns = (np.asarray(a) for a in ev._smallest(score, k))
+    np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])   # the values, not their negatives
+    np.testing.assert_array_equal(np.take_along_axis(score, columns, axis=1), values)
 
 
 class LloydTest(chex.TestCase):
