@@ -287,6 +287,35 @@ EQUIVALENT: dict[str, str] = {
     "hdml_jax.evaluation.x_evaluate__mutmut_100":
         "the same as `evaluate_query_gallery`'s mutant 126 (the labels not given to the search).",
     "hdml_jax.evaluation.x_evaluate__mutmut_107": "the same as mutant 100 (`labels` dropped).",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_1":
+        "the block of 16,384 recomputed pairs -> 16,385: blocks bound memory; every pair is recomputed once "
+        "whatever the block (blocks of 1 and 2 are tested).",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_6": "`np.diff(d, axis=1)` -> the default axis, -1: the same on 2-D.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_8":
+        "`diff <= tol` -> `diff < tol`: differs only for a float32 difference exactly equal to the bound, which "
+        "is a doubled worst case (Higham's gamma_D, times 2) that rounding never attains; no input can reach it.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_32":
+        "`in_run[:, 1:] |= close` -> `=`: `in_run` is all False just before, so the two are the same.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_69":
+        "`in_run &= mixed` -> `in_run = mixed`: a mixed run has two or more members, all linked by close "
+        "differences, so it is already inside `in_run`; runs behind the first k that it adds are recomputed "
+        "but stay behind (the sort is by run first), and the first k are returned.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_75":
+        "the early return when nothing is marked, `== 0` -> `== 1`: marked positions come in whole runs of two "
+        "or more, so exactly one is never marked; with none marked the remaining code sorts nothing and "
+        "returns the same first k.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_82":
+        "the loop's step dropped: blocks overlap and pairs are recomputed again with the same values.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_98": "`np.lexsort(..., axis=-1)` -> the default axis, -1.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_99": "`axis=-1` -> `axis=+1` on 2-D keys: the same axis.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_108":
+        "`np.take_along_axis(..., axis=1)` on 2-D arrays -> the default axis, -1 in NumPy >= 2.3.",
+    "hdml_jax.evaluation.x__rerank_close__mutmut_116": "the same as mutant 108, for the distances.",
+    "hdml_jax.evaluation.x__search__mutmut_7":
+        "the query itself counted as available when excluded: the spare candidates may then reach the whole "
+        "gallery, the query at +inf included, and the check for neighbours beyond the candidates is skipped "
+        "because none are left out; the query (+inf) is never among the first k <= N - 1, and `top_k` ranks "
+        "it before the padding rows (+inf too) by its smaller index, so the candidates are real rows.",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }

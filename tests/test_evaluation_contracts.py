@@ -383,6 +383,54 @@ class RefineTest(chex.TestCase):
       np.testing.assert_array_equal(d2[i], dist[order])
 
 
+class RerankTest(chex.TestCase):
+  """``_rerank_close`` on candidates whose approximate distances are made by hand."""
+
+  def setUp(self):
+    super().setUp()
+    # One-dimensional gallery, query at 0: the exact squared distance of item j is values[j]. Runs (closer
+    # than tol = 1e-6): items {0, 1, 2} near 1, {3, 4} near 5; the rest are far apart. Inside each run the
+    # exact order (2, 0, 1 and 4, 3) is not the index order.
+    self.values = np.array([1.0 + 2e-9, 1.0 + 3e-9, 1.0 + 1e-9, 5.0 + 5e-9, 5.0 + 4e-9, 9.0, 12.0, 13.0, 14.0,
+                            15.0])
+    self.g64 = np.sqrt(self.values)[:, None]
+    self.q64 = np.zeros((2, 1))
+    # The approximate (float32-like) distances tie inside a run; candidates listed in a wrong order there.
+    self.cand = np.array([[1, 0, 2, 3, 4, 5, 6, 7, 8, 9], [2, 1, 0, 4, 3, 5, 6, 7, 8, 9]])
+    self.d = np.round(self.values[self.cand], 3)
+    self.tol = np.full(2, 1e-6)
+
+  @parameterized.parameters(1, 2, 16384)
+  def test_runs_are_reranked_exactly(self, pairs):
+    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 6, pairs=pairs)
+    want = [2, 0, 1, 4, 3, 5]
+    np.testing.assert_array_equal(cand, [want, want])
+    np.testing.assert_allclose(d, [self.values[want]] * 2, rtol=0, atol=1e-12)   # exact where re-ranked
+    self.assertEqual(d.dtype, np.float64)
+
+  def test_only_runs_among_the_first_k_and_only_mixed_ones_with_labels(self):
+    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 2)
+    np.testing.assert_array_equal(cand, [[2, 0], [2, 0]])   # the run {0, 1, 2} starts in the first 2
+    cand, _ = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 4)
+    np.testing.assert_array_equal(cand, [[2, 0, 1, 4], [2, 0, 1, 4]])   # {3, 4} reaches position 4
+    # Relevance by item: {0, 1, 2} all relevant (not recomputed: their approximate distances tie, so they
+    # end in index order), {3, 4} mixed (re-ranked exactly).
+    relevant = np.isin(self.cand, [0, 1, 2, 4])
+    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 5, relevant)
+    np.testing.assert_array_equal(cand, [[0, 1, 2, 4, 3], [0, 1, 2, 4, 3]])
+    np.testing.assert_array_equal(d[:, :3], np.ones((2, 3)))   # the approximate values, not recomputed
+    np.testing.assert_allclose(d[:, 3:], [self.values[[4, 3]]] * 2, rtol=0, atol=1e-12)
+    relevant = np.isin(self.cand, [4])   # {0, 1, 2} all irrelevant: not recomputed either
+    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 5, relevant)
+    np.testing.assert_array_equal(cand, [[0, 1, 2, 4, 3], [0, 1, 2, 4, 3]])
+    np.testing.assert_array_equal(d[:, :3], np.ones((2, 3)))
+    # No close run at all: the first k as given, distances untouched.
+    far = np.array([[5, 6, 7, 8, 9]] * 2)
+    cand, d = ev._rerank_close(self.q64, self.g64, far, self.values[far], self.tol, 3)
+    np.testing.assert_array_equal(cand, far[:, :3])
+    np.testing.assert_array_equal(d, self.values[far][:, :3])
+
+
 class SmallestTest(chex.TestCase):
 
   @parameterized.parameters((1, 64, 2), (1, 63, 1), (2, 128, 2), (2, 112, 1), (3, 16 * 12 + 8, 1), (3, 16 * 13, 2))
