@@ -316,13 +316,44 @@ EQUIVALENT: dict[str, str] = {
         "gallery, the query at +inf included, and the check for neighbours beyond the candidates is skipped "
         "because none are left out; the query (+inf) is never among the first k <= N - 1, and `top_k` ranks "
         "it before the padding rows (+inf too) by its smaller index, so the candidates are real rows.",
+    "hdml_jax.evaluation.x__search__mutmut_30":
+        "one more spare candidate (`k + 9`): spares only decide how often a row is ranked against the whole "
+        "gallery in float64 (the check for neighbours beyond the candidates keeps any count exact).",
+    "hdml_jax.evaluation.x__search__mutmut_32": "the same as mutant 30 (`k // 5` spares: fewer).",
+    "hdml_jax.evaluation.x__search__mutmut_38":
+        "`_conditioned(queries, gallery)` when the query is excluded: every caller then passes the queries "
+        "themselves as the gallery (the same array).",
+    "hdml_jax.evaluation.x__search__mutmut_43": "the same as mutant 38, for the float64 copy.",
+    "hdml_jax.evaluation.x__search__mutmut_41": "`astype(None)`: NumPy's default dtype is float64, as written.",
+    "hdml_jax.evaluation.x__search__mutmut_45": "the same as mutant 41.",
+    "hdml_jax.evaluation.x__search__mutmut_81": "the same as mutant 41.",
+    "hdml_jax.evaluation.x__search__mutmut_105": "the same as mutant 41 (`np.empty(shape, None)`).",
+    "hdml_jax.evaluation.x__search__mutmut_107": "the same as mutant 105 (dtype dropped).",
+    "hdml_jax.evaluation.x__search__mutmut_62":
+        "the padding rows built in float64: concatenated with the float32 rows and sent to the device, they "
+        "become float32 (JAX's default, x64 off); with x64 on the search would run in float64 and stay exact.",
+    "hdml_jax.evaluation.x__search__mutmut_64": "the same as mutant 62 (dtype dropped).",
+    "hdml_jax.evaluation.x__search__mutmut_71": "the same as mutant 62, for the padding's +inf norms.",
+    "hdml_jax.evaluation.x__search__mutmut_74": "the same as mutant 71 (dtype dropped).",
+    "hdml_jax.evaluation.x__search__mutmut_126": "the same as mutant 62, for the last chunk's padding rows.",
+    "hdml_jax.evaluation.x__search__mutmut_128": "the same as mutant 126 (dtype dropped).",
+    "hdml_jax.evaluation.x__search__mutmut_89":
+        "the error bound's factor D + 4 -> D + 5: a looser bound only marks more runs for the float64 "
+        "re-ranking (cost, not result; a bound 2^44 times looser is caught by the no-float64-work test).",
+    "hdml_jax.evaluation.x__search__mutmut_122":
+        "`< chunk_size` -> `<=`: a full chunk is then padded with zero rows, which is no change.",
+    "hdml_jax.evaluation.x__search__mutmut_150":
+        "a fetched chunk's slot set to `\"\"` instead of None: either drops the reference to the device result.",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }
 
-# Mutant name -> why its timeout is a detection: the mutant makes the tests hang (an endless loop), so
-# they can never pass; each was looked at, and the report counts it as killed.
+# Mutant name -> why its timeout is a detection: the mutant makes the tests hang (an endless loop) or so
+# slow that they cannot finish; each was looked at, and the report counts it as killed.
 HANGS: dict[str, str] = {
+    "hdml_jax.evaluation.x__search__mutmut_116":
+        "the chunk loop's step dropped (`range(0, n)`): every query row starts a chunk, so the search makes N "
+        "device calls of `chunk_size` rows instead of N / chunk_size; the tests time out.",
     "hdml_jax.data.samplers.xǁMPerClassSamplerǁepoch_of__mutmut_9":
         "`step -= n` -> `step = n`: every step past the first epoch loops forever.",
     "hdml_jax.data.samplers.xǁMPerClassSamplerǁepoch_of__mutmut_10":

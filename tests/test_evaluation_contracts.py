@@ -431,6 +431,59 @@ class RerankTest(chex.TestCase):
     np.testing.assert_array_equal(d, self.values[far][:, :3])
 
 
+class SearchShapesTest(chex.TestCase):
+  """What ``_search`` sends to the device: chunks of one padded shape, the gallery padded at +inf."""
+
+  def record(self, fn):
+    from unittest import mock
+    calls = []
+    real = ev._knn_chunk
+
+    def spy(queries, query_offset, gallery, gallery_sq, *, k, exclude_self):
+      calls.append({"rows": queries.shape, "dtypes": (queries.dtype, gallery.dtype, gallery_sq.dtype),
+                    "offset": int(query_offset), "pad_sq": np.asarray(gallery_sq)[40:], "k": k})
+      return real(queries, query_offset, gallery, gallery_sq, k=k, exclude_self=exclude_self)
+
+    with mock.patch.object(ev, "_knn_chunk", spy):
+      fn()
+    return calls
+
+  def test_chunks_are_padded_to_one_shape(self):
+    x, _ = _data(n=40, d=16)   # 40 rows: bucket 48, so the gallery has 8 padding rows
+    for chunk, rows in ((1024, 48), (16, 16), (1, 1)):
+      with self.subTest(chunk=chunk):
+        calls = self.record(lambda: ev.nearest_neighbors(x, k=3, chunk_size=chunk))
+        self.assertEqual(len(calls), -(-40 // rows))
+        self.assertEqual({c["rows"] for c in calls}, {(rows, 16)})   # the last chunk padded too
+        self.assertEqual([c["offset"] for c in calls], list(range(0, 40, rows)))
+        for c in calls:
+          self.assertEqual(c["dtypes"], (np.float32, np.float32, np.float32))
+          np.testing.assert_array_equal(c["pad_sq"], np.full(8, np.inf, np.float32))
+          self.assertEqual(c["k"], 3 + 8 + 3 // 4)   # spare candidates
+    calls = self.record(lambda: ev.nearest_neighbors(x[:30], x, k=32))
+    self.assertEqual([c["rows"] for c in calls], [(32, 16)])   # the bucket of the 30 queries
+    self.assertEqual(calls[0]["k"], 40)                         # spares capped at the gallery
+
+  def test_separated_points_need_no_float64_work(self):
+    # Well-separated distances: the float32 order is provably exact, so nothing is recomputed in float64.
+    from unittest import mock
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    calls = []
+    real = ev._distances64
+    with mock.patch.object(ev, "_distances64", lambda q, g: calls.append(q.shape) or real(q, g)):
+      idx, _ = ev.nearest_neighbors(x, k=5, return_float64=True)
+      ev.evaluate(x, np.arange(200) % 10, clustering=False)
+    self.assertEqual(calls, [])
+    np.testing.assert_array_equal(idx, numpy_neighbors(x, 5))
+
+
+def numpy_neighbors(x, k):
+  d = ((x.astype(np.float64)[:, None] - x[None]) ** 2).sum(-1)
+  np.fill_diagonal(d, np.inf)
+  return np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=-1)[:, :k]
+
+
 class SmallestTest(chex.TestCase):
 
   @parameterized.parameters((1, 64, 2), (1, 63, 1), (2, 128, 2), (2, 112, 1), (3, 16 * 12 + 8, 1), (3, 16 * 13, 2))
