@@ -478,6 +478,24 @@ class SearchShapesTest(chex.TestCase):
     np.testing.assert_array_equal(idx, numpy_neighbors(x, 5))
 
 
+  def test_a_nearer_item_beyond_the_candidates_is_found(self):
+    # One item at distance 1, then 60 items at distance 2 whose float32 distances tie but whose exact ones
+    # differ (float32 rounding of their coordinates): the exact second neighbour is not among the first
+    # candidates the float32 search keeps, so the search must notice that the k-th candidate is within its
+    # error bound of the last one and rank the whole gallery in float64.
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, 60)
+    g = np.concatenate([[[1.0, 0.0]], np.stack([2 * np.cos(angle), 2 * np.sin(angle)], 1)]).astype(np.float32)
+    q = np.zeros((1, 2), np.float32)
+    exact = (g.astype(np.float64) ** 2).sum(1)
+    want = np.lexsort((np.arange(61), exact))[:3]
+    idx, d2 = ev.nearest_neighbors(q, g, k=2)
+    np.testing.assert_array_equal(idx[0], want[:2])
+    self.assertNotEqual(want[1], 1)   # not the first of the tied items in index order
+    idx, _ = ev.nearest_neighbors(q, g, k=3)
+    np.testing.assert_array_equal(idx[0], want)
+
+
 def numpy_neighbors(x, k):
   d = ((x.astype(np.float64)[:, None] - x[None]) ** 2).sum(-1)
   np.fill_diagonal(d, np.inf)
