@@ -344,6 +344,22 @@ EQUIVALENT: dict[str, str] = {
         "`< chunk_size` -> `<=`: a full chunk is then padded with zero rows, which is no change.",
     "hdml_jax.evaluation.x__search__mutmut_150":
         "a fetched chunk's slot set to `\"\"` instead of None: either drops the reference to the device result.",
+    "hdml_jax.evaluation.x__search__mutmut_213":
+        "the relevance mask inverted (`!=` for `==`): it is read only to find runs that mix relevant and "
+        "irrelevant neighbours, and a run mixes both under the mask or under its complement alike.",
+    "hdml_jax.evaluation.x__search__mutmut_175":
+        "`np.asarray(d32, None)`: the device's float32 values, then promoted to float64 by the float64 `q_sq` "
+        "added to them: the same float64 values as the explicit conversion.",
+    "hdml_jax.evaluation.x__search__mutmut_177": "the same as mutant 175 (dtype dropped).",
+    "hdml_jax.evaluation.x__search__mutmut_205":
+        "`np.zeros(n, None)` (float64 zeros) for 'no row needs the whole gallery': read only by "
+        "`np.flatnonzero`, which finds no row either way.",
+    "hdml_jax.evaluation.x__search__mutmut_207": "the same as mutant 205 (dtype dropped).",
+    "experiments.train.xǁBestCheckpointǁrestore__mutmut_5":
+        "the best checkpoint restored at the manager's latest step instead of `best.json`'s: the manager keeps "
+        "one checkpoint (`max_to_keep=1`), and `best.json` is written only after that checkpoint is saved, "
+        "so its step is the manager's only (latest) one.",
+    "experiments.train.xǁBestCheckpointǁrestore__mutmut_8": "the same as mutant 5 (step dropped).",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }
