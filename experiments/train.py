@@ -259,6 +259,21 @@ class BestCheckpoint:
     self.is_main = is_main
     self.manager = checkpoints.make_manager(os.path.join(workdir, "best"), max_to_keep=1)
     self.best = json.load(open(self.path)) if os.path.exists(self.path) else None
+    steps = self.manager.all_steps()
+    if self.best is not None and self.best["step"] not in steps:
+      # A kill between saving a new best checkpoint (which replaces the old one) and writing its
+      # best.json: the checkpoint kept is the newer one, whose value beat the one recorded.
+      if not steps:
+        logging.warning("%s names step %d, but %s holds no checkpoint: the selection starts over",
+                        self.path, self.best["step"], self.manager.directory)
+        self.best = None
+      else:
+        logging.warning("%s names step %d, but the best checkpoint kept is step %d (saved just before an "
+                        "interruption); keeping it, with the recorded value %s as a lower bound of its own",
+                        self.path, self.best["step"], max(steps), self.best["value"])
+        self.best = {**self.best, "step": max(steps)}
+        if is_main:
+          checkpoints.write_json_atomic(self.path, self.best)
 
   def offer(self, step: int, value: float, state) -> bool:
     """Keeps ``state`` if ``value`` beats the best so far; returns whether it did."""

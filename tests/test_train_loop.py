@@ -352,6 +352,32 @@ class BestCheckpointTest(chex.TestCase):
     self.assertTrue(best.offer(8, 0.8, toy_state(step=8, w=8.0)))
     self.assertEqual(json.load(open(os.path.join(self.workdir, "best.json")))["step"], 8)
 
+  def test_a_kill_between_the_checkpoint_and_best_json_loses_nothing(self):
+    # Step 8's checkpoint was saved (replacing step 4's) but the run was killed before best.json said so.
+    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first.offer(4, 0.5, toy_state(step=4, w=4.0))
+    checkpoints.save(first.manager, 8, toy_state(step=8, w=8.0))
+    first.manager.wait_until_finished()
+    first.close()
+    with self.assertLogs(level="WARNING") as logged:
+      best = self.best()
+    self.assertIn("names step 4, but the best checkpoint kept is step 8", "\n".join(logged.output))
+    want = {"step": 8, "value": 0.5, "selection": "val/recall@1"}
+    self.assertEqual(best.best, want)
+    self.assertEqual(json.load(open(os.path.join(self.workdir, "best.json"))), want)
+    np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [8.0] * 3)
+    self.assertFalse(best.offer(10, 0.5, toy_state(step=10)))   # the recorded value still has to be beaten
+    self.assertTrue(best.offer(12, 0.6, toy_state(step=12, w=12.0)))
+
+  def test_best_json_without_its_checkpoint_starts_the_selection_over(self):
+    with open(os.path.join(self.workdir, "best.json"), "w") as f:
+      json.dump({"step": 4, "value": 0.9, "selection": "val/recall@1"}, f)
+    with self.assertLogs(level="WARNING") as logged:
+      best = self.best()
+    self.assertIn("holds no checkpoint: the selection starts over", "\n".join(logged.output))
+    self.assertIsNone(best.best)
+    self.assertTrue(best.offer(2, 0.1, toy_state(step=2)))
+
   def test_only_the_main_process_writes_best_json(self):
     best = self.best(is_main=False)
     self.assertTrue(best.offer(4, 0.5, toy_state(step=4)))
