@@ -280,6 +280,17 @@ class ResumeTest(chex.TestCase):
                      "smaller learning rate).")
     self.assertEqual(saved(self.ckpt), [2, 4])   # nothing deleted when nothing can be resumed
 
+  def test_restore_reads_the_latest_or_a_given_step(self):
+    with self.assertRaises(FileNotFoundError) as cm:
+      checkpoints.restore(self.ckpt, toy_state())
+    self.assertEqual(str(cm.exception), f"no checkpoint in {self.ckpt.directory}.")
+    self.save(2, 2.0)
+    self.save(4, 4.0)
+    self.assertEqual(int(checkpoints.restore(self.ckpt, toy_state()).step), 4)
+    got = checkpoints.restore(self.ckpt, toy_state(), 2)
+    np.testing.assert_array_equal(got.params["w"], [2.0] * 3)
+    self.assertEqual(checkpoints.state_tree(got).keys(), {"params", "batch_stats", "opt_state", "stats", "step"})
+
   def test_restore_latest_finite_reports_what_it_skipped(self):
     self.assertEqual(checkpoints.restore_latest_finite(self.ckpt, toy_state()), (None, []))
     self.save(2, 2.0)
