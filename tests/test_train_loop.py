@@ -389,6 +389,17 @@ class BestCheckpointTest(chex.TestCase):
     self.assertIsNone(best.best)
     self.assertTrue(best.offer(2, 0.1, toy_state(step=2)))
 
+  def test_a_resumed_run_may_keep_an_earlier_step_than_the_best_so_far(self):
+    # Best at step 8, then the run resumed from its step-4 checkpoint: its evaluation at step 6 wins with
+    # another data order or a changed metric, and must replace step 8 although 6 < 8.
+    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first.offer(8, 0.5, toy_state(step=8, w=8.0))
+    first.close()
+    best = self.best()
+    self.assertTrue(best.offer(6, 0.7, toy_state(step=6, w=6.0)))
+    self.assertEqual(saved(best.manager), [6])
+    np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [6.0] * 3)
+
   def test_only_the_main_process_writes_best_json(self):
     best = self.best(is_main=False)
     self.assertTrue(best.offer(4, 0.5, toy_state(step=4)))
