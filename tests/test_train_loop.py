@@ -251,7 +251,7 @@ class ResumeTest(chex.TestCase):
       state, last = train.resume(self.ckpt, toy_state(), self.workdir)
     self.assertEqual((int(state.step), last), (4, 4))
     np.testing.assert_array_equal(state.params["w"], [4.0] * 3)
-    self.assertIn(f"resumed from step 4 in {self.workdir}", "\n".join(logged.output))
+    self.assertIn(f"INFO:root:resumed from step 4 in {self.workdir}", logged.output)
     self.assertEqual(saved(self.ckpt), [2, 4])
 
   def test_non_finite_newer_checkpoints_are_skipped_and_deleted(self):
@@ -268,6 +268,19 @@ class ResumeTest(chex.TestCase):
     self.assertIn(f"checkpoint 6 in {self.workdir} holds non-finite values (['params']['w']); deleted, "
                   "resuming from an earlier finite one", warnings[0])
     self.assertIn("checkpoint 4 in", warnings[1])
+
+  def test_the_warning_names_the_first_three_bad_arrays(self):
+    template = toy_state().replace(params={f"w{i}": jnp.zeros((2,)) for i in range(5)})
+    checkpoints.save(self.ckpt, 2, template.replace(step=jnp.int32(2)))
+    bad = template.replace(step=jnp.int32(4), params={f"w{i}": jnp.full((2,), jnp.nan) for i in range(5)})
+    checkpoints.save(self.ckpt, 4, bad)
+    self.ckpt.wait_until_finished()
+    with self.assertLogs(level="WARNING") as logged:
+      state, last = train.resume(self.ckpt, template, self.workdir)
+    self.assertEqual(last, 2)
+    self.assertEqual(logged.output, [
+        f"WARNING:root:checkpoint 4 in {self.workdir} holds non-finite values (['params']['w0'], "
+        "['params']['w1'], ['params']['w2']); deleted, resuming from an earlier finite one"])
 
   def test_every_checkpoint_non_finite_is_an_error(self):
     self.save(2, np.nan)
