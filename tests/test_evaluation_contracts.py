@@ -602,6 +602,31 @@ class KmeansRunsTest(chex.TestCase):
     self.assertAlmostEqual(info2["inertia"] / np.sum((shifted.astype(np.float64) - c2[a2]) ** 2), 1.0, places=4)
     np.testing.assert_allclose(c2, [shifted[a2 == j].mean(axis=0) for j in range(4)], rtol=1e-5)
 
+  def test_random_init_and_tol_follow_scikit_learn_from_the_same_centres(self):
+    # Forgy's init draws k distinct rows with NumPy's generator seeded as given; from those rows, scikit-learn's
+    # Lloyd with the same relative tol (times the mean per-feature variance) stops at the same iteration.
+    # Features of very different scales, so that a variance over another axis would change the tolerance.
+    from sklearn.cluster import KMeans
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(400, 3)) * np.array([30.0, 1.0, 0.1]) + np.array([5.0, -2.0, 40.0])).astype(np.float32)
+    for seed, tol in ((0, 1e-4), (1, 1e-2), (2, 1e-3)):
+      rows = np.random.default_rng(seed).choice(400, size=8, replace=False)
+      a, c, info = ev.kmeans(x, 8, init="random", seed=seed, tol=tol, return_info=True)
+      km = KMeans(8, init=x[rows], n_init=1, tol=tol, algorithm="lloyd").fit(x)
+      self.assertEqual(info["n_iter"], km.n_iter_, (seed, tol))
+      np.testing.assert_array_equal(a, km.labels_)
+    # k = n: the draw is a permutation (without replacement), so every point is its own cluster.
+    a, _ = ev.kmeans(x[:12], 12, init="random", seed=4)
+    self.assertEqual(sorted(a.tolist()), list(range(12)))
+
+  def test_each_init_is_its_own(self):
+    x, _ = _data(seed=1, n=200, classes=12, spread=2.0)
+    runs = {init: [tuple(ev.kmeans(x, 12, init=init, seed=s)[0]) for s in range(3)]
+            for init in ("greedy-k-means++", "k-means++", "random")}
+    self.assertNotEqual(runs["k-means++"], runs["greedy-k-means++"])
+    self.assertNotEqual(runs["random"], runs["greedy-k-means++"])
+    self.assertNotEqual(runs["random"], runs["k-means++"])
+
   def test_tol_and_max_iter_stop_lloyd(self):
     x, _ = _data(seed=1, n=200, classes=6, spread=3.0)
     _, _, loose = ev.kmeans(x, 6, tol=1e9, return_info=True)

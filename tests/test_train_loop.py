@@ -325,6 +325,14 @@ class ResumeTest(chex.TestCase):
     self.assertTrue(str(cm.exception).endswith(f"({cause[:200]}). Use a fresh --workdir for this config."),
                     str(cm.exception))
 
+  def test_an_error_without_a_message_is_named_by_its_type(self):
+    from unittest import mock
+    self.save(2, 2.0)
+    with mock.patch.object(checkpoints, "restore", side_effect=KeyError()):
+      with self.assertRaises(ValueError) as cm:
+        checkpoints.restore_latest_finite(self.ckpt, toy_state())
+    self.assertIn("step 2 does not fit this config (KeyError). Use a fresh --workdir", str(cm.exception))
+
   def test_only_inexact_leaves_are_checked(self):
     state = toy_state().replace(opt_state={"count": jnp.int32(3), "m": jnp.zeros(2)})
     self.assertEqual(checkpoints.non_finite_leaves(state), [])
