@@ -360,6 +360,31 @@ EQUIVALENT: dict[str, str] = {
         "one checkpoint (`max_to_keep=1`), and `best.json` is written only after that checkpoint is saved, "
         "so its step is the manager's only (latest) one.",
     "experiments.train.xǁBestCheckpointǁrestore__mutmut_8": "the same as mutant 5 (step dropped).",
+    "hdml_jax.evaluation.x__d2_to__mutmut_4":
+        "`precision=HIGHEST` -> default: the same on CPU, where the tests run (as `distances`' mutant 48).",
+    "hdml_jax.evaluation.x__d2_to__mutmut_7": "the same as mutant 4 (precision dropped).",
+    "hdml_jax.evaluation.x_kmeans__mutmut_7":
+        "the default `chunk_size` 2048 -> 2049: points per device call bound memory only (chunk sizes are "
+        "tested to give the same clustering).",
+    "hdml_jax.evaluation.x_kmeans__mutmut_64":
+        "the variance over all entries instead of the mean per-feature variance: `x` is centred per feature "
+        "just before (`_conditioned`), so both equal the mean of the squares.",
+    "hdml_jax.evaluation.x_kmeans__mutmut_66": "the same as mutant 64 (axis dropped).",
+    "hdml_jax.evaluation.x_kmeans__mutmut_67":
+        "the tolerance's variance computed in float32 rather than float64: the same to float32 rounding "
+        "(~1e-7 relative) of a threshold on the centre shift.",
+    "hdml_jax.evaluation.x_kmeans__mutmut_78":
+        "`generate_state(2)[0]` for `generate_state(1)[0]`: a SeedSequence's first word does not depend on how "
+        "many are asked for (checked), so the restarts' seeds are the same.",
+    "hdml_jax.evaluation.x_kmeans__mutmut_86":
+        "Forgy's `replace=False` -> None: NumPy's `choice` reads `replace` for truth, and None is false.",
+    "hdml_jax.evaluation.x_contingency__mutmut_28":
+        "the code width `max + 1` -> `max + 2`: any width above the largest cluster id encodes (class, cluster) "
+        "pairs uniquely and decodes them the same.",
+    "hdml_jax.evaluation.x__entropy__mutmut_3":
+        "`counts > 0` -> `>= 0`: the counts are `np.bincount` of `np.unique`'s inverse, so none is zero.",
+    "hdml_jax.evaluation.x_normalized_mutual_information__mutmut_27":
+        "`astype(None)`: NumPy's default dtype is float64, as written.",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }

@@ -609,7 +609,7 @@ class KmeansRunsTest(chex.TestCase):
     from sklearn.cluster import KMeans
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(400, 3)) * np.array([30.0, 1.0, 0.1]) + np.array([5.0, -2.0, 40.0])).astype(np.float32)
-    for seed, tol in ((0, 1e-4), (1, 1e-2), (2, 1e-3)):
+    for seed, tol in ((0, 1e-3), (1, 3e-2), (2, 1e-2), (3, 1e-4)):
       rows = np.random.default_rng(seed).choice(400, size=8, replace=False)
       a, c, info = ev.kmeans(x, 8, init="random", seed=seed, tol=tol, return_info=True)
       km = KMeans(8, init=x[rows], n_init=1, tol=tol, algorithm="lloyd").fit(x)
