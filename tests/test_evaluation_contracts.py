@@ -652,6 +652,11 @@ class KmeansRunsTest(chex.TestCase):
     np.testing.assert_array_equal(a, a1)
     a_big, _ = ev.kmeans(x, 6, init="k-means++", seed=2, init_per_round=100)   # at most k per round
     self.assertEqual(a_big.shape, (100,))
+    # k = 512: two centres per round by default (k // 256).
+    x = np.random.default_rng(0).normal(size=(600, 2)).astype(np.float32)
+    a = ev.kmeans(x, 512, init="k-means++", seed=0, max_iter=2)[0]
+    np.testing.assert_array_equal(a, ev.kmeans(x, 512, init="k-means++", seed=0, max_iter=2, init_per_round=2)[0])
+    self.assertFalse(np.array_equal(a, ev.kmeans(x, 512, init="k-means++", seed=0, max_iter=2, init_per_round=1)[0]))
 
 
 class ClusterMetricEdgesTest(chex.TestCase):
