@@ -127,6 +127,16 @@ class RunLoopTest(chex.TestCase):
       self.assertAlmostEqual(row["perf/images_per_second"], 8 * row["perf/steps_per_second"], places=3)
     self.assertGreaterEqual(self.writer.flushes, 3 + 1)   # at each checkpoint and at the end
 
+  def test_the_progress_bar_is_shown_by_the_main_process_only(self):
+    import contextlib
+    import io
+    for kwargs, shown in (({}, True), ({"is_main": False}, False)):
+      err = io.StringIO()
+      with contextlib.redirect_stderr(err):
+        self.run_loop(loop_config(num_steps=3), [1.0] * 3, state=None, **kwargs)
+      self.assertEqual("3/3" in err.getvalue(), shown, (kwargs, err.getvalue()))
+      self.ckpt.delete(3)
+
   def test_step_hook_sees_every_step_in_order(self):
     seen = []
     self.run_loop(loop_config(num_steps=7), np.arange(7.0), step_hook=lambda s, m: seen.append((s, m["loss"])))
@@ -283,6 +293,19 @@ class ResumeTest(chex.TestCase):
         "['params']['w1'], ['params']['w2']); deleted, resuming from an earlier finite one"])
 
   def test_every_checkpoint_non_finite_is_an_error(self):
+    four = lambda step, bad: toy_state(step=step).replace(
+        params={f"w{i}": jnp.full((2,), np.nan if i in bad else 0.0) for i in range(4)})
+    checkpoints.save(self.ckpt, 2, four(2, {3}))
+    checkpoints.save(self.ckpt, 4, four(4, {0, 1, 2, 3}))
+    self.ckpt.wait_until_finished()
+    with self.assertRaises(FloatingPointError) as cm:
+      checkpoints.restore_latest_finite(self.ckpt, four(0, set()))
+    self.assertEqual(str(cm.exception),   # the newest checkpoint's first three bad arrays
+                     f"every checkpoint in {self.ckpt.directory} holds non-finite values (steps [4, 2]; e.g. "
+                     "[\"['params']['w0']\", \"['params']['w1']\", \"['params']['w2']\"]): nothing finite to "
+                     "resume. Start again with a fresh --workdir (and a smaller learning rate).")
+    self.ckpt.delete(2)
+    self.ckpt.delete(4)
     self.save(2, np.nan)
     self.save(4, np.nan)
     with self.assertRaises(FloatingPointError) as cm:
