@@ -188,6 +188,18 @@ class RunLoopTest(chex.TestCase):
     self.assertIn("after step 3 holds non-finite values", str(cm.exception))
     self.assertEqual(evaluated, [])
 
+  def test_four_bad_leaves_are_listed_whole(self):
+    for count, tail in ((4, "['params']['w3']): "), (5, "['params']['w3'], ...): ")):
+      bad = toy_state().replace(params={f"w{i}": jnp.full((2,), jnp.nan) for i in range(count)})
+
+      def nan_step(state, batch, key, bad=bad):
+        return bad.replace(step=state.step + 1), {"loss": jnp.float32(1.0), "finite": jnp.bool_(True)}
+
+      with self.assertRaises(train.NonFiniteStateError) as cm:
+        train.run_loop(loop_config(num_steps=1), self.workdir, toy_state(), nan_step, Batches([0.0]),
+                       jax.random.key(0), ckpt=self.ckpt, last_finite=None, writer=Writer())
+      self.assertIn(tail + "the update at step 0 diverged", str(cm.exception))
+
   def test_more_than_four_bad_leaves_are_abbreviated(self):
     bad = toy_state().replace(params={f"w{i}": jnp.full((2,), jnp.nan) for i in range(6)})
     leaves = checkpoints.non_finite_leaves(bad)
