@@ -385,6 +385,27 @@ EQUIVALENT: dict[str, str] = {
         "`counts > 0` -> `>= 0`: the counts are `np.bincount` of `np.unique`'s inverse, so none is zero.",
     "hdml_jax.evaluation.x_normalized_mutual_information__mutmut_27":
         "`astype(None)`: NumPy's default dtype is float64, as written.",
+    "hdml_jax.evaluation.x__smallest__mutmut_58":
+        "`jnp.take_along_axis(..., axis=1)` on 2-D arrays -> the default axis, -1.",
+    "hdml_jax.evaluation.x__search__mutmut_194":
+        "the check for neighbours beyond the candidates also made when the candidates are the whole gallery: a "
+        "row it flags is ranked against the whole gallery in float64, which is what its candidates already "
+        "were (cost, not result).",
+    "hdml_jax.evaluation.x__search__mutmut_203": "the same as mutant 194 (`kc <= available`).",
+    "hdml_jax.evaluation.x__search__mutmut_197":
+        "the check compares an earlier candidate (`kc - 2`), so it flags at least the rows it flagged before: "
+        "more rows ranked against the whole gallery in float64 (cost, not result).",
+    "hdml_jax.evaluation.x__search__mutmut_198": "the same as mutant 197, from a later neighbour (`k + 1`).",
+    "hdml_jax.evaluation.x__search__mutmut_202": "the same as mutant 197, with a looser margin (`3 * t`).",
+    "hdml_jax.evaluation.x__search__mutmut_200":
+        "`<= 2 * t` -> `< 2 * t`: differs only for a difference exactly equal to the doubled worst-case bound "
+        "(as `_rerank_close`'s mutant 8).",
+    "hdml_jax.evaluation.x__search__mutmut_263": "einsum subscripts in upper case: the same contraction.",
+    "hdml_jax.evaluation.x__search__mutmut_264":
+        "`np.errstate(over=None)`: NumPy's default then prints an overflow warning before the ValueError the "
+        "function raises for that case (tested); nothing else changes.",
+    "hdml_jax.evaluation.x_kmeans__mutmut_159":
+        "`jnp.asarray(centers, None)`: the initial centres are rows of the float32 conditioned data already.",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }
