@@ -428,7 +428,10 @@ class BestCheckpointTest(chex.TestCase):
     first.close()
     with self.assertLogs(level="WARNING") as logged:
       best = self.best()
-    self.assertIn("names step 4, but the best checkpoint kept is step 8", "\n".join(logged.output))
+    path = os.path.join(self.workdir, "best.json")
+    self.assertEqual(logged.output, [f"WARNING:root:{path} names step 4, but the best checkpoint kept is step 8 "
+                                     "(saved just before an interruption); keeping it, with the recorded value 0.5 "
+                                     "as a lower bound of its own"])
     want = {"step": 8, "value": 0.5, "selection": "val/recall@1"}
     self.assertEqual(best.best, want)
     self.assertEqual(json.load(open(os.path.join(self.workdir, "best.json"))), want)
@@ -441,7 +444,9 @@ class BestCheckpointTest(chex.TestCase):
       json.dump({"step": 4, "value": 0.9, "selection": "val/recall@1"}, f)
     with self.assertLogs(level="WARNING") as logged:
       best = self.best()
-    self.assertIn("holds no checkpoint: the selection starts over", "\n".join(logged.output))
+    path = os.path.join(self.workdir, "best.json")
+    self.assertEqual(logged.output, [f"WARNING:root:{path} names step 4, but {best.manager.directory} holds no "
+                                     "checkpoint: the selection starts over"])
     self.assertIsNone(best.best)
     self.assertTrue(best.offer(2, 0.1, toy_state(step=2)))
 
