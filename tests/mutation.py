@@ -623,8 +623,8 @@ def main(argv=None):
   if proc.returncode:
     sys.exit(f"mutation: mutmut run failed (exit {proc.returncode}); see {workdir}")
   status = _results(workdir)
-  names = _selected(args, targets)
-  if names:   # the report covers the mutants selected, not the rest of the files
+  names = _selected(argparse.Namespace(**{**vars(args), "mutants": []}), targets)
+  if names:   # the report covers the application's selected functions, not the rest of its files
     status = {n: st for n, st in status.items() if any(fnmatch.fnmatch(n, pat) for pat in names)}
   _count_import_failures(workdir, status, targets)
   overall = _report(workdir, status, os.path.abspath(args.report))
