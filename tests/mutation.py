@@ -406,6 +406,14 @@ EQUIVALENT: dict[str, str] = {
         "function raises for that case (tested); nothing else changes.",
     "hdml_jax.evaluation.x_kmeans__mutmut_159":
         "`jnp.asarray(centers, None)`: the initial centres are rows of the float32 conditioned data already.",
+    "hdml_jax.evaluation.x__lloyd__mutmut_4":
+        "the iteration counter's initial 0 -> 1: the loop always runs (`max_iter >= 1` is checked) and sets it.",
+    "hdml_jax.evaluation.x_kmeans__mutmut_161": "the same as mutant 159 (dtype dropped: the rows are float32).",
+    "hdml_jax.evaluation.x_kmeans__mutmut_174":
+        "the centres mapped back in float32 instead of float64 before adding the float64 centre: the factor is a "
+        "power of two (exact in float32 within its range) and the sum is float64 either way; the result is "
+        "float32.",
+    "hdml_jax.evaluation.x_kmeans__mutmut_176": "the same as mutant 174 (dtype dropped).",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }

@@ -590,6 +590,14 @@ class KmeansRunsTest(chex.TestCase):
     self.assertEqual(a.dtype, np.int32)
     self.assertEqual(c.dtype, np.float32)
 
+  def test_equal_restarts_keep_the_first(self):
+    # Well-separated blobs: every restart finds the same clustering with the same inertia; the first is kept.
+    x, _ = _data(seed=3, n=64, classes=4, spread=0.1)
+    runs = [ev.kmeans(x, 4, seed=int(np.random.SeedSequence([0, r]).generate_state(1)[0]), return_info=True)[2]
+            for r in range(3)]
+    self.assertEqual(len({info["inertia"] for info in runs}), 1)
+    self.assertEqual(ev.kmeans(x, 4, n_init=3, return_info=True)[2]["best_init"], 0)
+
   @parameterized.parameters("greedy-k-means++", "k-means++", "random")
   def test_results_are_in_the_input_units(self, init):
     x, _ = _data(seed=3, n=64, classes=4, spread=0.5)
