@@ -414,6 +414,16 @@ EQUIVALENT: dict[str, str] = {
         "power of two (exact in float32 within its range) and the sum is float64 either way; the result is "
         "float32.",
     "hdml_jax.evaluation.x_kmeans__mutmut_176": "the same as mutant 174 (dtype dropped).",
+    "hdml_jax.evaluation.x__conditioned__mutmut_3": "`astype(None)`: NumPy's default dtype is float64, as written.",
+    "hdml_jax.evaluation.x__conditioned__mutmut_7": "the same as mutant 3.",
+    "hdml_jax.evaluation.x__lloyd__mutmut_32":
+        "the empty-cluster relocation called whenever a cluster is non-empty: `_relocate_empty` returns the "
+        "centres unchanged when none is empty, and relocates the same clusters when some are.",
+    "hdml_jax.evaluation.x__lloyd__mutmut_63":
+        "`shift <= tol_abs` -> `<`: differs only for a shift exactly equal to the threshold; with tol = 0 a zero "
+        "shift means the labels did not change, which stops the loop at the same iteration.",
+    "hdml_jax.evaluation.x__conditioned__mutmut_9":
+        "the gallery conditioned separately even when it is the queries: the same array, the same values.",
     "hdml_jax.head.x_hdml_objective__mutmut_27":
         "`decay_params` None passed on instead of `{}`: None is an empty pytree, as `{}` is, so the decay is the same.",
 }

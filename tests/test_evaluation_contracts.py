@@ -646,6 +646,9 @@ class KmeansRunsTest(chex.TestCase):
     self.assertLessEqual(default["n_iter"], exact["n_iter"])
     self.assertEqual(capped["n_iter"], 2)
     self.assertEqual(set(exact), {"inertia", "n_iter", "best_init"})
+    # A negative tol never stops on the shift: the labels' stability alone stops Lloyd, at the same iteration.
+    _, _, labels_only = ev.kmeans(x, 6, tol=-1.0, return_info=True)
+    self.assertEqual(labels_only["n_iter"], exact["n_iter"])
 
   def test_chunk_size_and_per_round_are_only_costs(self):
     x, _ = _data(seed=1, n=100, classes=6, spread=2.5)
