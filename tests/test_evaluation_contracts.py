@@ -13,6 +13,7 @@ import numpy as np
 from absl.testing import parameterized
 
 from hdml_jax import evaluation as ev
+from tests.test_evaluation import numpy_neighbors
 
 
 def _data(seed=0, n=40, classes=4, d=3, spread=1.0):
@@ -344,7 +345,6 @@ class OptionsTest(chex.TestCase):
                        ev.evaluate_query_gallery(x[:30], y[:30], x[30:], y[30:], recall_ks=(1,)))
 
   def test_buckets_follow_their_rule(self):
-    want, size = [], 8
     sizes = [8]
     while sizes[-1] < 5000:
       s = sizes[-1]
@@ -475,7 +475,7 @@ class SearchShapesTest(chex.TestCase):
       idx, _ = ev.nearest_neighbors(x, k=5, return_float64=True)
       ev.evaluate(x, np.arange(200) % 10, clustering=False)
     self.assertEqual(calls, [])
-    np.testing.assert_array_equal(idx, numpy_neighbors(x, 5))
+    np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 5))
 
 
   def test_a_nearer_item_beyond_the_candidates_is_found(self):
@@ -494,12 +494,6 @@ class SearchShapesTest(chex.TestCase):
     self.assertNotEqual(want[1], 1)   # not the first of the tied items in index order
     idx, _ = ev.nearest_neighbors(q, g, k=3)
     np.testing.assert_array_equal(idx[0], want)
-
-
-def numpy_neighbors(x, k):
-  d = ((x.astype(np.float64)[:, None] - x[None]) ** 2).sum(-1)
-  np.fill_diagonal(d, np.inf)
-  return np.lexsort((np.broadcast_to(np.arange(len(x)), d.shape), d), axis=-1)[:, :k]
 
 
 class SmallestTest(chex.TestCase):

@@ -79,13 +79,17 @@ def saved(manager):
   return sorted(manager.all_steps())
 
 
-class RunLoopTest(chex.TestCase):
+class CheckpointDirTest(chex.TestCase):
+  """A fresh workdir with a checkpoint manager in it."""
 
   def setUp(self):
     super().setUp()
     self.workdir = tempfile.mkdtemp()
     self.ckpt = checkpoints.make_manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=20)
     self.addCleanup(self.ckpt.close)
+
+
+class RunLoopTest(CheckpointDirTest):
 
   def run_loop(self, cfg, values, state=None, last_finite=None, **kwargs):
     state = toy_state() if state is None else state
@@ -248,13 +252,7 @@ class RunLoopTest(chex.TestCase):
     self.assertTrue(self.batches.closed)
 
 
-class ResumeTest(chex.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.workdir = tempfile.mkdtemp()
-    self.ckpt = checkpoints.make_manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=20)
-    self.addCleanup(self.ckpt.close)
+class ResumeTest(CheckpointDirTest):
 
   def save(self, step, w):
     checkpoints.save(self.ckpt, step, toy_state(step=step, w=w))
