@@ -4,6 +4,7 @@ and the Lloyd iterations step for step against scikit-learn.
 Fast (small inputs, few compilations): the mutation run of ``hdml_jax/evaluation.py`` starts with these.
 """
 
+import inspect
 import math
 
 import chex
@@ -620,6 +621,29 @@ class KmeansRunsTest(chex.TestCase):
     # k = n: the draw is a permutation (without replacement), so every point is its own cluster.
     a, _ = ev.kmeans(x[:12], 12, init="random", seed=4)
     self.assertEqual(sorted(a.tolist()), list(range(12)))
+
+  def test_empty_clusters_take_real_points_not_padding(self):
+    # n = 50 is padded to 64 rows with copies of row 0. Forgy's draw (seed 0) is arranged to hold three copies of
+    # one point, so two clusters start empty; row 0, an outlier not drawn, is the farthest point from its centre.
+    # The two empty clusters must take row 0 and the next-farthest real point, never a padding copy of row 0.
+    from sklearn.cluster import KMeans
+    n, k = 50, 5
+    rows = np.random.default_rng(0).choice(n, size=k, replace=False)
+    self.assertNotIn(0, rows)
+    self.assertGreater(ev.bucket(n), n)
+    x = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
+    x[rows[1]] = x[rows[2]] = x[rows[3]] = x[rows[0]]
+    x[0] = [40.0, 40.0]
+    a, c, info = ev.kmeans(x, k, init="random", seed=0, tol=0.0, return_info=True)
+    km = KMeans(k, init=x[rows], n_init=1, tol=0.0, algorithm="lloyd").fit(x)
+    np.testing.assert_array_equal(a, km.labels_)
+    np.testing.assert_allclose(c, km.cluster_centers_, rtol=1e-5, atol=1e-5)
+    self.assertEqual(info["n_iter"], km.n_iter_)
+    self.assertEqual(np.sum(a == a[0]), 1)   # the outlier ends alone in its cluster
+
+  def test_max_iter_default_is_scikit_learns(self):
+    from sklearn.cluster import KMeans
+    self.assertEqual(inspect.signature(ev.kmeans).parameters["max_iter"].default, KMeans().max_iter)
 
   def test_each_init_is_its_own(self):
     x, _ = _data(seed=1, n=200, classes=12, spread=2.0)
