@@ -156,12 +156,12 @@ def metrics_from_neighbors(nbrs, yq, yg, ks, exclude_self):
   return rec, np.mean(rps), np.mean(aps)
 
 
-def near_ties(n, seed, d=16, clusters=6):
-  """Clusters on an integer grid plus offsets on a 2^-12 grid: many exact and near ties,
+def near_ties(n, seed, d=16, clusters=6, grid=12):
+  """Clusters on an integer grid plus offsets on a 2^-grid grid: many exact and near ties,
   closer than float32's |q|^2 + |g|^2 - 2 q.g can separate (all values exact in float32)."""
   rng = np.random.default_rng(seed)
   centers = rng.integers(-3, 4, size=(clusters, d))
-  offsets = rng.integers(-4, 5, size=(n, d)) * 2.0 ** -12
+  offsets = rng.integers(-4, 5, size=(n, d)) * 2.0 ** -grid
   return (centers[rng.integers(0, clusters, n)] + offsets).astype(np.float32)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from absl.testing import parameterized
 
 from hdml_jax import evaluation as ev
-from tests.test_evaluation import numpy_neighbors
+from tests.test_evaluation import blobs, near_ties, numpy_neighbors
 
 
 def _data(seed=0, n=40, classes=4, d=3, spread=1.0):
@@ -495,6 +495,35 @@ class SearchShapesTest(chex.TestCase):
     self.assertNotEqual(want[1], 1)   # not the first of the tied items in index order
     idx, _ = ev.nearest_neighbors(q, g, k=3)
     np.testing.assert_array_equal(idx[0], want)
+
+
+class ErrorBoundTest(chex.TestCase):
+  """The float32 error bound that decides which close calls are re-ranked in float64, at any scale.
+
+  The search runs on data centred and scaled by a power of two (``unit``); the bound and the float32
+  distances are brought back to the input's units by ``unit ** 2``. Scaling the input by a power of two
+  leaves the conditioned data, and so the float32 candidates, bit for bit the same.
+  """
+
+  @parameterized.parameters(-10, 0, 10)
+  def test_near_ties_are_exact_at_any_scale(self, e):
+    # 64 features on a 2^-8 grid: float32 misorders some neighbours by less than the bound, and the bound
+    # grows with |q|^2 + max |g|^2 (large here); the float64 brute force is the reference.
+    x = near_ties(1100, seed=1, d=64, grid=8) * np.float32(2.0 ** e)
+    idx, d2 = ev.nearest_neighbors(x, k=12, chunk_size=256, return_float64=True)
+    want = numpy_neighbors(x, x, True, 12)
+    np.testing.assert_array_equal(idx, want)
+    exact = ((x.astype(np.float64)[:, None] - x[want]) ** 2).sum(-1)
+    np.testing.assert_allclose(d2, exact, rtol=1e-5)
+
+  @parameterized.parameters(-8, 0, 10)
+  def test_float64_distances_are_in_the_input_units(self, e):
+    # Well separated points: nothing re-ranked, so the returned distances are the float32 ones, rescaled.
+    x = blobs(n=200)[0] * np.float32(2.0 ** e)
+    idx, d2 = ev.nearest_neighbors(x, k=5, return_float64=True)
+    np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 5))
+    exact = ((x.astype(np.float64)[:, None] - x[idx]) ** 2).sum(-1)
+    np.testing.assert_allclose(d2, exact, rtol=1e-4)
 
 
 class SmallestTest(chex.TestCase):
