@@ -8,6 +8,7 @@ through real training).
 
 import json
 import os
+import shutil
 import tempfile
 
 import chex
@@ -85,6 +86,7 @@ class CheckpointDirTest(chex.TestCase):
   def setUp(self):
     super().setUp()
     self.workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
     self.ckpt = checkpoints.make_manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=20)
     self.addCleanup(self.ckpt.close)
 
@@ -378,6 +380,7 @@ class BestCheckpointTest(chex.TestCase):
   def setUp(self):
     super().setUp()
     self.workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
 
   def best(self, is_main=True):
     best = train.BestCheckpoint(self.workdir, "val/recall@1", is_main=is_main)
@@ -476,6 +479,114 @@ class BestCheckpointTest(chex.TestCase):
     self.assertEqual(train._selection_name(cfg), "val/map@r")
     cfg.selection.split = "test"
     self.assertEqual(train._selection_name(cfg), "test/map@r (the reference's rule: selects on the test set)")
+
+
+class RunConfigTest(chex.TestCase):
+  """``check_run_config``: the config saved at the first start, and what a resume may change."""
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
+
+  def cfg(self, **changes):
+    cfg = ml_collections.ConfigDict({"num_steps": 10, "log_every": 2, "seed": 0,
+                                     "hdml": {"loss": "npair", "lam": 0.5}, "eval": {"batch_size": 64}})
+    for key, value in changes.items():
+      node = cfg
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    return cfg
+
+  def saved(self):
+    with open(os.path.join(self.workdir, train.CONFIG_FILE)) as f:
+      return json.load(f)
+
+  def history(self):
+    path = os.path.join(self.workdir, "config_changes.jsonl")
+    if not os.path.exists(path):
+      return []
+    with open(path) as f:
+      return [json.loads(line) for line in f]
+
+  def test_flat_joins_nested_keys_with_dots(self):
+    self.assertEqual(train._flat({"a": 1, "b": {"c": 2, "d": {"e": 3}}, "f": {}}),
+                     {"a": 1, "b.c": 2, "b.d.e": 3, "f": {}})   # an empty dict is a value, not a level
+
+  def test_first_start_saves_the_config(self):
+    self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=False), [])
+    self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))
+    # A fresh start (no checkpoint) in a workdir that holds a config replaces it without comparing.
+    self.assertEqual(train.check_run_config(self.cfg(seed=3), self.workdir, resuming=False), [])
+    self.assertEqual(self.saved()["seed"], 3)
+    self.assertEqual(self.history(), [])
+
+  def test_resuming_under_the_same_config_changes_nothing(self):
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=True), [])
+    self.assertEqual(self.history(), [])
+
+  def test_resumable_keys_may_change_and_are_recorded(self):
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    with self.assertLogs(level="WARNING") as logged:
+      changes = train.check_run_config(self.cfg(num_steps=20, **{"eval.batch_size": 32}), self.workdir,
+                                       resuming=True)
+    self.assertEqual(changes, [{"key": "eval.batch_size", "run": 64, "now": 32},
+                               {"key": "num_steps", "run": 10, "now": 20}])
+    self.assertEqual(logged.records[0].getMessage(),
+                     f"resuming {self.workdir} with changed eval.batch_size 64 -> 32, num_steps 10 -> 20")
+    self.assertEqual(self.saved()["num_steps"], 20)   # the config in force
+    train.check_run_config(self.cfg(num_steps=30, **{"eval.batch_size": 32}), self.workdir, resuming=True)
+    self.assertEqual(self.history(), [{"changes": changes},
+                                      {"changes": [{"key": "num_steps", "run": 20, "now": 30}]}])
+
+  def test_other_keys_refuse_the_resume_with_a_readable_diff(self):
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    path = os.path.join(self.workdir, train.CONFIG_FILE)
+    with self.assertRaises(ValueError) as cm:
+      train.check_run_config(self.cfg(num_steps=20, seed=1, **{"hdml.loss": "triplet"}), self.workdir,
+                             resuming=True)
+    self.assertEqual(str(cm.exception),
+                     f"{self.workdir} holds a run with another config; resuming it would continue that run under "
+                     "new settings. Differences:\n"
+                     "  hdml.loss: 'npair' in the run, 'triplet' now\n"
+                     "  seed: 0 in the run, 1 now\n"
+                     f"Use a fresh --workdir, or resume with the run's own config ({path}). Only "
+                     f"{', '.join(train.RESUMABLE_KEYS)} may change on resume.")
+    self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))   # the run's config kept
+    self.assertEqual(self.history(), [])
+
+  def test_a_key_the_run_lacks_is_allowed_one_it_had_is_not(self):
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    newer = self.cfg()
+    newer.hdml.new_option = "x"   # added by a newer version of the code
+    self.assertEqual(train.check_run_config(newer, self.workdir, resuming=True),
+                     [{"key": "hdml.new_option", "run": "<absent>", "now": "x"}])
+    older = self.cfg()   # the saved run now has the option; a config without it would drop a setting
+    with self.assertRaisesRegex(ValueError, r"hdml.new_option: 'x' in the run, '<absent>' now"):
+      train.check_run_config(older, self.workdir, resuming=True)
+
+  def test_a_run_without_a_saved_config_saves_the_current_one(self):
+    with self.assertLogs(level="WARNING") as logged:
+      self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=True), [])
+    self.assertEqual(logged.records[0].getMessage(),
+                     f"{self.workdir} has no {train.CONFIG_FILE} (written by an older version): the config cannot "
+                     "be compared; saving the current one")
+    self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))
+
+  def test_only_the_main_process_writes(self):
+    from unittest import mock
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    with mock.patch.object(jax, "process_index", return_value=1):
+      with self.assertLogs(level="WARNING"):
+        changes = train.check_run_config(self.cfg(num_steps=20), self.workdir, resuming=True)
+      os.remove(os.path.join(self.workdir, train.CONFIG_FILE))
+      train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    self.assertEqual(changes, [{"key": "num_steps", "run": 10, "now": 20}])   # still compared and returned
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, train.CONFIG_FILE)))
+    self.assertEqual(self.history(), [])
 
 
 if __name__ == "__main__":
