@@ -417,6 +417,16 @@ EQUIVALENT: dict[str, str] = {
         "power of two (exact in float32 within its range) and the sum is float64 either way; the result is "
         "float32.",
     "hdml_jax.evaluation.x_kmeans__mutmut_176": "the same as mutant 174 (dtype dropped).",
+    "hdml_jax.evaluation.x__as_embeddings__mutmut_26":
+        "`astype(..., copy=None)`: None is false, so a float32 input is returned uncopied, as with `copy=False`.",
+    "hdml_jax.evaluation.x_bucket__mutmut_13":
+        "`size & (size - 1)` -> `size & (size - 2)`: on the sizes the loop visits (8, 12, 16, 24, ...: powers of "
+        "two from 8, and three times a power of two from 12) both are zero exactly at the powers of two.",
+    "hdml_jax.evaluation.x__conditioned__mutmut_13":
+        "`gallery.astype(None)`: NumPy's default dtype is float64, as written.",
+    "hdml_jax.evaluation.x__conditioned__mutmut_32":
+        "`unit` 2.0 instead of 1.0 when every point is at the centre: the conditioned values are all zero "
+        "either way, and so are the distances scaled back by `unit ** 2`.",
     "hdml_jax.evaluation.x__conditioned__mutmut_3": "`astype(None)`: NumPy's default dtype is float64, as written.",
     "hdml_jax.evaluation.x__conditioned__mutmut_7": "the same as mutant 3.",
     "hdml_jax.evaluation.x__lloyd__mutmut_32":
@@ -453,6 +463,10 @@ HANGS: dict[str, str] = {
     "hdml_jax.evaluation.x__search__mutmut_116":
         "the chunk loop's step dropped (`range(0, n)`): every query row starts a chunk, so the search makes N "
         "device calls of `chunk_size` rows instead of N / chunk_size; the tests time out.",
+    "hdml_jax.evaluation.x_bucket__mutmut_10":
+        "`size + half` -> `size - half`: from 8 the size falls to 1 and stays there, so any n > 1 loops forever.",
+    "hdml_jax.evaluation.x_bucket__mutmut_16":
+        "`size + size // 3` -> `size - size // 3`: 8 -> 12 -> 8 -> ...: any n > 12 loops forever.",
     "hdml_jax.data.samplers.xǁMPerClassSamplerǁepoch_of__mutmut_9":
         "`step -= n` -> `step = n`: every step past the first epoch loops forever.",
     "hdml_jax.data.samplers.xǁMPerClassSamplerǁepoch_of__mutmut_10":

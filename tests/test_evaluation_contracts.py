@@ -366,6 +366,46 @@ class OptionsTest(chex.TestCase):
     np.testing.assert_array_equal(w, np.ones(5))
 
 
+class ConditionedTest(chex.TestCase):
+  """``_conditioned``: float32 copies centred on the gallery mean and scaled by a power of two."""
+
+  def test_centre_unit_and_dtypes(self):
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(5, 3)) * 40 + 7
+    g = rng.normal(size=(9, 3)) * 40 + 7
+    cq, cg, center, unit = ev._conditioned(q, g)
+    np.testing.assert_array_equal(center, g.mean(axis=0))
+    top = max(np.abs(q - center).max(), np.abs(g - center).max())
+    self.assertEqual(unit, 2.0 ** np.ceil(np.log2(top)))   # a power of two, with top <= unit < 2 top
+    self.assertTrue(unit / 2 < top <= unit)
+    self.assertEqual((cq.dtype, cg.dtype), (np.float32, np.float32))   # float32 copies: half the host memory
+    np.testing.assert_array_equal(cq, ((q - center) / unit).astype(np.float32))
+    np.testing.assert_array_equal(cg, ((g - center) / unit).astype(np.float32))
+
+  def test_the_queries_as_gallery_are_one_array(self):
+    x = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)
+    cq, cg, _, _ = ev._conditioned(x, x)
+    self.assertIs(cg, cq)   # not a second copy
+
+  def test_float32_inputs_are_not_copied(self):
+    # At Stanford Online Products scale a copy of the embeddings is a quarter of a gigabyte.
+    x = np.ones((3, 2), np.float32)
+    self.assertIs(ev._as_embeddings(x, "x", "here"), x)
+    self.assertEqual(ev._as_embeddings(x.astype(np.float16), "x", "here").dtype, np.float32)
+
+  def test_identical_points(self):
+    # Every point at the centre: nothing to scale (no log of zero); unit 1 and all-zero copies.
+    x = np.full((4, 3), 2.5, np.float32)
+    cq, cg, center, unit = ev._conditioned(x, x)
+    self.assertEqual(unit, 1.0)
+    np.testing.assert_array_equal(cq, np.zeros((4, 3), np.float32))
+    idx, d2 = ev.nearest_neighbors(x, k=3)
+    np.testing.assert_array_equal(idx, [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])   # ties to the smaller index
+    np.testing.assert_array_equal(d2, np.zeros((4, 3), np.float32))
+    a, c = ev.kmeans(x, 2)
+    np.testing.assert_array_equal(c, x[:2])
+
+
 class RefineTest(chex.TestCase):
 
   @parameterized.parameters(1, 7, 128)
