@@ -713,6 +713,18 @@ class KmeansRunsTest(chex.TestCase):
   def test_max_iter_default_is_scikit_learns(self):
     from sklearn.cluster import KMeans
     self.assertEqual(inspect.signature(ev.kmeans).parameters["max_iter"].default, KMeans().max_iter)
+    # A dense band of points between two clumps: from this start the boundary between the two clusters creeps
+    # toward the middle a few points per iteration, and Lloyd needs 377 iterations, as scikit-learn's does
+    # from the same rows; by default both stop at 300.
+    band = np.linspace(-0.2875, 0.2875, 10000)
+    x = np.concatenate([band, np.full(5000, -1.0), np.full(5000, 1.0)])[:, None].astype(np.float32)
+    rows = np.random.default_rng(36).choice(len(x), size=2, replace=False)   # Forgy's draw for seed 36
+    for max_iter in (1000, None):
+      kwargs = {} if max_iter is None else {"max_iter": max_iter}
+      km = KMeans(2, init=x[rows], n_init=1, tol=0.0, algorithm="lloyd", **kwargs).fit(x)
+      _, _, info = ev.kmeans(x, 2, init="random", seed=36, tol=0.0, return_info=True, **kwargs)
+      self.assertEqual(info["n_iter"], km.n_iter_)
+      self.assertEqual(info["n_iter"], 377 if max_iter else 300)
 
   def test_each_init_is_its_own(self):
     x, _ = _data(seed=1, n=200, classes=12, spread=2.0)
