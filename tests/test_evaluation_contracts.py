@@ -713,6 +713,9 @@ class KmeansRunsTest(chex.TestCase):
   def test_max_iter_default_is_scikit_learns(self):
     from sklearn.cluster import KMeans
     self.assertEqual(inspect.signature(ev.kmeans).parameters["max_iter"].default, KMeans().max_iter)
+
+  def test_lloyd_stops_after_300_iterations_by_default(self):
+    from sklearn.cluster import KMeans
     # A dense band of points between two clumps: from this start the boundary between the two clusters creeps
     # toward the middle a few points per iteration, and Lloyd needs 377 iterations, as scikit-learn's does
     # from the same rows; by default both stop at 300.
