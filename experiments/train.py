@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from typing import Callable
@@ -247,10 +248,12 @@ class BestCheckpoint:
 
   ``offer(step, value, state)`` keeps the state if ``value`` is strictly
   higher than the best so far (the first offer always wins): on a tie the
-  earlier step stays. ``best.json`` (``{"step", "value", "selection"}``) is
-  written atomically once the checkpoint is on disk, and read back when a
-  run is resumed, so an interrupted run goes on comparing with the best it
-  had found.
+  earlier step stays. A NaN value (a metric with no query to average over)
+  never beats anything, and any number beats a NaN best, so a first NaN
+  offer is kept only until a number comes. ``best.json`` (``{"step",
+  "value", "selection"}``, a NaN written as ``null``) is written atomically
+  once the checkpoint is on disk, and read back when a run is resumed, so
+  an interrupted run goes on comparing with the best it had found.
   """
 
   def __init__(self, workdir: str, selection: str, *, is_main: bool = True):
@@ -277,8 +280,13 @@ class BestCheckpoint:
 
   def offer(self, step: int, value: float, state) -> bool:
     """Keeps ``state`` if ``value`` beats the best so far; returns whether it did."""
-    if self.best is not None and not value > self.best["value"]:
-      return False
+    if self.best is not None:
+      best = self.best["value"]
+      if best is None or math.isnan(best):   # null in best.json is a NaN written as strict JSON
+        if math.isnan(value):
+          return False
+      elif not value > best:
+        return False
     self.best = {"step": step, "value": value, "selection": self.selection}
     checkpoints.save(self.manager, step, state)
     self.manager.wait_until_finished()

@@ -409,6 +409,28 @@ class BestCheckpointTest(chex.TestCase):
     self.assertEqual(best.best["step"], 4)
     np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [4.0] * 3)
 
+  def test_a_nan_value_never_wins_and_any_number_beats_it(self):
+    # A metric can be NaN (no query with a relevant item in the selection split): a first NaN offer is kept,
+    # so that there is something to restore, but the first number replaces it; NaN never replaces a number.
+    best = self.best()
+    self.assertTrue(best.offer(2, float("nan"), toy_state(step=2, w=2.0)))
+    self.assertFalse(best.offer(4, float("nan"), toy_state(step=4, w=4.0)))   # the earlier NaN stays
+    self.assertTrue(best.offer(6, 0.1, toy_state(step=6, w=6.0)))
+    self.assertFalse(best.offer(8, float("nan"), toy_state(step=8, w=8.0)))
+    self.assertEqual(best.best, {"step": 6, "value": 0.1, "selection": "val/recall@1"})
+    np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [6.0] * 3)
+
+  def test_a_resumed_run_whose_best_was_nan_goes_on(self):
+    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first.offer(2, float("nan"), toy_state(step=2, w=2.0))
+    first.close()
+    with open(os.path.join(self.workdir, "best.json")) as f:
+      self.assertIsNone(json.load(f)["value"])   # strict JSON: NaN is written as null
+    best = self.best()
+    self.assertFalse(best.offer(4, float("nan"), toy_state(step=4, w=4.0)))
+    self.assertTrue(best.offer(6, 0.2, toy_state(step=6, w=6.0)))
+    self.assertEqual(best.best["step"], 6)
+
   def test_a_resumed_run_compares_with_the_best_found_before(self):
     first = train.BestCheckpoint(self.workdir, "val/recall@1")
     first.offer(4, 0.7, toy_state(step=4, w=4.0))
