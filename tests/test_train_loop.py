@@ -590,6 +590,26 @@ class RunConfigTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, r"hdml.new_option: 'x' in the run, '<absent>' now"):
       train.check_run_config(older, self.workdir, resuming=True)
 
+  def test_keys_whose_value_is_none(self):
+    # None is a value like any other: a new key set to None is a change, a key of value None dropped is refused.
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    newer = self.cfg()
+    newer.hdml.cap = None
+    self.assertEqual(train.check_run_config(newer, self.workdir, resuming=True),
+                     [{"key": "hdml.cap", "run": "<absent>", "now": None}])
+    with self.assertRaisesRegex(ValueError, r"hdml.cap: None in the run, '<absent>' now"):
+      train.check_run_config(self.cfg(), self.workdir, resuming=True)
+
+  def test_the_saved_config_lists_its_keys_sorted(self):
+    # Sorted at every level, so that two runs' config.json files compare line by line.
+    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    with open(os.path.join(self.workdir, train.CONFIG_FILE)) as f:
+      text = f.read()
+    saved = json.loads(text)
+    self.assertEqual(list(saved), sorted(saved))
+    self.assertEqual(list(saved["hdml"]), ["lam", "loss"])
+    self.assertLess(text.index('"eval"'), text.index('"num_steps"'))
+
   def test_a_run_without_a_saved_config_saves_the_current_one(self):
     with self.assertLogs(level="WARNING") as logged:
       self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=True), [])
