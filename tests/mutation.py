@@ -417,6 +417,13 @@ EQUIVALENT: dict[str, str] = {
         "power of two (exact in float32 within its range) and the sum is float64 either way; the result is "
         "float32.",
     "hdml_jax.evaluation.x_kmeans__mutmut_176": "the same as mutant 174 (dtype dropped).",
+    "experiments.train.x_check_run_config__mutmut_40":
+        "the placeholder for a key the run's config lacks, `'<absent>'` -> `'XX<absent>XX'`, in the comparison "
+        "only (the diff shown keeps `'<absent>'`): a key present on one side differs from either placeholder "
+        "unless a config value is that very string.",
+    "experiments.train.x_check_run_config__mutmut_41": "the same as mutant 40, with `'<ABSENT>'`.",
+    "experiments.train.x_check_run_config__mutmut_47": "the same as mutant 40, for a key the current config lacks.",
+    "experiments.train.x_check_run_config__mutmut_48": "the same as mutant 47, with `'<ABSENT>'`.",
     "hdml_jax.evaluation.x__as_embeddings__mutmut_26":
         "`astype(..., copy=None)`: None is false, so a float32 input is returned uncopied, as with `copy=False`.",
     "hdml_jax.evaluation.x_bucket__mutmut_13":
