@@ -93,12 +93,84 @@ class CheckpointDirTest(chex.TestCase):
 
 class RunLoopTest(CheckpointDirTest):
 
-  def run_loop(self, cfg, values, state=None, last_finite=None, **kwargs):
+  def run_loop(self, cfg, values, state=None, last_finite=None, step=None, **kwargs):
     state = toy_state() if state is None else state
     self.batches = Batches(values, start=int(state.step))
     self.writer = Writer()
-    return train.run_loop(cfg, self.workdir, state, jax.jit(toy_step), self.batches, jax.random.key(0),
+    step = jax.jit(toy_step) if step is None else step
+    return train.run_loop(cfg, self.workdir, state, step, self.batches, jax.random.key(0),
                           ckpt=self.ckpt, last_finite=last_finite, writer=self.writer, **kwargs)
+
+  def test_at_most_two_steps_are_in_flight(self):
+    # Past two dispatched steps whose metrics are not fetched yet, the loop waits for the oldest but two.
+    from unittest import mock
+    produced, waited = [], []
+    jitted, real_wait = jax.jit(toy_step), jax.block_until_ready
+
+    def step(state, batch, key):
+      new, metrics = jitted(state, batch, key)
+      produced.append(metrics)
+      return new, metrics
+
+    def wait(x):
+      waited.append(x)
+      return real_wait(x)
+
+    with mock.patch.object(jax, "block_until_ready", wait):
+      self.run_loop(loop_config(num_steps=6, log_every=100, eval_every=100, checkpoint_every=100), [1.0] * 6,
+                    step=step)
+    on_metrics = [x for x in waited if any(x is m for m in produced)]
+    self.assertEqual(len(on_metrics), 4)   # after steps 2..5, on the metrics of steps 0..3
+    for got, want in zip(on_metrics, produced):
+      self.assertIs(got, want)
+
+  def test_metrics_are_fetched_at_log_eval_and_checkpoint_steps_or_every_step_with_a_hook(self):
+    from unittest import mock
+    real = train.local_copy
+    for hook, want in ((None, [3, 1, 1, 1, 2, 1, 1]), (lambda s, m: None, [1] * 10)):
+      fetched = []
+
+      def spy(tree):
+        if isinstance(tree, list):   # the pending steps' metrics
+          fetched.append(len(tree))
+        return real(tree)
+
+      with mock.patch.object(train, "local_copy", spy):
+        self.run_loop(loop_config(), np.arange(1.0, 11.0), step_hook=hook)
+      # Fetches after steps 3 (log), 4 (checkpoint, held), 5 (eval; the held state is written), 6 (log),
+      # 8 (checkpoint), 9 (log) and 10 (the end); with a hook, after every step.
+      self.assertEqual(fetched, want, hook)
+      for step in saved(self.ckpt):
+        self.ckpt.delete(step)
+
+  def test_no_evaluation_after_a_non_finite_loss(self):
+    # A loss that is NaN while the state stays finite: the evaluation at step 2 must not run.
+    def finite_state_step(state, batch, key):
+      del key
+      loss = jnp.float32(batch)
+      return state.replace(step=state.step + 1), {"loss": loss, "j_metric": loss, "finite": jnp.isfinite(loss)}
+
+    evaluated = []
+    with self.assertRaises(train.NonFiniteLossError) as cm:
+      self.run_loop(loop_config(num_steps=4, log_every=100, eval_every=2, checkpoint_every=100),
+                    [np.nan, 1.0, 1.0, 1.0], step=jax.jit(finite_state_step), on_eval=lambda s, st: evaluated.append(s))
+    self.assertIn("at step 0", str(cm.exception))
+    self.assertEqual(evaluated, [])
+
+  def test_throughput_counts_steps_over_the_training_time_of_the_window(self):
+    # A clock that advances 2 s per reading. Window starts: the loop's start, each log line, and the end of
+    # each evaluation or checkpoint (whose time is not training).
+    import types
+    from unittest import mock
+    ticks = iter(range(0, 1000, 2))
+    clock = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    with mock.patch.object(train, "time", clock):
+      self.run_loop(loop_config(num_steps=6, log_every=2, eval_every=3, checkpoint_every=100), [1.0] * 6)
+    # Readings: 0 (start); 2 at step 2's log (2 steps / 2 s); 4 after step 3's evaluation; 6 at step 4's log
+    # (1 step / 2 s); 8 at step 6's log (2 steps / 2 s).
+    rates = {step: row["perf/steps_per_second"] for step, row in self.writer.rows}
+    self.assertEqual(rates, {2: 1.0, 4: 0.5, 6: 1.0})
+    self.assertEqual([row["perf/images_per_second"] for _, row in self.writer.rows], [8.0, 4.0, 8.0])
 
   def restored(self, step):
     return checkpoints.restore(self.ckpt, toy_state(), step)
