@@ -424,6 +424,13 @@ EQUIVALENT: dict[str, str] = {
     "experiments.train.x_check_run_config__mutmut_41": "the same as mutant 40, with `'<ABSENT>'`.",
     "experiments.train.x_check_run_config__mutmut_47": "the same as mutant 40, for a key the current config lacks.",
     "experiments.train.x_check_run_config__mutmut_48": "the same as mutant 47, with `'<ABSENT>'`.",
+    "experiments.checkpoints.x_non_finite_leaves__mutmut_11":
+        "`isinstance(x, jax.Array) or True`: the flags come out of a jitted function, so every leaf is a "
+        "`jax.Array` already.",
+    "experiments.checkpoints.x_non_finite_leaves__mutmut_12":
+        "`addressable_data(None)` for `addressable_data(0)`: each flag is one scalar, the same on every device "
+        "that holds it (replicated, or a single-device array, which returns itself for any index).",
+    "experiments.checkpoints.x_non_finite_leaves__mutmut_13": "the same as mutant 12, with index 1.",
     "hdml_jax.evaluation.x__as_embeddings__mutmut_26":
         "`astype(..., copy=None)`: None is false, so a float32 input is returned uncopied, as with `copy=False`.",
     "hdml_jax.evaluation.x_bucket__mutmut_13":
@@ -451,6 +458,10 @@ EQUIVALENT: dict[str, str] = {
 # Mutant name -> why a survivor that is neither killed nor equivalent is left (the report prints it under the
 # mutant's diff; the score counts it as a survivor).
 SURVIVOR_NOTES: dict[str, str] = {
+    "experiments.checkpoints.x_non_finite_leaves__mutmut_10":
+        "fetches the whole flag arrays with `device_get` instead of the local shard: the same in one process "
+        "(every test here), but in a multi-host run a flag not fully addressable from one process cannot be "
+        "fetched whole. Only a multi-process run could kill it.",
     "hdml_jax.evaluation.x__search__mutmut_93":
         "halves the float32 error bound that decides which close calls are re-ranked in float64. The bound is "
         "Higham's worst case for the dot products, doubled; the halved one is no longer a proven bound (the "
