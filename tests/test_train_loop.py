@@ -446,6 +446,15 @@ class ResumeTest(CheckpointDirTest):
     state = state.replace(stats={"j_avg": jnp.float32(np.inf)}, batch_stats={"bn": {"mean": jnp.full(2, np.nan)}})
     self.assertEqual(checkpoints.non_finite_leaves(state), ["['batch_stats']['bn']['mean']", "['stats']['j_avg']"])
 
+  def test_fields_a_state_lacks_or_holds_as_none_are_not_stored(self):
+    import types
+    state = types.SimpleNamespace(params={"w": jnp.ones(2)}, batch_stats=None, step=jnp.int32(3))   # no opt_state, stats
+    tree = checkpoints.state_tree(state)
+    self.assertEqual(sorted(tree), ["params", "step"])
+    self.assertEqual(checkpoints.non_finite_leaves(state), [])
+    self.assertEqual(sorted(checkpoints.state_tree(toy_state())), ["batch_stats", "opt_state", "params", "stats",
+                                                                    "step"])
+
 
 class BestCheckpointTest(chex.TestCase):
 
