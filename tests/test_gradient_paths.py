@@ -18,16 +18,27 @@ from hdml_jax.train_step import make_train_step
 from tests.helpers import digits_batch, tiny_state
 
 
-def recomposed_metric_objective(state, batch, *, cut=False):
-  """``J_metric`` of an N-pair HDML step written again from the public functions.
+def _tuple_loss(cfg, a, p, n):
+  """The triplet or contrastive loss of ``(a, p, n)`` rows, from the public losses."""
+  if cfg.loss == "triplet":
+    return hd.triplet_loss(a, p, n, margin=cfg.margin)
+  same = jnp.concatenate([jnp.ones(a.shape[0]), jnp.zeros(a.shape[0])])
+  return hd.contrastive_loss(jnp.concatenate([a, a]), jnp.concatenate([p, n]), same,
+                             margin=cfg.contrastive_margin)
+
+
+def recomposed_metric_objective(state, batch, *, cut=None):
+  """``J_metric`` of an HDML step (N-pair, triplet or contrastive) written again from the public functions.
 
   Independent of ``make_train_step``: every layer is applied by hand, in
-  training mode, and the synthesis is differentiated end to end (``cut``:
-  the bug to catch, a stop-gradient on the synthetic generator input).
+  training mode, and the synthesis is differentiated end to end. ``cut``
+  names the bug to catch, a stop-gradient on the synthetic path:
+  ``"input"`` on the whole synthetic generator input, ``"synthesis"`` on
+  the synthesised rows only (the N-pair candidates, the triplets' n^).
   """
   nets, cfg, stats = state.networks, state.config, state.stats
   images, labels = batch["images"], batch["labels"]
-  p = images.shape[0] // 2
+  sg = jax.lax.stop_gradient
 
   def objective_of(metric_params):
     y, _ = nets.backbone.apply({"params": metric_params["backbone"],
@@ -38,31 +49,45 @@ def recomposed_metric_objective(state, batch, *, cut=False):
                                 mutable=["batch_stats"])
     decay = objective.weight_decay({"backbone": metric_params["backbone"],
                                     "fc1": metric_params["embedding"]["fc1"]}, wd=cfg.weight_decay)
-    j_m = hd.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=cfg.l2_reg) + decay
-    tuples = hd.expand_npair_tuples(z[:p], z[p:], alpha=cfg.alpha, j_avg=stats.j_avg)
+    if cfg.loss == "npair":
+      p = z.shape[0] // 2
+      j_m = hd.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=cfg.l2_reg)
+      tuples = hd.expand_npair_tuples(z[:p], z[p:], alpha=cfg.alpha, j_avg=stats.j_avg)
+      candidates = tuples.candidates.reshape(p * p, -1)
+      synthetic = jnp.concatenate([tuples.anchors, sg(candidates) if cut == "synthesis" else candidates])
+    else:
+      a, p_, n = hd.split_triplets(z)
+      j_m = _tuple_loss(cfg, a, p_, n)
+      n_hat = hd.synthesize_negatives(a, p_, n, alpha=cfg.alpha, j_avg=stats.j_avg)
+      synthetic = jnp.concatenate([a, p_, sg(n_hat) if cut == "synthesis" else n_hat])
     decoded, _ = nets.generator.apply({"params": state.params["generator"],
                                        "batch_stats": state.batch_stats["generator"]},
-                                      jnp.concatenate([z, jax.lax.stop_gradient(tuples.flat()) if cut
-                                                       else tuples.flat()]), train=True,
-                                      mutable=["batch_stats"])
+                                      jnp.concatenate([z, sg(synthetic) if cut == "input" else synthetic]),
+                                      train=True, mutable=["batch_stats"])
     z_syn, _ = nets.embedding.apply({"params": metric_params["embedding"],
-                                     "batch_stats": state.batch_stats["embedding"]}, decoded[2 * p:],
+                                     "batch_stats": state.batch_stats["embedding"]}, decoded[z.shape[0]:],
                                     train=True, mutable=["batch_stats"])
-    j_syn = hd.synthetic_npair_loss(z_syn[:p], z_syn[p:].reshape(p, p, -1), l2_reg=cfg.l2_reg)
+    if cfg.loss == "npair":
+      p = z.shape[0] // 2
+      j_syn = hd.synthetic_npair_loss(z_syn[:p], z_syn[p:].reshape(p, p, -1), l2_reg=cfg.l2_reg)
+    else:
+      j_syn = _tuple_loss(cfg, *hd.split_triplets(z_syn))
     w = objective.metric_weight(stats.j_gen, beta=cfg.beta)
-    return w * j_m + (1.0 - w) * j_syn
+    return w * (j_m + decay) + (1.0 - w) * j_syn
 
   return objective_of
 
 
-class MetricGradientPathTest(chex.TestCase):
+class MetricGradientPathTest(parameterized.TestCase):
 
-  def test_metric_gradient_reaches_the_backbone_through_the_synthesis(self):
+  # The triplet batch of step 0 has no active triplet (a zero gradient): step 1's has.
+  @parameterized.parameters(("npair", 0), ("triplet", 1), ("contrastive", 0))
+  def test_metric_gradient_reaches_the_backbone_through_the_synthesis(self, loss, step):
     # beta = 3e6 gives w = exp(-3) in the first block: J_syn carries 95 % of
     # J_metric, so a cut anywhere on the synthetic path (before the
     # synthesis, inside it, or at the generator input) changes the gradient.
-    state = tiny_state(alpha=1.0, beta=3e6)
-    batch = {k: jnp.asarray(v) for k, v in digits_batch(step=0).items()}
+    state = tiny_state(loss=loss, alpha=1.0, beta=3e6)
+    batch = {k: jnp.asarray(v) for k, v in digits_batch(loss=loss, step=step).items()}
     metric_params = {"backbone": state.params["backbone"], "embedding": state.params["embedding"]}
     fn = jax.jit(recomposed_metric_objective(state, batch))
     value, grads = jax.jit(jax.value_and_grad(fn))(metric_params)
@@ -87,12 +112,14 @@ class MetricGradientPathTest(chex.TestCase):
     for group in ("backbone", "embedding"):
       want = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads[group]))))
       np.testing.assert_allclose(m[f"grad_norm/{group}"], want, rtol=1e-4, err_msg=group)
-    # 3. The check has power: with the synthetic generator input cut, the
-    # backbone's gradient norm moves by far more than the tolerance above.
-    cut = jax.jit(jax.grad(recomposed_metric_objective(state, batch, cut=True)))(metric_params)
+    # 3. The check has power: with the synthetic path cut (the whole generator
+    # input, or only the synthesised rows), the backbone's gradient norm moves
+    # by far more than the tolerance above.
     full_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(grads["backbone"]))))
-    cut_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(cut["backbone"]))))
-    self.assertGreater(abs(cut_norm - full_norm) / full_norm, 1e-2)
+    for cut in ("input", "synthesis"):
+      cut_grads = jax.jit(jax.grad(recomposed_metric_objective(state, batch, cut=cut)))(metric_params)
+      cut_norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(cut_grads["backbone"]))))
+      self.assertGreater(abs(cut_norm - full_norm) / full_norm, 1e-2, cut)
 
 
 class ConfigCheckTest(parameterized.TestCase):
