@@ -482,7 +482,7 @@ HANGS: dict[str, str] = {
         "the chunk loop's step dropped (`range(0, n)`): every query row starts a chunk, so the search makes N "
         "device calls of `chunk_size` rows instead of N / chunk_size; the tests time out.",
     "hdml_jax.evaluation.x_bucket__mutmut_10":
-        "`size + half` -> `size - half`: from 8 the size falls to 1 and stays there, so any n > 1 loops forever.",
+        "`size + half` -> `size - half`: from 8 the size falls to 1 and stays there, so any n > 8 loops forever.",
     "hdml_jax.evaluation.x_bucket__mutmut_16":
         "`size + size // 3` -> `size - size // 3`: 8 -> 12 -> 8 -> ...: any n > 12 loops forever.",
     "hdml_jax.data.samplers.xǁMPerClassSamplerǁepoch_of__mutmut_9":
