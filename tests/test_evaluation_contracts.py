@@ -402,7 +402,7 @@ class ConditionedTest(chex.TestCase):
     idx, d2 = ev.nearest_neighbors(x, k=3)
     np.testing.assert_array_equal(idx, [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])   # ties to the smaller index
     np.testing.assert_array_equal(d2, np.zeros((4, 3), np.float32))
-    a, c = ev.kmeans(x, 2)
+    _, c = ev.kmeans(x, 2)
     np.testing.assert_array_equal(c, x[:2])
 
 
