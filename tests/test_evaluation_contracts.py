@@ -6,6 +6,7 @@ Fast (small inputs, few compilations): the mutation run of ``hdml_jax/evaluation
 
 import inspect
 import math
+from unittest import mock
 
 import chex
 import jax
@@ -476,7 +477,6 @@ class SearchShapesTest(chex.TestCase):
   """What ``_search`` sends to the device: chunks of one padded shape, the gallery padded at +inf."""
 
   def record(self, fn):
-    from unittest import mock
     calls = []
     real = ev._knn_chunk
 
@@ -507,7 +507,6 @@ class SearchShapesTest(chex.TestCase):
 
   def test_separated_points_need_no_float64_work(self):
     # Well-separated distances: the float32 order is provably exact, so nothing is recomputed in float64.
-    from unittest import mock
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)
     calls = []

@@ -6,10 +6,14 @@ runs in ``test_experiments.py``, ``test_reliability.py`` and ``test_gradient_pat
 through real training).
 """
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import types
+from unittest import mock
 
 import chex
 import flax
@@ -103,7 +107,6 @@ class RunLoopTest(CheckpointDirTest):
 
   def test_at_most_two_steps_are_in_flight(self):
     # Past two dispatched steps whose metrics are not fetched yet, the loop waits for the oldest but two.
-    from unittest import mock
     produced, waited = [], []
     jitted, real_wait = jax.jit(toy_step), jax.block_until_ready
 
@@ -125,7 +128,6 @@ class RunLoopTest(CheckpointDirTest):
       self.assertIs(got, want)
 
   def test_metrics_are_fetched_at_log_eval_and_checkpoint_steps_or_every_step_with_a_hook(self):
-    from unittest import mock
     real = train.local_copy
     for hook, want in ((None, [3, 1, 1, 1, 2, 1, 1]), (lambda s, m: None, [1] * 10)):
       fetched = []
@@ -160,8 +162,6 @@ class RunLoopTest(CheckpointDirTest):
   def test_throughput_counts_steps_over_the_training_time_of_the_window(self):
     # A clock that advances 2 s per reading. Window starts: the loop's start, each log line, and the end of
     # each evaluation or checkpoint (whose time is not training).
-    import types
-    from unittest import mock
     ticks = iter(range(0, 1000, 2))
     clock = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
     with mock.patch.object(train, "time", clock):
@@ -206,8 +206,6 @@ class RunLoopTest(CheckpointDirTest):
     self.assertGreaterEqual(self.writer.flushes, 3 + 1)   # at each checkpoint and at the end
 
   def test_the_progress_bar_is_shown_by_the_main_process_only(self):
-    import contextlib
-    import io
     for kwargs, shown in (({}, True), ({"is_main": False}, False)):
       err = io.StringIO()
       with contextlib.redirect_stderr(err):
@@ -433,7 +431,6 @@ class ResumeTest(CheckpointDirTest):
                     str(cm.exception))
 
   def test_an_error_without_a_message_is_named_by_its_type(self):
-    from unittest import mock
     self.save(2, 2.0)
     with mock.patch.object(checkpoints, "restore", side_effect=KeyError()):
       with self.assertRaises(ValueError) as cm:
@@ -447,7 +444,6 @@ class ResumeTest(CheckpointDirTest):
     self.assertEqual(checkpoints.non_finite_leaves(state), ["['batch_stats']['bn']['mean']", "['stats']['j_avg']"])
 
   def test_fields_a_state_lacks_or_holds_as_none_are_not_stored(self):
-    import types
     state = types.SimpleNamespace(params={"w": jnp.ones(2)}, batch_stats=None, step=jnp.int32(3))   # no opt_state, stats
     tree = checkpoints.state_tree(state)
     self.assertEqual(sorted(tree), ["params", "step"])
@@ -700,7 +696,6 @@ class RunConfigTest(chex.TestCase):
     self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))
 
   def test_only_the_main_process_writes(self):
-    from unittest import mock
     train.check_run_config(self.cfg(), self.workdir, resuming=False)
     with mock.patch.object(jax, "process_index", return_value=1):
       with self.assertLogs(level="WARNING"):
