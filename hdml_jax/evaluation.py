@@ -42,13 +42,17 @@ Queries with no other item of their class (R = 0) are left out of
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import math
+import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 # ---------------------------------------------------------------------------
 # Input checks (host side: evaluation inputs are concrete arrays)
@@ -152,25 +156,26 @@ def _conditioned(queries: np.ndarray, gallery: np.ndarray):
   return q, g, center, unit
 
 
-def _refine(queries64, gallery64, candidates, k, rows=128):
+def _refine(queries, gallery, candidates, k, rows=128):
   """The k nearest of each row's candidates by float64 distance, ties to the smaller index."""
   idx = np.empty((candidates.shape[0], k), np.int32)
   d2 = np.empty((candidates.shape[0], k), np.float64)
   for start in range(0, candidates.shape[0], rows):
     cand = candidates[start:start + rows]
-    dist = _distances64(queries64[start:start + rows, None, :], gallery64[cand])
+    dist = _distances64(queries[start:start + rows, None, :], gallery[cand])
     order = np.lexsort((cand, dist), axis=-1)[:, :k]
     idx[start:start + rows] = np.take_along_axis(cand, order, axis=1)
     d2[start:start + rows] = np.take_along_axis(dist, order, axis=1)
   return idx, d2
 
 
-def _distances64(q64, g64):
-  diff = q64 - g64
+def _distances64(q, g):
+  """``sum((q - g)^2)`` in float64 (float32 operands are widened exactly)."""
+  diff = np.subtract(q, g, dtype=np.float64)
   return np.einsum("...d,...d->...", diff, diff)
 
 
-def _rerank_close(q64, g64, cand, d, tol, k, relevant=None, pairs=16384):
+def _rerank_close(queries, gallery, cand, d, tol, k, relevant=None, pairs=16384):
   """Re-rank, in float64, the runs of candidates whose float32 order is uncertain.
 
   ``d`` holds each row's candidate distances (ascending, float32 accuracy),
@@ -204,13 +209,132 @@ def _rerank_close(q64, g64, cand, d, tol, k, relevant=None, pairs=16384):
   d = d.copy()
   for start in range(0, rows.size, pairs):
     r, p = rows[start:start + pairs], pos[start:start + pairs]
-    d[r, p] = _distances64(q64[r], g64[cand[r, p]])
+    d[r, p] = _distances64(queries[r], gallery[cand[r, p]])
   redo = np.unique(rows)
   order = np.lexsort((cand[redo], d[redo], run[redo]), axis=-1)[:, :k]
   cand_k, d_k = cand[:, :k].copy(), d[:, :k]
   cand_k[redo] = np.take_along_axis(cand[redo], order, axis=1)
   d_k[redo] = np.take_along_axis(d[redo], order, axis=1)
   return cand_k, d_k
+
+
+KNN_ENGINES = ("auto", "device", "host")
+_FAR = float(np.finfo(np.float32).max) / 2   # the score of a padding column: finite, above every real one
+
+
+def resolve_knn_engine(engine: str = "auto") -> str:
+  """The engine that computes the float32 candidates of the exact kNN.
+
+  ``"device"``: XLA on JAX's default device (``_knn_chunk``), shapes bucketed
+  so that test sets of nearby sizes share one compilation; the host re-ranks
+  a chunk while the device searches the next. ``"host"``: NumPy's BLAS
+  product and a selection on host threads, no padding to a bucket; on the
+  CPU backend XLA's matrix product and ``top_k`` are slower than BLAS and
+  ``argpartition`` (see the README's evaluation benchmark). ``"auto"``:
+  ``"host"`` when JAX's default backend is the CPU, ``"device"`` otherwise.
+  Both return the same neighbours: the float64 re-ranking decides every
+  close call.
+  """
+  if engine not in KNN_ENGINES:
+    raise ValueError(f"kNN engine must be one of {KNN_ENGINES}, got {engine!r}.")
+  return _auto_engine() if engine == "auto" else engine
+
+
+def _auto_engine() -> str:
+  return "host" if jax.default_backend() == "cpu" else "device"
+
+
+def _device_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
+  """Yields ``(start, columns, scores)`` for each chunk of queries: the kc smallest
+  ``|g|^2 - 2 q.g`` of each row, ascending, searched by ``_knn_chunk`` on the default device."""
+  chunk_size = max(1, min(chunk_size, bucket(cq.shape[0])))
+  # Padded to a bucket with rows at infinite distance: never chosen, since kc <= the real rows available.
+  pad = bucket(cg.shape[0]) - cg.shape[0]
+  g = jnp.asarray(np.concatenate([cg, np.zeros((pad, cg.shape[1]), np.float32)]))
+  g_sq = jnp.asarray(np.concatenate([cg_sq, np.full(pad, np.inf, np.float32)]))
+  starts = list(range(0, cq.shape[0], chunk_size))
+
+  def dispatch(start):
+    chunk = cq[start:start + chunk_size]
+    if chunk.shape[0] < chunk_size:  # pad: one compiled shape for every chunk
+      chunk = np.concatenate([chunk, np.zeros((chunk_size - chunk.shape[0], chunk.shape[1]), np.float32)])
+    return _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=kc, exclude_self=exclude_self)
+
+  # The next chunk is dispatched before the caller re-ranks this one, so device and host work overlap.
+  pending = [dispatch(start) for start in starts[:2]]
+  for c, start in enumerate(starts):
+    cand, d32 = pending[c]
+    pending[c] = None
+    if c + 2 < len(starts):
+      pending.append(dispatch(starts[c + 2]))
+    n = min(chunk_size, cq.shape[0] - start)
+    yield start, np.asarray(cand)[:n], np.asarray(d32)[:n]
+
+
+def _smallest_host(score, k):
+  """``_smallest`` in NumPy: ``(columns, values)`` of the k smallest entries of each row, ascending.
+
+  Groups are strided (group j holds columns j, j + G', j + 2 G', ... for
+  ``G' = cols / _GROUP``), so their minima are one reduction over a middle
+  axis; ``argpartition`` (introselect) replaces ``top_k``.
+  """
+  rows, cols = score.shape
+  groups = cols // _GROUP
+  if cols % _GROUP or groups < 4 * k:
+    idx = np.argpartition(score, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(score, idx, axis=1)
+  else:
+    minima = score.reshape(rows, _GROUP, groups).min(axis=1)
+    chosen = np.argpartition(minima, k - 1, axis=1)[:, :k]
+    members = (chosen[:, :, None] + groups * np.arange(_GROUP)).reshape(rows, k * _GROUP)
+    values = np.take_along_axis(score, members, axis=1)
+    pos = np.argpartition(values, k - 1, axis=1)[:, :k]
+    idx = np.take_along_axis(members, pos, axis=1)
+    values = np.take_along_axis(values, pos, axis=1)
+  order = np.argsort(values, axis=1, kind="stable")
+  return np.take_along_axis(idx, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def _host_threads() -> int:
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:   # not on Linux
+    return max(1, os.cpu_count() or 1)
+
+
+def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
+  """``_device_candidates`` on the host: the scores come from one BLAS product,
+  ``[q, 1] . [-2 g, |g|^2]`` (a (D + 1)-term dot product), and each host thread
+  computes and selects its own slice of a chunk's rows with a single-threaded
+  BLAS, so one thread's selection overlaps another's product (BLAS's own
+  threads would spin between calls and slow the selection down)."""
+  n, d = cg.shape
+  cols = -(-n // _GROUP) * _GROUP
+  gt = np.zeros((d + 1, cols), np.float32)
+  gt[:d, :n] = -2.0 * cg.T     # exact: a power of two
+  gt[d, :n] = cg_sq
+  gt[d, n:] = _FAR
+  chunk_size = max(1, min(chunk_size, cq.shape[0]))
+  buf = np.empty((chunk_size, cols), np.float32)
+  qa = np.ones((chunk_size, d + 1), np.float32)
+  threads = _host_threads()
+
+  def part(start, a, b):
+    score = buf[a:b]
+    np.matmul(qa[a:b], gt, out=score)
+    if exclude_self:
+      r = np.arange(b - a)
+      score[r, start + a + r] = np.inf
+    return _smallest_host(score, kc)
+
+  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+    for start in range(0, cq.shape[0], chunk_size):
+      m = min(chunk_size, cq.shape[0] - start)
+      qa[:m, :d] = cq[start:start + m]
+      bounds = np.linspace(0, m, min(threads, m) + 1).astype(int)
+      parts = list(pool.map(functools.partial(part, start), bounds[:-1], bounds[1:]))
+      yield start, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def nearest_neighbors(
@@ -220,6 +344,7 @@ def nearest_neighbors(
     k: int,
     chunk_size: int = 1024,
     return_float64: bool = False,
+    engine: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact k nearest neighbours by Euclidean distance.
 
@@ -236,12 +361,15 @@ def nearest_neighbors(
       overflows; ``evaluate`` uses it, as it needs the neighbours only).
       By default the distances of the chosen neighbours are recomputed
       exactly and returned as float32.
+    engine: what computes the float32 candidates: ``"auto"``, ``"device"``
+      or ``"host"`` (see ``resolve_knn_engine``); the neighbours are the same.
 
   Returns:
     ``indices [Q, k]`` (int32) and ``squared distances [Q, k]`` (float32,
     or float64), nearest first; ties go to the smaller gallery index.
   """
   where = "nearest_neighbors"
+  resolve_knn_engine(engine)
   queries = _as_embeddings(queries, "queries", where)
   exclude_self = gallery is None
   gallery = queries if exclude_self else _as_embeddings(gallery, "gallery", where)
@@ -253,64 +381,47 @@ def nearest_neighbors(
         f"{where}: k={k} neighbours requested but only {available} gallery items are "
         f"available{' (the query itself excluded)' if exclude_self else ''}."
     )
-  return _search(queries, gallery, exclude_self, k, chunk_size, return_float64)
+  return _search(queries, gallery, exclude_self, k, chunk_size, return_float64, engine=engine)
 
 
-def _search(queries, gallery, exclude_self, k, chunk_size, return_float64, labels=None):
+def _search(queries, gallery, exclude_self, k, chunk_size, return_float64, labels=None, engine="auto"):
   """``nearest_neighbors`` on checked inputs. With ``labels = (query_labels, gallery_labels)``
   (for the metrics), close runs that are all relevant or all irrelevant are left in float32
   order: a permutation among equally relevant neighbours cannot change any retrieval metric."""
   where = "nearest_neighbors"
+  engine = resolve_knn_engine(engine)
+  chunk_size = max(1, chunk_size)
   available = gallery.shape[0] - (1 if exclude_self else 0)
-  chunk_size = max(1, min(chunk_size, bucket(queries.shape[0])))
   kc = min(available, k + 8 + k // 4)   # spare candidates for the float64 re-ranking
   cq, cg, _, unit = _conditioned(queries, queries if exclude_self else gallery)
-  q64 = queries.astype(np.float64)
-  g64 = q64 if exclude_self else gallery.astype(np.float64)
-  cg_sq = np.sum(np.square(cg), axis=1)
-  # Padded to a bucket with rows at infinite distance: never chosen, since k <= the real rows available.
-  pad = bucket(cg.shape[0]) - cg.shape[0]
-  g = jnp.asarray(np.concatenate([cg, np.zeros((pad, cg.shape[1]), np.float32)]))
-  g_sq = jnp.asarray(np.concatenate([cg_sq, np.full(pad, np.inf, np.float32)]))
+  # |g|^2 summed in float64, then rounded: its float32 error is one rounding.
+  cg_sq = np.einsum("nd,nd->n", cg, cg, dtype=np.float64).astype(np.float32)
   # A bound on the float32 error of |q|^2 + |g|^2 - 2 q.g on the conditioned data
-  # (Higham's gamma_D for the dot products, doubled): orderings decided by more
+  # (Higham's gamma_(D+1) for the dot products, doubled): orderings decided by more
   # than this are exact; runs of closer calls are re-ranked in float64.
   q_sq = np.sum(cq.astype(np.float64) ** 2, axis=1)
   tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(cg_sq)))
   idx_out = np.empty((queries.shape[0], k), np.int32)
   d_out = np.empty((queries.shape[0], k), np.float64)
-  starts = list(range(0, queries.shape[0], chunk_size))
-
-  def dispatch(start):
-    chunk = cq[start:start + chunk_size]
-    if chunk.shape[0] < chunk_size:  # pad: one compiled shape for every chunk
-      chunk = np.concatenate([chunk, np.zeros((chunk_size - chunk.shape[0], chunk.shape[1]), np.float32)])
-    return _knn_chunk(jnp.asarray(chunk), start, g, g_sq, k=kc, exclude_self=exclude_self)
-
-  # The next chunk is dispatched before the host re-ranks this one, so device and host work overlap.
-  pending = [dispatch(start) for start in starts[:2]]
-  for c, start in enumerate(starts):
-    cand, d32 = pending[c]
-    pending[c] = None
-    if c + 2 < len(starts):
-      pending.append(dispatch(starts[c + 2]))
-    n = min(chunk_size, queries.shape[0] - start)
-    cand = np.asarray(cand)[:n]
-    d32 = np.maximum(np.asarray(d32, np.float64)[:n] + q_sq[start:start + n, None], 0.0) * unit ** 2
+  chunks = _host_candidates if engine == "host" else _device_candidates
+  for start, cand, d32 in chunks(cq, cg, cg_sq, exclude_self, kc, chunk_size):
+    n = cand.shape[0]
+    d32 = np.maximum(np.asarray(d32, np.float64) + q_sq[start:start + n, None], 0.0) * unit ** 2
     rows = slice(start, start + n)
     t = tol[rows] * unit ** 2
     # Might a gallery item outside the candidates belong in the top k?
     outside = (d32[:, kc - 1] - d32[:, k - 1] <= 2 * t) if kc < available else np.zeros(n, bool)
     relevant = None if labels is None else labels[1][cand] == labels[0][rows, None]
-    idx_out[rows], d_out[rows] = _rerank_close(q64[rows], g64, cand, d32, t, k, relevant)
+    idx_out[rows], d_out[rows] = _rerank_close(queries[rows], gallery, cand, d32, t, k, relevant)
     for i in np.flatnonzero(outside):      # rare: rank the whole gallery in float64
-      everyone = np.arange(g64.shape[0])
+      everyone = np.arange(gallery.shape[0])
       if exclude_self:
         everyone = everyone[everyone != start + i]
-      idx_out[start + i], d_out[start + i] = _refine(q64[start + i:start + i + 1], g64, everyone[None, :], k)
+      idx_out[start + i], d_out[start + i] = _refine(queries[start + i:start + i + 1], gallery, everyone[None, :], k)
   if not return_float64:   # the exact distances of the chosen neighbours, in the input's units
-    diff = q64[:, None, :] - g64[idx_out]
-    d_out = np.einsum("qkd,qkd->qk", diff, diff)
+    for start in range(0, queries.shape[0], chunk_size):   # bounded memory: a chunk of queries at a time
+      rows = slice(start, start + chunk_size)
+      d_out[rows] = _distances64(queries[rows, None, :], gallery[idx_out[rows]])
     with np.errstate(over="ignore"):
       d32 = d_out.astype(np.float32)
     if not np.isfinite(d32).all():
@@ -704,6 +815,7 @@ def evaluate(
     kmeans_seed: int = 0,
     kmeans_protocol: str = "auto",
     chunk_size: int = 1024,
+    knn_engine: str = "auto",
 ) -> dict:
   """Every retrieval and clustering metric of one test set (leave-one-out).
 
@@ -718,6 +830,9 @@ def evaluate(
     kmeans_seed: the clustering's seed.
     kmeans_protocol: ``"auto"``, ``"reference"`` or ``"fast"``
       (see ``kmeans_settings``).
+    chunk_size: queries per kNN step (memory ``O(chunk_size * N)``).
+    knn_engine: ``"auto"``, ``"device"`` or ``"host"`` (see
+      ``resolve_knn_engine``): the same neighbours, found at different speeds.
 
   Returns:
     ``{"recall@K": ..., "precision@1", "r_precision", "map@r", "nmi", "f1",
@@ -735,13 +850,14 @@ def evaluate(
         f"{where}: recall K values {ks} must lie in [1, {x.shape[0] - 1}] (N - 1 = the "
         f"gallery without the query)."
     )
+  resolve_knn_engine(knn_engine)   # a bad engine or protocol fails before the search
   if clustering:
-    kmeans_settings(kmeans_protocol, int(classes.size))   # a bad protocol fails before the search
+    kmeans_settings(kmeans_protocol, int(classes.size))
   if normalize:
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   num_relevant = class_sizes[inverse] - 1
   k = max([1] + ks + [int(num_relevant.max())])
-  idx, _ = _search(x, x, True, k, chunk_size, True, labels=(y, y))
+  idx, _ = _search(x, x, True, k, chunk_size, True, labels=(y, y), engine=knn_engine)
   neighbor_labels = y[idx]
   out = _retrieval_metrics(neighbor_labels, y, ks, num_relevant)
   if clustering:
@@ -768,18 +884,19 @@ def cluster_metrics(x, y, *, backend: str = "jax", seed: int = 0, protocol: str 
 def evaluate_query_gallery(
     queries, query_labels, gallery, gallery_labels, *,
     recall_ks: Sequence[int] = (1, 10, 20, 30, 40, 50), normalize: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int = 1024, knn_engine: str = "auto",
 ) -> dict:
   """Retrieval metrics with separate query and gallery sets (In-Shop style).
 
   No item is excluded: a query's neighbours come from the gallery only. R is
-  the number of gallery items with the query's label.
+  the number of gallery items with the query's label. ``knn_engine``: as in ``evaluate``.
   """
   where = "evaluate_query_gallery"
   q = _as_embeddings(queries, "queries", where)
   g = _as_embeddings(gallery, "gallery", where)
   ql = _as_labels(query_labels, q.shape[0], "query_labels", where)
   gl = _as_labels(gallery_labels, g.shape[0], "gallery_labels", where)
+  resolve_knn_engine(knn_engine)
   ks = sorted(set(int(k) for k in recall_ks))
   if ks and (ks[0] < 1 or ks[-1] > g.shape[0]):
     raise ValueError(f"{where}: recall K values {ks} must lie in [1, {g.shape[0]}] (the gallery size).")
@@ -790,7 +907,7 @@ def evaluate_query_gallery(
   lookup = dict(zip(g_classes.tolist(), g_counts.tolist()))
   num_relevant = np.array([lookup.get(int(c), 0) for c in ql])
   k = max([1] + ks + [int(num_relevant.max())])
-  idx, _ = _search(q, g, False, min(k, g.shape[0]), chunk_size, True, labels=(ql, gl))
+  idx, _ = _search(q, g, False, min(k, g.shape[0]), chunk_size, True, labels=(ql, gl), engine=knn_engine)
   neighbor_labels = gl[idx]
   out = _retrieval_metrics(neighbor_labels, ql, ks, num_relevant)
   return out

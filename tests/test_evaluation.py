@@ -1,4 +1,5 @@
 import itertools
+from unittest import mock
 
 import chex
 import numpy as np
@@ -220,6 +221,32 @@ class WideGalleryTest(chex.TestCase):
     self.assertAlmostEqual(got["map@r"], mapr, places=12)
 
 
+class OnDevice:
+  """Mixed into a test class: its searches use the device engine (XLA, what ``"auto"`` picks on an
+  accelerator), where the class itself runs with what ``"auto"`` picks here (the host engine on a CPU)."""
+
+  def setUp(self):
+    super().setUp()
+    patcher = mock.patch.object(ev, "_auto_engine", return_value="device")
+    patcher.start()
+    self.addCleanup(patcher.stop)
+
+  def test_the_searches_run_on_the_device_engine(self):
+    calls = []
+    real = ev._knn_chunk
+    with mock.patch.object(ev, "_knn_chunk", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
+      ev.nearest_neighbors(blobs()[0], k=3)
+    self.assertNotEqual(calls, [])
+
+
+class NeighborsOnDeviceTest(OnDevice, NeighborsTest):
+  pass
+
+
+class WideGalleryOnDeviceTest(OnDevice, WideGalleryTest):
+  pass
+
+
 class RetrievalMetricsTest(chex.TestCase):
 
   def test_matches_brute_force(self):
@@ -290,6 +317,10 @@ class RetrievalMetricsTest(chex.TestCase):
       ev.evaluate(x, y.astype(float))
     with self.assertRaisesRegex(ValueError, r"must be \[N, D\]"):
       ev.evaluate(x[0], y)
+
+
+class RetrievalMetricsOnDeviceTest(OnDevice, RetrievalMetricsTest):
+  pass
 
 
 class ClusteringTest(chex.TestCase):
@@ -401,7 +432,7 @@ class ClusteringTest(chex.TestCase):
     for n in (150, 160, 170, 200):
       y = np.arange(n) % 20
       x = rng.normal(size=(n, 13)).astype(np.float32) + y[:, None]   # D = 13: shapes no other test uses
-      ev.evaluate(x, y)
+      ev.evaluate(x, y, knn_engine="device")   # the engine used on accelerators
       counts.append([f._cache_size() for f in fns])
     self.assertEqual(counts[0], counts[1])
     self.assertEqual(counts[0], counts[2])

@@ -12,10 +12,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 from absl.testing import parameterized
 
 from hdml_jax import evaluation as ev
-from tests.test_evaluation import blobs, near_ties, numpy_neighbors
+from tests.test_evaluation import OnDevice, blobs, near_ties, numpy_neighbors
 
 
 def _data(seed=0, n=40, classes=4, d=3, spread=1.0):
@@ -493,7 +494,7 @@ class SearchShapesTest(chex.TestCase):
     x, _ = _data(n=40, d=16)   # 40 rows: bucket 48, so the gallery has 8 padding rows
     for chunk, rows in ((1024, 48), (16, 16), (1, 1)):
       with self.subTest(chunk=chunk):
-        calls = self.record(lambda: ev.nearest_neighbors(x, k=3, chunk_size=chunk))
+        calls = self.record(lambda: ev.nearest_neighbors(x, k=3, chunk_size=chunk, engine="device"))
         self.assertEqual(len(calls), -(-40 // rows))
         self.assertEqual({c["rows"] for c in calls}, {(rows, 16)})   # the last chunk padded too
         self.assertEqual([c["offset"] for c in calls], list(range(0, 40, rows)))
@@ -501,7 +502,7 @@ class SearchShapesTest(chex.TestCase):
           self.assertEqual(c["dtypes"], (np.float32, np.float32, np.float32))
           np.testing.assert_array_equal(c["pad_sq"], np.full(8, np.inf, np.float32))
           self.assertEqual(c["k"], 3 + 8 + 3 // 4)   # spare candidates
-    calls = self.record(lambda: ev.nearest_neighbors(x[:30], x, k=32))
+    calls = self.record(lambda: ev.nearest_neighbors(x[:30], x, k=32, engine="device"))
     self.assertEqual([c["rows"] for c in calls], [(32, 16)])   # the bucket of the 30 queries
     self.assertEqual(calls[0]["k"], 40)                         # spares capped at the gallery
 
@@ -822,3 +823,127 @@ class ClusterMetricEdgesTest(chex.TestCase):
 if __name__ == "__main__":
   from absl.testing import absltest
   absltest.main()
+
+
+class ErrorBoundOnDeviceTest(OnDevice, ErrorBoundTest):
+  pass
+
+
+class SearchShapesOnDeviceTest(OnDevice, SearchShapesTest):
+  pass
+
+
+class HostEngineTest(chex.TestCase):
+  """The host kNN engine (``"auto"`` on a CPU): BLAS products and ``argpartition`` on host threads."""
+
+  def test_engine_choice(self):
+    for backend, engine in (("cpu", "host"), ("gpu", "device"), ("tpu", "device")):
+      with mock.patch.object(ev.jax, "default_backend", return_value=backend):
+        self.assertEqual(ev.resolve_knn_engine(), engine, backend)
+        self.assertEqual(ev.resolve_knn_engine("auto"), engine, backend)
+        self.assertEqual(ev.resolve_knn_engine("host"), "host")
+        self.assertEqual(ev.resolve_knn_engine("device"), "device")
+    message = "kNN engine must be one of ('auto', 'device', 'host'), got 'gpu'."
+    with self.assertRaisesWithLiteralMatch(ValueError, message):
+      ev.resolve_knn_engine("gpu")
+    x, y = _data()
+    with mock.patch.object(ev, "_search") as search:   # a bad engine fails before any search
+      with self.assertRaisesWithLiteralMatch(ValueError, message):
+        ev.evaluate(x, y, knn_engine="gpu")
+      with self.assertRaisesWithLiteralMatch(ValueError, message):
+        ev.evaluate_query_gallery(x, y, x, y, recall_ks=(1,), knn_engine="gpu")
+      with self.assertRaisesWithLiteralMatch(ValueError, message):
+        ev.nearest_neighbors(x, k=2, engine="gpu")
+    search.assert_not_called()
+
+  def test_auto_runs_the_host_engine_on_the_cpu(self):
+    self.assertEqual(jax.default_backend(), "cpu")
+    calls = []
+    with mock.patch.object(ev, "_knn_chunk", lambda *a, **kw: calls.append(1)):
+      idx, _ = ev.nearest_neighbors(blobs()[0], k=3)
+    self.assertEqual(calls, [])
+    np.testing.assert_array_equal(idx, numpy_neighbors(blobs()[0], blobs()[0], True, 3))
+
+  @parameterized.parameters((1, 64, 2), (1, 63, 1), (2, 128, 2), (2, 112, 1), (3, 16 * 12 + 8, 1),
+                            (3, 16 * 13, 2), (20, 3 * 512, 2))
+  def test_smallest_host(self, k, cols, partitions):
+    # Two stages need whole groups of 16 columns and at least 4 k of them; otherwise one partition.
+    rng = np.random.default_rng(cols)
+    score = rng.integers(1, 10, size=(6, cols)).astype(np.float32)   # many ties
+    score[1, :] = np.inf
+    score[1, ::7] = rng.permutation(np.arange(len(score[1, ::7]))).astype(np.float32)
+    groups = cols // 16
+    score[2, :] = 100.0
+    score[2, 5::groups] = -np.arange(len(score[2, 5::groups]), dtype=np.float32)   # the smallest: one strided group
+    score[3, :k] = np.arange(k)[::-1]                            # ... or in the first contiguous columns
+    real = np.argpartition
+    calls = []
+    with mock.patch.object(ev.np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
+      columns, values = ev._smallest_host(score, k)
+    self.assertLen(calls, partitions)
+    np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])   # ascending
+    np.testing.assert_array_equal(np.take_along_axis(score, columns, axis=1), values)
+    self.assertTrue(all(len(set(row)) == k for row in columns.tolist()))   # distinct columns
+    self.assertEqual(values.dtype, np.float32)
+
+  def record(self, fn, threads):
+    """Runs ``fn`` with ``threads`` host threads; returns each product's operands, BLAS threads and rows."""
+    calls = []
+    real = np.matmul
+
+    def spy(a, b, out):
+      blas = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+      calls.append({"a": a.copy(), "b": b, "rows": a.shape[0], "blas": blas})
+      return real(a, b, out=out)
+
+    with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
+      out = fn()
+    return calls, out
+
+  def test_products_and_padding(self):
+    x = near_ties(37, seed=4, d=5)
+    before = threadpoolctl.threadpool_info()
+    for threads, chunk in ((1, 1024), (3, 10), (3, 2), (4, 1)):
+      with self.subTest(threads=threads, chunk=chunk):
+        calls, (idx, _) = self.record(lambda: ev.nearest_neighbors(x, k=4, chunk_size=chunk), threads)
+        np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 4))   # the query itself excluded
+        # Each chunk is split among the threads, the rows in order, as evenly as possible.
+        per_chunk = [min(chunk, 37 - s) for s in range(0, 37, chunk)]
+        want = [len(a) for m in per_chunk for a in np.array_split(np.arange(m), min(threads, m))]
+        self.assertEqual(sorted(c["rows"] for c in calls), sorted(want))
+        self.assertEqual(sum(c["rows"] for c in calls), 37)
+        cq, cg, _, _ = ev._conditioned(x, x)
+        g = calls[0]["b"]   # [-2 g; |g|^2], 37 columns padded to 48 at a finite, larger-than-any score
+        self.assertEqual(g.shape, (6, 48))
+        self.assertEqual(g.dtype, np.float32)
+        np.testing.assert_array_equal(g[:5, :37], -2 * cg.T)
+        np.testing.assert_array_equal(g[5, :37], np.einsum("nd,nd->n", cg, cg, dtype=np.float64).astype(np.float32))
+        np.testing.assert_array_equal(g[:5, 37:], 0)
+        np.testing.assert_array_equal(g[5, 37:], np.float32(np.finfo(np.float32).max / 2))
+        rows = np.concatenate([c["a"] for c in sorted(calls, key=lambda c: c["a"][:, :5].tobytes())])
+        self.assertEqual(sorted(map(bytes, rows[:, :5])), sorted(map(bytes, cq)))
+        np.testing.assert_array_equal(rows[:, 5], 1)   # [q, 1]
+        # BLAS is single-threaded inside the engine's own threads (and left alone with one thread).
+        for c in calls:
+          self.assertEqual(c["blas"], {1} if threads > 1 else {i["num_threads"] for i in before
+                                                               if i["user_api"] == "blas"})
+    self.assertEqual(threadpoolctl.threadpool_info(), before)   # restored afterwards
+
+  @parameterized.parameters((1, 1024), (3, 7), (2, 100))
+  def test_engines_give_the_same_neighbours(self, threads, chunk):
+    # Near ties: float32 misorders some neighbours, so the re-ranking decides; both engines, any split.
+    x = near_ties(600, seed=1, d=32, grid=8)
+    y = np.random.default_rng(2).integers(0, 30, 600)
+    want = numpy_neighbors(x, x, True, 12)
+    with mock.patch.object(ev, "_host_threads", return_value=threads):
+      idx, d2 = ev.nearest_neighbors(x, k=12, chunk_size=chunk, engine="host")
+      got = ev.evaluate(x, y, recall_ks=(1, 4), clustering=False, chunk_size=chunk, knn_engine="host")
+      qg = ev.evaluate_query_gallery(x[:50], y[:50], x[50:], y[50:], recall_ks=(1, 4), chunk_size=chunk,
+                                     knn_engine="host")
+    np.testing.assert_array_equal(idx, want)
+    device = ev.nearest_neighbors(x, k=12, chunk_size=chunk, engine="device")
+    np.testing.assert_array_equal(device[0], want)
+    np.testing.assert_array_equal(d2, device[1])   # the exact distances, recomputed in float64
+    self.assertEqual(got, ev.evaluate(x, y, recall_ks=(1, 4), clustering=False, knn_engine="device"))
+    self.assertEqual(qg, ev.evaluate_query_gallery(x[:50], y[:50], x[50:], y[50:], recall_ks=(1, 4),
+                                                   knn_engine="device"))
