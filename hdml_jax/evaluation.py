@@ -18,12 +18,18 @@
 
 Neighbours are exact for any finite float32 input: the data are first
 centred (on the gallery mean, in float64) and scaled by a power of two, so the
-float32 search on device is well conditioned whatever the offset and scale of
+float32 search is well conditioned whatever the offset and scale of
 the input (a shift by 1e4 or a scale of 1e-20 or 1e20 changes nothing); it
 runs for one chunk of queries at a time (memory ``O(chunk x N)``) and keeps a
 few more candidates than asked, selected in two stages (the groups of 16
 columns with the smallest minima, then the smallest entries among them:
 the same values as a full ``top_k``, several times cheaper on the CPU).
+Two engines run that search (``resolve_knn_engine``): XLA on JAX's default
+device, and on the CPU backend NumPy's BLAS with ``argpartition`` on host
+threads, which is faster there; they return the same neighbours. On the host,
+a leave-one-out search (``evaluate``) of at least two tiles of 1,024 items
+computes each pair of tiles once (distances are symmetric: half the
+products) and keeps each row's candidates under a falling threshold.
 Candidates closer to each other than a bound on the float32 error form
 runs whose order is uncertain; every run of two or more among the first k
 positions has its distances recomputed in float64 as ``sum((q - g)^2)`` on
@@ -47,6 +53,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from typing import Sequence
 
 import jax
@@ -146,14 +153,23 @@ def bucket(n: int) -> int:
 def _conditioned(queries: np.ndarray, gallery: np.ndarray):
   """float32 copies ``(x - center) / unit``: centred on the gallery mean, ``unit`` a power of two
   making max |x| <= 1. Returns ``(queries, gallery, center, unit)``."""
-  center = gallery.astype(np.float64).mean(axis=0)
-  q = queries.astype(np.float64) - center
-  g = q if gallery is queries else gallery.astype(np.float64) - center
-  top = max(float(np.abs(q).max()), float(np.abs(g).max()))
+  center = gallery.mean(axis=0, dtype=np.float64)
+  sets = (queries,) if gallery is queries else (queries, gallery)
+  # max |x - c| from the columns' extremes: rounding is monotone, so this is the float64 maximum.
+  top = max(max(float(np.max(x.max(axis=0) - center)), float(np.max(center - x.min(axis=0)))) for x in sets)
   unit = 2.0 ** math.ceil(math.log2(top)) if top > 0 else 1.0
-  q = (q / unit).astype(np.float32)
-  g = q if gallery is queries else (g / unit).astype(np.float32)
-  return q, g, center, unit
+  out = []
+  for x in sets:   # in blocks of rows: no float64 copy of a whole set
+    y = np.empty(x.shape, np.float32)
+    for start in range(0, x.shape[0], _CONDITION_ROWS):
+      block = np.subtract(x[start:start + _CONDITION_ROWS], center, dtype=np.float64)
+      block /= unit
+      y[start:start + _CONDITION_ROWS] = block
+    out.append(y)
+  return out[0], out[-1], center, unit
+
+
+_CONDITION_ROWS = 4096
 
 
 def _refine(queries, gallery, candidates, k, rows=128):
@@ -305,9 +321,10 @@ def _host_threads() -> int:
 def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
   """``_device_candidates`` on the host: the scores come from one BLAS product,
   ``[q, 1] . [-2 g, |g|^2]`` (a (D + 1)-term dot product), and each host thread
-  computes and selects its own slice of a chunk's rows with a single-threaded
+  computes and selects its own slices of a chunk's rows with a single-threaded
   BLAS, so one thread's selection overlaps another's product (BLAS's own
-  threads would spin between calls and slow the selection down)."""
+  threads would spin between calls and slow the selection down). Two chunk
+  buffers: the threads work on the next chunk while the caller re-ranks this one."""
   n, d = cg.shape
   cols = -(-n // _GROUP) * _GROUP
   gt = np.zeros((d + 1, cols), np.float32)
@@ -315,26 +332,165 @@ def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
   gt[d, :n] = cg_sq
   gt[d, n:] = _FAR
   chunk_size = max(1, min(chunk_size, cq.shape[0]))
-  buf = np.empty((chunk_size, cols), np.float32)
-  qa = np.ones((chunk_size, d + 1), np.float32)
+  starts = list(range(0, cq.shape[0], chunk_size))
+  buffers = [np.empty((chunk_size, cols), np.float32) for _ in starts[:2]]
   threads = _host_threads()
 
-  def part(start, a, b):
-    score = buf[a:b]
-    np.matmul(qa[a:b], gt, out=score)
+  def part(score, rows):
+    np.matmul(np.concatenate([cq[rows], np.ones((score.shape[0], 1), np.float32)], axis=1), gt, out=score)
     if exclude_self:
-      r = np.arange(b - a)
-      score[r, start + a + r] = np.inf
+      r = np.arange(score.shape[0])
+      score[r, rows.start + r] = np.inf
     return _smallest_host(score, kc)
+
+  def submit(c):
+    m = min(chunk_size, cq.shape[0] - starts[c])
+    # Slices of about chunk / (2 x threads) rows: a thread that finishes early takes another.
+    bounds = np.linspace(0, m, min(2 * threads, m) + 1).astype(int)
+    return [pool.submit(part, buffers[c % 2][a:b], slice(starts[c] + a, starts[c] + b))
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
   limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
-    for start in range(0, cq.shape[0], chunk_size):
-      m = min(chunk_size, cq.shape[0] - start)
-      qa[:m, :d] = cq[start:start + m]
-      bounds = np.linspace(0, m, min(threads, m) + 1).astype(int)
-      parts = list(pool.map(functools.partial(part, start), bounds[:-1], bounds[1:]))
+    pending = submit(0)
+    for c, start in enumerate(starts):
+      parts = [f.result() for f in pending]
+      pending = submit(c + 1) if c + 1 < len(starts) else []
       yield start, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+# Rows and columns of a tile of the leave-one-out search (``_symmetric_candidates``).
+_TILE = 1024
+
+
+class _Reservoir:
+  """The kc smallest scores offered so far for each of ``rows`` rows, kept loosely.
+
+  Offers are appended (up to ``2 kc`` per row); a row that would overflow
+  is merged, with its offers, down to its kc smallest, and its threshold
+  ``tau`` becomes the largest of them. Callers may drop offers at or above
+  a row's ``tau`` (kc kept scores are at or below it), so the kc smallest
+  values offered are always kept (among ties, some of equal value).
+  """
+
+  def __init__(self, rows, kc):
+    self.kc, self.cap = kc, 2 * kc
+    self.vals = np.full((rows, self.cap), np.inf, np.float32)
+    self.idx = np.zeros((rows, self.cap), np.int32)
+    self.fill = np.zeros(rows, np.int64)
+    self.tau = np.full(rows, np.inf, np.float32)
+
+  def start(self, v, col0):
+    """The first offer, dense: ``v[r, c]`` is the score of column ``col0 + c`` for row r."""
+    k = min(self.kc, v.shape[1])
+    top = np.argpartition(v, k - 1, axis=1)[:, :k]
+    kept = np.take_along_axis(v, top, axis=1)
+    self.vals[:, :k] = kept
+    self.idx[:, :k] = col0 + top
+    self.fill[:] = k
+    if k == self.kc:
+      self.tau[:] = kept.max(axis=1)
+
+  def offer(self, rr, cc, vv):
+    """Offers score ``vv[i]`` of column ``cc[i]`` to row ``rr[i]`` (``rr`` ascending)."""
+    if rr.size == 0:
+      return
+    counts = np.bincount(rr, minlength=self.fill.size)
+    rank = np.arange(rr.size) - (np.cumsum(counts) - counts)[rr]   # position among the row's offers
+    over = self.fill + counts > self.cap
+    if over.any():
+      rows = np.flatnonzero(over)
+      sel = over[rr]
+      self._merge(rows, rr[sel], rank[sel], cc[sel], vv[sel], counts[rows])
+      rr, cc, vv, rank = rr[~sel], cc[~sel], vv[~sel], rank[~sel]
+      counts[rows] = 0
+    pos = self.fill[rr] + rank
+    self.vals[rr, pos] = vv
+    self.idx[rr, pos] = cc
+    self.fill += counts
+
+  def _merge(self, rows, rr, rank, cc, vv, counts):
+    stored = int(self.fill[rows].max())
+    width = stored + int(counts.max())
+    vals = np.full((rows.size, width), np.inf, np.float32)
+    idx = np.zeros((rows.size, width), np.int32)
+    vals[:, :stored] = self.vals[rows, :stored]
+    idx[:, :stored] = self.idx[rows, :stored]
+    at = np.searchsorted(rows, rr)
+    vals[at, stored + rank] = vv
+    idx[at, stored + rank] = cc
+    k = min(self.kc, width)
+    top = np.argpartition(vals, k - 1, axis=1)[:, :k]
+    kept = np.take_along_axis(vals, top, axis=1)
+    self.vals[rows] = np.inf
+    self.vals[rows, :k] = kept
+    self.idx[rows, :k] = np.take_along_axis(idx, top, axis=1)
+    self.fill[rows] = k
+    if k == self.kc:
+      self.tau[rows] = kept.max(axis=1)
+
+  def result(self):
+    """``(columns, values)`` of the kc smallest of each row, ascending."""
+    top = np.argpartition(self.vals, self.kc - 1, axis=1)[:, :self.kc]
+    vals = np.take_along_axis(self.vals, top, axis=1)
+    order = np.argsort(vals, axis=1, kind="stable")
+    return (np.take_along_axis(np.take_along_axis(self.idx, top, axis=1), order, axis=1),
+            np.take_along_axis(vals, order, axis=1))
+
+
+def _symmetric_candidates(cq, cq_sq, q_sq, kc):
+  """The leave-one-out search on the host, at half the products: the squared distances
+  ``|q|^2 + |g|^2 - 2 q.g`` are symmetric, so each pair of tiles (i <= j) is computed once,
+  as one (D + 2)-term product ``[q, 1, |q|^2] . [-2 g, |g|^2, 1]``, and offered to the rows
+  of tile i and, transposed, to those of tile j (each tile's ``_Reservoir`` under its lock).
+  Yields ``(start, columns, distances - q_sq)`` per tile, as the other engines yield
+  ``|g|^2 - 2 q.g`` (``q_sq``: the float64 ``|q|^2`` the caller adds back)."""
+  n, d = cq.shape
+  rows = np.empty((n, d + 2), np.float32)
+  rows[:, :d], rows[:, d], rows[:, d + 1] = cq, 1.0, cq_sq
+  cols = np.empty((d + 2, n), np.float32)
+  cols[:d], cols[d], cols[d + 1] = -2.0 * cq.T, cq_sq, 1.0   # -2 g: exact, a power of two
+  tiles = list(range(0, n, _TILE))
+  keep = [_Reservoir(min(_TILE, n - start), kc) for start in tiles]
+  locks = [threading.Lock() for _ in tiles]
+  started = [False] * len(tiles)
+
+  def give(t, v, col0, transposed):
+    """Offers block ``v`` (``v.T`` if ``transposed``) to the rows of tile t."""
+    with locks[t]:
+      if not started[t]:
+        keep[t].start(np.ascontiguousarray(v.T) if transposed else v, col0)
+        started[t] = True
+        return
+    # Only scores under a row's threshold are offered (read without the lock: a threshold only
+    # falls, so one read early lets more through, never fewer).
+    block = v.T if transposed else v
+    flat = np.flatnonzero(block < keep[t].tau[:, None])   # row by row
+    rr, cc = np.divmod(flat, block.shape[1])
+    hits = block[rr, cc]
+    with locks[t]:
+      keep[t].offer(rr, col0 + cc.astype(np.int32), hits)
+
+  def pair(i, j):
+    si, sj = tiles[i], tiles[j]
+    v = rows[si:si + _TILE] @ cols[:, sj:sj + _TILE]
+    if i == j:
+      np.fill_diagonal(v, np.inf)   # the query itself
+    give(i, v, sj, False)
+    if i != j:
+      give(j, v, si, True)
+
+  threads = _host_threads()
+  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+    # Diagonal by diagonal: consecutive pairs (i, i + s), (i + 1, i + 1 + s) share no tile, so
+    # threads seldom wait for the same lock.
+    done = [pool.submit(pair, i, i + s) for s in range(len(tiles)) for i in range(len(tiles) - s)]
+    for f in done:
+      f.result()
+  for start, tile in zip(tiles, keep):
+    idx, vals = tile.result()
+    yield start, idx, vals.astype(np.float64) - q_sq[start:start + idx.shape[0], None]
 
 
 def nearest_neighbors(
@@ -396,15 +552,24 @@ def _search(queries, gallery, exclude_self, k, chunk_size, return_float64, label
   cq, cg, _, unit = _conditioned(queries, queries if exclude_self else gallery)
   # |g|^2 summed in float64, then rounded: its float32 error is one rounding.
   cg_sq = np.einsum("nd,nd->n", cg, cg, dtype=np.float64).astype(np.float32)
-  # A bound on the float32 error of |q|^2 + |g|^2 - 2 q.g on the conditioned data
-  # (Higham's gamma_(D+1) for the dot products, doubled): orderings decided by more
-  # than this are exact; runs of closer calls are re-ranked in float64.
+  # A bound on the float32 error of the difference of two scores |q|^2 + |g|^2 - 2 q.g on
+  # the conditioned data (u = 2^-24; |q|^2 and |g|^2 are float64 sums rounded once). Since
+  # 2 |q.g| <= |q|^2 + |g|^2, a score errs by at most gamma_(D+1) (|q|^2 + 2 |g|^2) + u |g|^2
+  # when computed as |g|^2 - 2 q.g (device) or as the (D + 1)-term product [q, 1].[-2 g, |g|^2]
+  # (host), and by at most (2 D + 5) u (|q|^2 + |g|^2) as the (D + 2)-term product
+  # [q, 1, |q|^2].[-2 g, |g|^2, 1] (host, leave-one-out); twice either is within
+  # 4 (D + 4) u (|q|^2 + max |g|^2). Orderings decided by more than this are exact; runs
+  # of closer calls are re-ranked in float64.
   q_sq = np.sum(cq.astype(np.float64) ** 2, axis=1)
   tol = (cq.shape[1] + 4) * 2.0 ** -22 * (q_sq + float(np.max(cg_sq)))
   idx_out = np.empty((queries.shape[0], k), np.int32)
   d_out = np.empty((queries.shape[0], k), np.float64)
-  chunks = _host_candidates if engine == "host" else _device_candidates
-  for start, cand, d32 in chunks(cq, cg, cg_sq, exclude_self, kc, chunk_size):
+  if engine == "host" and exclude_self and queries.shape[0] >= 2 * _TILE:
+    chunks = _symmetric_candidates(cq, cg_sq, q_sq, kc)
+  else:
+    chunks = (_host_candidates if engine == "host" else _device_candidates)(cq, cg, cg_sq, exclude_self, kc,
+                                                                            chunk_size)
+  for start, cand, d32 in chunks:
     n = cand.shape[0]
     d32 = np.maximum(np.asarray(d32, np.float64) + q_sq[start:start + n, None], 0.0) * unit ** 2
     rows = slice(start, start + n)

@@ -239,7 +239,34 @@ class OnDevice:
     self.assertNotEqual(calls, [])
 
 
+class SmallTiles:
+  """Mixed into a test class: leave-one-out searches on the host take the symmetric path
+  (``_symmetric_candidates``) with tiles of 16 rows, so that test sets of a few hundred items
+  have many tiles, first offers narrower than the candidates, and many merges."""
+
+  def setUp(self):
+    super().setUp()
+    patcher = mock.patch.object(ev, "_TILE", 16)
+    patcher.start()
+    self.addCleanup(patcher.stop)
+
+  def test_the_searches_take_the_symmetric_path(self):
+    calls = []
+    real = ev._symmetric_candidates
+    with mock.patch.object(ev, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
+      ev.nearest_neighbors(blobs()[0], k=3, engine="host")
+    self.assertEqual(calls, [1])
+
+
 class NeighborsOnDeviceTest(OnDevice, NeighborsTest):
+  pass
+
+
+class NeighborsInSmallTilesTest(SmallTiles, NeighborsTest):
+  pass
+
+
+class WideGalleryInSmallTilesTest(SmallTiles, WideGalleryTest):
   pass
 
 
@@ -320,6 +347,10 @@ class RetrievalMetricsTest(chex.TestCase):
 
 
 class RetrievalMetricsOnDeviceTest(OnDevice, RetrievalMetricsTest):
+  pass
+
+
+class RetrievalMetricsInSmallTilesTest(SmallTiles, RetrievalMetricsTest):
   pass
 
 

@@ -16,7 +16,7 @@ import threadpoolctl
 from absl.testing import parameterized
 
 from hdml_jax import evaluation as ev
-from tests.test_evaluation import OnDevice, blobs, near_ties, numpy_neighbors
+from tests.test_evaluation import OnDevice, SmallTiles, blobs, near_ties, numpy_neighbors
 
 
 def _data(seed=0, n=40, classes=4, d=3, spread=1.0):
@@ -833,6 +833,14 @@ class SearchShapesOnDeviceTest(OnDevice, SearchShapesTest):
   pass
 
 
+class ErrorBoundInSmallTilesTest(SmallTiles, ErrorBoundTest):
+  pass
+
+
+class SearchShapesInSmallTilesTest(SmallTiles, SearchShapesTest):
+  pass
+
+
 class HostEngineTest(chex.TestCase):
   """The host kNN engine (``"auto"`` on a CPU): BLAS products and ``argpartition`` on host threads."""
 
@@ -907,9 +915,9 @@ class HostEngineTest(chex.TestCase):
       with self.subTest(threads=threads, chunk=chunk):
         calls, (idx, _) = self.record(lambda: ev.nearest_neighbors(x, k=4, chunk_size=chunk), threads)
         np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 4))   # the query itself excluded
-        # Each chunk is split among the threads, the rows in order, as evenly as possible.
+        # Each chunk is split in 2 slices per thread, the rows in order, as evenly as possible.
         per_chunk = [min(chunk, 37 - s) for s in range(0, 37, chunk)]
-        want = [len(a) for m in per_chunk for a in np.array_split(np.arange(m), min(threads, m))]
+        want = [len(a) for m in per_chunk for a in np.array_split(np.arange(m), min(2 * threads, m))]
         self.assertEqual(sorted(c["rows"] for c in calls), sorted(want))
         self.assertEqual(sum(c["rows"] for c in calls), 37)
         cq, cg, _, _ = ev._conditioned(x, x)
@@ -947,3 +955,73 @@ class HostEngineTest(chex.TestCase):
     self.assertEqual(got, ev.evaluate(x, y, recall_ks=(1, 4), clustering=False, knn_engine="device"))
     self.assertEqual(qg, ev.evaluate_query_gallery(x[:50], y[:50], x[50:], y[50:], recall_ks=(1, 4),
                                                    knn_engine="device"))
+
+  def test_the_leave_one_out_search_is_symmetric_from_two_tiles(self):
+    # Two tiles or more of queries searched among themselves: half the products; else one pass per chunk.
+    real = ev._symmetric_candidates
+    for n, engine, gallery, used in ((2 * ev._TILE, "host", None, True), (2 * ev._TILE - 1, "host", None, False),
+                                     (2 * ev._TILE, "device", None, False), (2 * ev._TILE, "host", "x", False)):
+      x = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32)
+      calls = []
+      with mock.patch.object(ev, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
+        idx, _ = ev.nearest_neighbors(x, None if gallery is None else x, k=2, engine=engine)
+      self.assertEqual(calls, [1] if used else [], (n, engine, gallery))
+      self.assertFalse((idx == np.arange(n)[:, None]).any() if gallery is None else False)
+
+  @parameterized.parameters((16, 1), (16, 3), (7, 2), (50, 2))
+  def test_symmetric_search_with_any_tiles_and_threads(self, tile, threads):
+    # Near ties, exact duplicates (ties to the smaller index) and k larger than a tile.
+    x = near_ties(300, seed=7, d=16, grid=6)
+    x[::10] = x[5]
+    with mock.patch.object(ev, "_TILE", tile), mock.patch.object(ev, "_host_threads", return_value=threads):
+      for k in (1, 12, 40):
+        idx, d2 = ev.nearest_neighbors(x, k=k, engine="host")
+        np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, k), (k, tile, threads))
+        np.testing.assert_array_equal(d2, ev.nearest_neighbors(x, k=k, engine="device")[1])
+
+
+class ReservoirTest(chex.TestCase):
+  """``_Reservoir``: the kc smallest scores of each row among everything offered, whatever the order."""
+
+  @parameterized.parameters((5, 3), (5, 40), (12, 9))
+  def test_keeps_the_smallest_values(self, kc, width):
+    rng = np.random.default_rng(kc * width)
+    rows = 6
+    blocks = [rng.integers(0, 30, size=(rows, width)).astype(np.float32) for _ in range(12)]   # ties
+    blocks[3][2] = -np.arange(width)                  # a row whose offers grow closer block by block ...
+    blocks[7][2] = -100 - np.arange(width)
+    blocks[5][4] = np.inf                             # ... and one with nothing finite to offer
+    keep = ev._Reservoir(rows, kc)
+    keep.start(blocks[0], 0)
+    merged = []
+    real = keep._merge
+    keep._merge = lambda rows_, *a: merged.append(rows_.size) or real(rows_, *a)
+    for b, v in enumerate(blocks[1:], 1):
+      rr, cc = np.nonzero(v < keep.tau[:, None])
+      keep.offer(rr, b * width + cc.astype(np.int32), v[rr, cc])
+      self.assertTrue((keep.fill <= keep.cap).all())
+    allv = np.concatenate(blocks, axis=1)
+    columns, values = keep.result()
+    np.testing.assert_array_equal(values, np.sort(allv, axis=1)[:, :kc])   # ascending
+    np.testing.assert_array_equal(np.take_along_axis(allv, columns, axis=1), values)
+    self.assertTrue(all(len(set(r)) == kc for r in columns.tolist()))
+    self.assertNotEqual(merged, [])   # merges happened
+    if width < kc:   # a first offer narrower than kc keeps everything and no threshold
+      fresh = ev._Reservoir(rows, kc)
+      fresh.start(blocks[0], 0)
+      self.assertTrue(np.isinf(fresh.tau).all())
+      self.assertTrue((fresh.fill == width).all())
+
+  def test_an_offer_larger_than_the_room_is_merged_at_once(self):
+    keep = ev._Reservoir(2, 2)
+    self.assertEqual(keep.cap, 4)   # room for 2 kc per row
+    keep.start(np.array([[5.0, 6.0], [1.0, 2.0]], np.float32), 0)
+    v = np.array([[4.0, 3.0, 9.0, 0.5, 7.0], [8.0, 8.0, 8.0, 8.0, 8.0]], np.float32)
+    rr, cc = np.nonzero(v < keep.tau[:, None])
+    self.assertEqual(rr.tolist(), [0, 0, 0])           # row 0: 3 offers on top of 2 kept: over 4
+    keep.offer(rr, 10 + cc.astype(np.int32), v[rr, cc])
+    self.assertEqual(keep.fill.tolist(), [2, 2])
+    self.assertEqual(keep.tau.tolist(), [3.0, 2.0])
+    columns, values = keep.result()
+    self.assertEqual(values.tolist(), [[0.5, 3.0], [1.0, 2.0]])
+    self.assertEqual(columns.tolist(), [[13, 11], [0, 1]])
