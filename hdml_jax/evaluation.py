@@ -673,6 +673,34 @@ def _assign(x, centers, *, chunk):
   return idx.reshape(n), d2.reshape(n)
 
 
+def _assign_host(x, centers, *, rows=1024):
+  """``_assign`` on the host: each task scores ``rows`` points against every centre with one
+  BLAS product ``[x, 1] . [-2 c, |c|^2]`` (single-threaded, inside the engine's own threads) and
+  takes the row minima. Returns NumPy ``(assignments int32, squared distances float32)``."""
+  c = np.asarray(centers, np.float32)
+  n, d = x.shape
+  ct = np.empty((d + 1, c.shape[0]), np.float32)
+  ct[:d] = -2.0 * c.T
+  ct[d] = np.einsum("kd,kd->k", c, c, dtype=np.float64)
+  idx = np.empty(n, np.int32)
+  d2 = np.empty(n, np.float32)
+
+  def task(start):
+    xs = x[start:start + rows]
+    score = np.concatenate([xs, np.ones((xs.shape[0], 1), np.float32)], axis=1) @ ct
+    best = np.argmin(score, axis=1)
+    idx[start:start + rows] = best
+    diff = xs - c[best]   # the distance to the chosen centre directly: no cancellation
+    d2[start:start + rows] = np.einsum("nd,nd->n", diff, diff)
+
+  threads = _host_threads()
+  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+    for f in [pool.submit(task, start) for start in range(0, n, rows)]:
+      f.result()
+  return idx, d2
+
+
 @functools.partial(jax.jit, static_argnames=("k",))
 def _update_centers(x, weights, assign, old_centers, *, k):
   sums = jax.ops.segment_sum(x * weights[:, None], assign, num_segments=k)
@@ -781,12 +809,17 @@ def _relocate_empty(x, assign, d2, centers, counts, n):
 KMEANS_INITS = ("greedy-k-means++", "k-means++", "random")
 
 
-def _lloyd(x, xj, wj, centers, n, *, chunk, max_iter, tol_abs):
-  """Lloyd iterations with scikit-learn's stopping rule. Returns ``(assign, centers, inertia, iters)``."""
+def _lloyd(x, xp, xj, wj, centers, n, *, chunk, max_iter, tol_abs, engine):
+  """Lloyd iterations with scikit-learn's stopping rule. Returns ``(assign, centers, inertia, iters)``.
+  ``engine``: where the assignment step's products run (``"host"``: ``_assign_host`` on ``xp``)."""
   k = centers.shape[0]
+  if engine == "host":
+    assign_step = lambda c: tuple(jnp.asarray(a) for a in _assign_host(xp, c))
+  else:
+    assign_step = lambda c: _assign(xj, c, chunk=chunk)
   assign_prev, it = None, 0
   for it in range(1, max_iter + 1):
-    assign, d2 = _assign(xj, centers, chunk=chunk)
+    assign, d2 = assign_step(centers)
     new_centers, counts = _update_centers(xj, wj, assign, centers, k=k)
     counts = np.asarray(counts)
     if (counts == 0).any():
@@ -799,7 +832,7 @@ def _lloyd(x, xj, wj, centers, n, *, chunk, max_iter, tol_abs):
     if shift <= tol_abs:
       break
     assign_prev = assign
-  assign, d2 = _assign(xj, centers, chunk=chunk)   # the labels of the final centres (scikit-learn's last E-step)
+  assign, d2 = assign_step(centers)   # the labels of the final centres (scikit-learn's last E-step)
   return assign, centers, float(jnp.sum(d2 * wj)), it
 
 
@@ -815,6 +848,7 @@ def kmeans(
     tol: float = 1e-4,
     chunk_size: int = 2048,
     return_info: bool = False,
+    engine: str = "auto",
 ):
   """Lloyd's k-means on device, chunked so memory stays ``O(chunk x k)``.
 
@@ -830,7 +864,10 @@ def kmeans(
   centres. An empty cluster is moved to the point farthest from its centre
   (scikit-learn's rule). ``n_init`` restarts from different seeds keep the
   run with the lowest inertia (``n_init=10`` with the greedy init is the
-  protocol of the paper's scikit-learn ``KMeans``).
+  protocol of the paper's scikit-learn ``KMeans``). ``engine`` (as for
+  the kNN, ``resolve_knn_engine``): where Lloyd's assignment step runs,
+  XLA on the device or BLAS on host threads (the default on a CPU backend);
+  the initialisation and the centre updates run on the device either way.
 
   Returns:
     ``(assignments [N] int32, centres [k, D])``; with ``return_info``, a
@@ -847,6 +884,7 @@ def kmeans(
     raise ValueError(f"{where}: n_init must be a positive integer, got {n_init!r}.")
   if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
     raise ValueError(f"{where}: max_iter must be a positive integer, got {max_iter!r}.")
+  engine = resolve_knn_engine(engine)
   # Centred and scaled by a power of two: any finite offset or scale clusters alike.
   x, _, center, unit = _conditioned(x, x)
   chunk = min(chunk_size, bucket(n))   # device shapes depend on the bucket of n only
@@ -865,8 +903,8 @@ def kmeans(
     else:
       idx = _greedy_kmeans_pp_init(xj, wj, jax.random.key(int(run_seed)), k=k, trials=2 + int(np.log(k)))
       centers = xp[np.asarray(idx)]
-    assign, centers, inertia, iters = _lloyd(x, xj, wj, jnp.asarray(centers, jnp.float32), n, chunk=chunk,
-                                             max_iter=max_iter, tol_abs=tol_abs)
+    assign, centers, inertia, iters = _lloyd(x, xp, xj, wj, jnp.asarray(centers, jnp.float32), n, chunk=chunk,
+                                             max_iter=max_iter, tol_abs=tol_abs, engine=engine)
     if best is None or inertia < best[2]:
       best = (assign, centers, inertia, iters, run)
   assign, centers, inertia, iters, run = best
@@ -997,7 +1035,8 @@ def evaluate(
       (see ``kmeans_settings``).
     chunk_size: queries per kNN step (memory ``O(chunk_size * N)``).
     knn_engine: ``"auto"``, ``"device"`` or ``"host"`` (see
-      ``resolve_knn_engine``): the same neighbours, found at different speeds.
+      ``resolve_knn_engine``): the same neighbours, found at different speeds;
+      also where the k-means assignment step runs.
 
   Returns:
     ``{"recall@K": ..., "precision@1", "r_precision", "map@r", "nmi", "f1",
@@ -1026,17 +1065,20 @@ def evaluate(
   neighbor_labels = y[idx]
   out = _retrieval_metrics(neighbor_labels, y, ks, num_relevant)
   if clustering:
-    out.update(cluster_metrics(x, y, backend=kmeans_backend, seed=kmeans_seed, protocol=kmeans_protocol))
+    out.update(cluster_metrics(x, y, backend=kmeans_backend, seed=kmeans_seed, protocol=kmeans_protocol,
+                               engine=knn_engine))
   return out
 
 
-def cluster_metrics(x, y, *, backend: str = "jax", seed: int = 0, protocol: str = "auto") -> dict:
-  """``nmi`` and ``f1`` of a k-means clustering with k = number of classes (``protocol``: see ``kmeans_settings``)."""
+def cluster_metrics(x, y, *, backend: str = "jax", seed: int = 0, protocol: str = "auto",
+                    engine: str = "auto") -> dict:
+  """``nmi`` and ``f1`` of a k-means clustering with k = number of classes (``protocol``: see ``kmeans_settings``;
+  ``engine``: that of ``kmeans``)."""
   k = int(np.unique(y).size)
   settings = kmeans_settings(protocol, k)
   if backend == "jax":
     assign, _ = kmeans(x, k, seed=seed, init=settings["init"], n_init=settings["n_init"],
-                       max_iter=settings["max_iter"])
+                       max_iter=settings["max_iter"], engine=engine)
   elif backend == "sklearn":
     from sklearn.cluster import KMeans
     assign = KMeans(n_clusters=k, n_init=settings["n_init"], max_iter=settings["max_iter"],

@@ -582,8 +582,9 @@ class SmallestTest(chex.TestCase):
 class LloydTest(chex.TestCase):
   """``_lloyd`` from given centres against scikit-learn's Lloyd from the same centres."""
 
-  @parameterized.parameters((0.0, False), (1e-4, False), (1e-2, False), (1e-4, True))
-  def test_iterations_match_scikit_learn(self, tol, empty):
+  @parameterized.parameters(*[(tol, empty, engine) for tol, empty in ((0.0, False), (1e-4, False), (1e-2, False),
+                                                                      (1e-4, True)) for engine in ("host", "device")])
+  def test_iterations_match_scikit_learn(self, tol, empty, engine):
     from sklearn.cluster import KMeans
     from sklearn.datasets import make_blobs
     x, _ = make_blobs(n_samples=300, centers=6, n_features=4, cluster_std=3.0 if not empty else 1.0,
@@ -594,16 +595,16 @@ class LloydTest(chex.TestCase):
       init[4], init[5] = -1000.0, 1000.0
     tol_abs = tol * float(np.mean(np.var(x.astype(np.float64), axis=0)))
     xp, w = ev._pad_rows(x, 64)
-    assign, centers, inertia, iters = ev._lloyd(x, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300,
-                                                chunk=64, max_iter=300, tol_abs=tol_abs)
+    assign, centers, inertia, iters = ev._lloyd(x, xp, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300,
+                                                chunk=64, max_iter=300, tol_abs=tol_abs, engine=engine)
     km = KMeans(6, init=init, n_init=1, tol=tol, algorithm="lloyd").fit(x)
     self.assertEqual(iters, km.n_iter_)
     np.testing.assert_array_equal(np.asarray(assign)[:300], km.labels_)
     np.testing.assert_allclose(np.asarray(centers), km.cluster_centers_, rtol=1e-5, atol=1e-5)
     self.assertAlmostEqual(inertia / km.inertia_, 1.0, places=5)
     if tol == 1e-2:
-      _, _, _, capped = ev._lloyd(x, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300, chunk=64,
-                                  max_iter=3, tol_abs=0.0)
+      _, _, _, capped = ev._lloyd(x, xp, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300, chunk=64,
+                                  max_iter=3, tol_abs=0.0, engine=engine)
       self.assertEqual(capped, 3)
 
   def test_relocation_takes_the_farthest_points_ties_to_the_smaller_index(self):
@@ -1025,3 +1026,52 @@ class ReservoirTest(chex.TestCase):
     columns, values = keep.result()
     self.assertEqual(values.tolist(), [[0.5, 3.0], [1.0, 2.0]])
     self.assertEqual(columns.tolist(), [[13, 11], [0, 1]])
+
+
+class HostKmeansTest(chex.TestCase):
+  """Lloyd's assignment step on the host engine (``_assign_host``), the default on a CPU backend."""
+
+  @parameterized.parameters((1, 1024), (3, 7), (2, 64))
+  def test_assign_host_matches_a_float64_brute_force(self, threads, rows):
+    rng = np.random.default_rng(threads)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    c = rng.normal(size=(11, 6)).astype(np.float32) * 2
+    d = ((x.astype(np.float64)[:, None] - c[None]) ** 2).sum(-1)
+    with mock.patch.object(ev, "_host_threads", return_value=threads):
+      idx, d2 = ev._assign_host(x, jnp.asarray(c), rows=rows)
+    np.testing.assert_array_equal(idx, d.argmin(axis=1))
+    self.assertEqual((idx.dtype, d2.dtype), (np.int32, np.float32))
+    np.testing.assert_allclose(d2, d.min(axis=1), rtol=1e-6)
+    device_idx, device_d2 = ev._assign(jnp.asarray(x), jnp.asarray(c), chunk=60)
+    np.testing.assert_array_equal(idx, device_idx)
+    np.testing.assert_allclose(d2, device_d2, rtol=1e-4, atol=1e-5)
+
+  def test_engines(self):
+    x, y = _data(seed=5, n=120, classes=6, spread=0.3)
+    calls = {"host": 0, "device": 0}
+    real_host, real_device = ev._assign_host, ev._assign
+
+    def host(*a, **kw):
+      calls["host"] += 1
+      return real_host(*a, **kw)
+
+    def device(*a, **kw):
+      calls["device"] += 1
+      return real_device(*a, **kw)
+
+    results = {}
+    with mock.patch.object(ev, "_assign_host", host), mock.patch.object(ev, "_assign", device):
+      for engine in ("auto", "host", "device"):
+        before = dict(calls)
+        results[engine] = ev.kmeans(x, 6, engine=engine)
+        used = {e for e in calls if calls[e] > before[e]}
+        self.assertEqual(used, {"device" if engine == "device" else "host"}, engine)   # "auto": the host on a CPU
+        before = dict(calls)
+        ev.evaluate(x, y, recall_ks=(1,), knn_engine=engine)
+        self.assertEqual({e for e in calls if calls[e] > before[e]}, used, engine)
+    for engine in ("host", "device"):
+      np.testing.assert_array_equal(results[engine][0], results["auto"][0])
+      np.testing.assert_allclose(results[engine][1], results["auto"][1], rtol=1e-5, atol=1e-5)
+    with self.assertRaisesWithLiteralMatch(ValueError, "kNN engine must be one of ('auto', 'device', 'host'), "
+                                                       "got 'cuda'."):
+      ev.kmeans(x, 6, engine="cuda")
