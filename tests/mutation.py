@@ -492,6 +492,17 @@ HANGS: dict[str, str] = {
 }
 
 
+# Functions changed since their mutants were audited (issue #14's host kNN engine). mutmut numbers a
+# function's mutants in order, so notes keyed by the old numbers no longer name the same mutants: they are
+# set aside (kept in ``SET_ASIDE``, never applied) until these functions are run and audited again.
+REAUDIT = tuple(f"hdml_jax.evaluation.x_{name}__" for name in (
+    "_search", "_conditioned", "_lloyd", "kmeans", "_distances64", "nearest_neighbors", "evaluate",
+    "evaluate_query_gallery", "cluster_metrics"))
+SET_ASIDE: dict[str, str] = {}
+for _notes in (EQUIVALENT, SURVIVOR_NOTES, HANGS):
+  for _name in [n for n in _notes if n.startswith(REAUDIT)]:
+    SET_ASIDE[_name] = _notes.pop(_name)
+
 # Appended to the workdir's conftest.py: under a mutant, run the covering tests fastest first (by the
 # durations mutmut measured in its stats run), so that with ``-x`` a killed mutant stops early.
 _FASTEST_FIRST = """
