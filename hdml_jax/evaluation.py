@@ -311,6 +311,17 @@ def _smallest_host(score, k):
   return np.take_along_axis(idx, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
+def _wait_all(futures):
+  """The results of ``futures``, in order; on the first error (or an interrupt) the ones not yet
+  started are cancelled, so a failing search stops instead of running to its end."""
+  try:
+    return [f.result() for f in futures]
+  except BaseException:
+    for f in futures:
+      f.cancel()
+    raise
+
+
 def _host_threads() -> int:
   try:
     return max(1, len(os.sched_getaffinity(0)))
@@ -354,7 +365,7 @@ def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
   with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
     pending = submit(0)
     for c, start in enumerate(starts):
-      parts = [f.result() for f in pending]
+      parts = _wait_all(pending)
       pending = submit(c + 1) if c + 1 < len(starts) else []
       yield start, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -485,9 +496,7 @@ def _symmetric_candidates(cq, cq_sq, q_sq, kc):
   with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
     # Diagonal by diagonal: consecutive pairs (i, i + s), (i + 1, i + 1 + s) share no tile, so
     # threads seldom wait for the same lock.
-    done = [pool.submit(pair, i, i + s) for s in range(len(tiles)) for i in range(len(tiles) - s)]
-    for f in done:
-      f.result()
+    _wait_all([pool.submit(pair, i, i + s) for s in range(len(tiles)) for i in range(len(tiles) - s)])
   for start, tile in zip(tiles, keep):
     idx, vals = tile.result()
     yield start, idx, vals.astype(np.float64) - q_sq[start:start + idx.shape[0], None]
@@ -696,8 +705,7 @@ def _assign_host(x, centers, *, rows=1024):
   threads = _host_threads()
   limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
-    for f in [pool.submit(task, start) for start in range(0, n, rows)]:
-      f.result()
+    _wait_all([pool.submit(task, start) for start in range(0, n, rows)])
   return idx, d2
 
 
@@ -1033,7 +1041,9 @@ def evaluate(
     kmeans_seed: the clustering's seed.
     kmeans_protocol: ``"auto"``, ``"reference"`` or ``"fast"``
       (see ``kmeans_settings``).
-    chunk_size: queries per kNN step (memory ``O(chunk_size * N)``).
+    chunk_size: queries per kNN step (memory ``O(chunk_size * N)``); the
+      host engine's leave-one-out search of 2,048 items or more works in
+      tiles of 1,024 instead (memory ``O(N * k)``).
     knn_engine: ``"auto"``, ``"device"`` or ``"host"`` (see
       ``resolve_knn_engine``): the same neighbours, found at different speeds;
       also where the k-means assignment step runs.

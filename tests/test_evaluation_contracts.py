@@ -1075,3 +1075,18 @@ class HostKmeansTest(chex.TestCase):
     with self.assertRaisesWithLiteralMatch(ValueError, "kNN engine must be one of ('auto', 'device', 'host'), "
                                                        "got 'cuda'."):
       ev.kmeans(x, 6, engine="cuda")
+
+  def test_an_error_in_a_task_stops_the_search(self):
+    # The first failing task raises, and the tasks not yet started are cancelled, not run to the end.
+    x = near_ties(200, seed=3, d=4)
+    calls = []
+
+    def fail(*a, **kw):
+      calls.append(1)
+      raise FloatingPointError("boom")
+
+    with mock.patch.object(ev, "_TILE", 8), mock.patch.object(ev, "_host_threads", return_value=1), \
+        mock.patch.object(ev._Reservoir, "start", fail):
+      with self.assertRaisesRegex(FloatingPointError, "boom"):
+        ev.nearest_neighbors(x, k=3, engine="host")
+    self.assertLess(len(calls), 5)   # 25 tiles, 325 pairs: stopped after the first
