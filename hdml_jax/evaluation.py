@@ -696,7 +696,7 @@ def _assign_host(x, centers, *, rows=1024):
 
   def task(start):
     xs = x[start:start + rows]
-    score = np.concatenate([xs, np.ones((xs.shape[0], 1), np.float32)], axis=1) @ ct
+    score = np.matmul(np.concatenate([xs, np.ones((xs.shape[0], 1), np.float32)], axis=1), ct)
     best = np.argmin(score, axis=1)
     idx[start:start + rows] = best
     diff = xs - c[best]   # the distance to the chosen centre directly: no cancellation

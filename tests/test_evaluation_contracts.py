@@ -1046,6 +1046,26 @@ class HostKmeansTest(chex.TestCase):
     np.testing.assert_array_equal(idx, device_idx)
     np.testing.assert_allclose(d2, device_d2, rtol=1e-4, atol=1e-5)
 
+  def test_blas_is_single_threaded_inside_the_tasks(self):
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    c = x[:4]
+    before = threadpoolctl.threadpool_info()
+    blas_before = {i["num_threads"] for i in before if i["user_api"] == "blas"}
+    real = np.matmul
+    for threads in (1, 2, 3):
+      seen = []
+
+      def spy(a, b):
+        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+        return real(a, b)
+
+      with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
+        idx, _ = ev._assign_host(x, c, rows=16)
+      self.assertEqual(len(seen), 4)   # 50 points in tasks of 16
+      self.assertEqual(seen, [{1} if threads > 1 else blas_before] * 4, threads)
+      np.testing.assert_array_equal(idx, ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1))
+    self.assertEqual(threadpoolctl.threadpool_info(), before)
+
   def test_engines(self):
     x, y = _data(seed=5, n=120, classes=6, spread=0.3)
     calls = {"host": 0, "device": 0}
