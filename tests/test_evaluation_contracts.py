@@ -6,6 +6,7 @@ Fast (small inputs, few compilations): the mutation run of ``hdml_jax/evaluation
 
 import inspect
 import math
+import threading
 from unittest import mock
 
 import chex
@@ -902,7 +903,7 @@ class HostEngineTest(chex.TestCase):
 
     def spy(a, b, out):
       blas = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
-      calls.append({"a": a.copy(), "b": b, "rows": a.shape[0], "blas": blas})
+      calls.append({"a": a.copy(), "b": b, "rows": a.shape[0], "blas": blas, "out": out.dtype})
       return real(a, b, out=out)
 
     with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
@@ -925,6 +926,7 @@ class HostEngineTest(chex.TestCase):
         g = calls[0]["b"]   # [-2 g; |g|^2], 37 columns padded to 48 at a finite, larger-than-any score
         self.assertEqual(g.shape, (6, 48))
         self.assertEqual(g.dtype, np.float32)
+        self.assertEqual({c["out"] for c in calls}, {np.dtype(np.float32)})   # float32 scores
         np.testing.assert_array_equal(g[:5, :37], -2 * cg.T)
         np.testing.assert_array_equal(g[5, :37], np.einsum("nd,nd->n", cg, cg, dtype=np.float64).astype(np.float32))
         np.testing.assert_array_equal(g[:5, 37:], 0)
@@ -956,6 +958,18 @@ class HostEngineTest(chex.TestCase):
     self.assertEqual(got, ev.evaluate(x, y, recall_ks=(1, 4), clustering=False, knn_engine="device"))
     self.assertEqual(qg, ev.evaluate_query_gallery(x[:50], y[:50], x[50:], y[50:], recall_ks=(1, 4),
                                                    knn_engine="device"))
+
+  def test_one_pass_leave_one_out_in_two_stages(self):
+    # Under two tiles, the one-pass host search masks each query itself at +inf: its column's group of 16
+    # must stay selectable (a NaN there would hide the group's 15 other items from the two stages).
+    x = near_ties(1500, seed=9, d=8, grid=4)
+    calls = []
+    real = np.argpartition
+    with mock.patch.object(ev.np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)), \
+        mock.patch.object(ev, "_host_threads", return_value=2):
+      idx, _ = ev.nearest_neighbors(x, k=3, engine="host")
+    self.assertEqual(len(calls), 2 * 2 * 4)   # two stages in each slice: 2 chunks of 4 slices (2 per thread)
+    np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 3))
 
   def test_the_leave_one_out_search_is_symmetric_from_two_tiles(self):
     # Two tiles or more of queries searched among themselves: half the products; else one pass per chunk.
@@ -1053,16 +1067,20 @@ class HostKmeansTest(chex.TestCase):
     blas_before = {i["num_threads"] for i in before if i["user_api"] == "blas"}
     real = np.matmul
     for threads in (1, 2, 3):
-      seen = []
+      seen, workers = [], set()
 
       def spy(a, b):
         seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+        workers.add(threading.get_ident())
+        self.assertEqual((a.dtype, b.dtype), (np.float32, np.float32))   # a float32 product
+        np.testing.assert_array_equal(b[3], np.einsum("kd,kd->k", c, c, dtype=np.float64).astype(np.float32))
         return real(a, b)
 
       with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
         idx, _ = ev._assign_host(x, c, rows=16)
       self.assertEqual(len(seen), 4)   # 50 points in tasks of 16
       self.assertEqual(seen, [{1} if threads > 1 else blas_before] * 4, threads)
+      self.assertLessEqual(len(workers), threads)   # the engine's own threads, no more
       np.testing.assert_array_equal(idx, ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1))
     self.assertEqual(threadpoolctl.threadpool_info(), before)
 
