@@ -891,10 +891,25 @@ class HostEngineTest(chex.TestCase):
     with mock.patch.object(ev.np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
       columns, values = ev._smallest_host(score, k)
     self.assertLen(calls, partitions)
+    # Distinct values: the k smallest are one set, and each row's columns are exactly theirs.
+    distinct = np.stack([rng.permutation(cols) for _ in range(40)]).astype(np.float32)
+    got_cols, got_vals = ev._smallest_host(distinct, k)
+    np.testing.assert_array_equal(got_vals, np.arange(k, dtype=np.float32)[None].repeat(40, 0))
+    np.testing.assert_array_equal(got_cols, np.argsort(distinct, axis=1)[:, :k])
     np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])   # ascending
     np.testing.assert_array_equal(np.take_along_axis(score, columns, axis=1), values)
     self.assertTrue(all(len(set(row)) == k for row in columns.tolist()))   # distinct columns
     self.assertEqual(values.dtype, np.float32)
+
+  @parameterized.parameters((1, 16 * 4096), (100, 16 * 4096), (100, 16 * 1000 + 3))
+  def test_smallest_host_at_scale(self, k, cols):
+    # Wide rows of distinct values (argpartition leaves them unsorted beyond its kth element): exactly the k
+    # smallest, ascending, in the two-stage path as in the one-stage one.
+    rng = np.random.default_rng(k + cols)
+    score = np.stack([rng.permutation(cols) for _ in range(8)]).astype(np.float32)
+    columns, values = ev._smallest_host(score, k)
+    np.testing.assert_array_equal(values, np.arange(k, dtype=np.float32)[None].repeat(8, 0))
+    np.testing.assert_array_equal(columns, np.argsort(score, axis=1)[:, :k])
 
   def record(self, fn, threads):
     """Runs ``fn`` with ``threads`` host threads; returns each product's operands, BLAS threads and rows."""
@@ -903,7 +918,8 @@ class HostEngineTest(chex.TestCase):
 
     def spy(a, b, out):
       blas = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
-      calls.append({"a": a.copy(), "b": b, "rows": a.shape[0], "blas": blas, "out": out.dtype})
+      calls.append({"a": a.copy(), "b": b, "rows": a.shape[0], "blas": blas, "out": out.dtype,
+                    "worker": threading.get_ident()})
       return real(a, b, out=out)
 
     with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
@@ -913,7 +929,7 @@ class HostEngineTest(chex.TestCase):
   def test_products_and_padding(self):
     x = near_ties(37, seed=4, d=5)
     before = threadpoolctl.threadpool_info()
-    for threads, chunk in ((1, 1024), (3, 10), (3, 2), (4, 1)):
+    for threads, chunk in ((1, 1024), (2, 1024), (3, 10), (3, 2), (4, 1)):
       with self.subTest(threads=threads, chunk=chunk):
         calls, (idx, _) = self.record(lambda: ev.nearest_neighbors(x, k=4, chunk_size=chunk), threads)
         np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 4))   # the query itself excluded
@@ -927,6 +943,7 @@ class HostEngineTest(chex.TestCase):
         self.assertEqual(g.shape, (6, 48))
         self.assertEqual(g.dtype, np.float32)
         self.assertEqual({c["out"] for c in calls}, {np.dtype(np.float32)})   # float32 scores
+        self.assertLessEqual(len({c["worker"] for c in calls}), threads)     # the engine's own threads, no more
         np.testing.assert_array_equal(g[:5, :37], -2 * cg.T)
         np.testing.assert_array_equal(g[5, :37], np.einsum("nd,nd->n", cg, cg, dtype=np.float64).astype(np.float32))
         np.testing.assert_array_equal(g[:5, 37:], 0)
