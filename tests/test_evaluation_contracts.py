@@ -1059,6 +1059,21 @@ class ReservoirTest(chex.TestCase):
     self.assertEqual(columns.tolist(), [[13, 11], [0, 1]])
 
 
+  def test_rows_merged_together_with_unequal_offers(self):
+    # Two rows overflow in one offer, with different numbers of offers and kept scores: the merge pads the
+    # shorter row at +inf, which never displaces a score.
+    keep = ev._Reservoir(3, 2)
+    keep.start(np.array([[5.0, 6.0, 7.0], [1.0, 2.0, 9.0], [4.0, 4.0, 4.0]], np.float32), 0)
+    keep.offer(np.array([0, 0]), np.array([3, 4], np.int32), np.array([4.5, 4.0], np.float32))   # row 0 full
+    self.assertEqual(keep.fill.tolist(), [4, 2, 2])
+    rr = np.array([0, 1, 1, 1])
+    keep.offer(rr, np.array([5, 6, 7, 8], np.int32), np.array([0.125, 0.5, 0.75, 1.5], np.float32))
+    self.assertEqual(keep.fill.tolist(), [2, 2, 2])   # rows 0 (4 + 1) and 1 (2 + 3) merged together
+    columns, values = keep.result()
+    self.assertEqual(values.tolist(), [[0.125, 4.0], [0.5, 0.75], [4.0, 4.0]])
+    self.assertEqual(columns.tolist(), [[5, 4], [6, 7], [0, 1]])
+
+
 class HostKmeansTest(chex.TestCase):
   """Lloyd's assignment step on the host engine (``_assign_host``), the default on a CPU backend."""
 
