@@ -484,7 +484,7 @@ def _symmetric_candidates(cq, cq_sq, q_sq, kc):
 
   def pair(i, j):
     si, sj = tiles[i], tiles[j]
-    v = rows[si:si + _TILE] @ cols[:, sj:sj + _TILE]
+    v = np.matmul(rows[si:si + _TILE], cols[:, sj:sj + _TILE])
     if i == j:
       np.fill_diagonal(v, np.inf)   # the query itself
     give(i, v, sj, False)

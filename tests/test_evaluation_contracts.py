@@ -1000,6 +1000,29 @@ class HostEngineTest(chex.TestCase):
       self.assertEqual(calls, [1] if used else [], (n, engine, gallery))
       self.assertFalse((idx == np.arange(n)[:, None]).any() if gallery is None else False)
 
+  def test_symmetric_products_run_a_single_threaded_blas_in_the_engine_threads(self):
+    x = near_ties(100, seed=2, d=4)
+    before = threadpoolctl.threadpool_info()
+    blas_before = {i["num_threads"] for i in before if i["user_api"] == "blas"}
+    real = np.matmul
+    for threads in (1, 2, 3):
+      seen, workers = [], set()
+
+      def spy(a, b):
+        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+        workers.add(threading.get_ident())
+        self.assertEqual((a.dtype, b.dtype), (np.float32, np.float32))
+        return real(a, b)
+
+      with mock.patch.object(ev, "_TILE", 16), mock.patch.object(ev, "_host_threads", return_value=threads), \
+          mock.patch.object(ev.np, "matmul", spy):
+        idx, _ = ev.nearest_neighbors(x, k=3, engine="host")
+      self.assertLen(seen, 7 * 8 // 2)   # 7 tiles: 28 pairs, each one product
+      self.assertEqual({frozenset(b) for b in seen}, {frozenset({1} if threads > 1 else blas_before)}, threads)
+      self.assertLessEqual(len(workers), threads)
+      np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 3))
+    self.assertEqual(threadpoolctl.threadpool_info(), before)
+
   @parameterized.parameters((16, 1), (16, 3), (7, 2), (50, 2))
   def test_symmetric_search_with_any_tiles_and_threads(self, tile, threads):
     # Near ties, exact duplicates (ties to the smaller index) and k larger than a tile.
