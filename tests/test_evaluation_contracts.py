@@ -27,6 +27,27 @@ def _data(seed=0, n=40, classes=4, d=3, spread=1.0):
   return (centers[y] + spread * rng.normal(size=(n, d))).astype(np.float32), y
 
 
+def _blas_threads(info=None):
+  return {i["num_threads"] for i in (info or threadpoolctl.threadpool_info()) if i["user_api"] == "blas"}
+
+
+class ProductSpy:
+  """Stands in for ``np.matmul(a, b)``: records the BLAS threads and the worker thread of each product,
+  checks that both operands are float32 (and ``check(a, b)`` if given), and computes it."""
+
+  def __init__(self, test, check=None):
+    self.test, self.check, self.real = test, check, np.matmul
+    self.seen, self.workers = [], set()
+
+  def __call__(self, a, b):
+    self.seen.append(_blas_threads())
+    self.workers.add(threading.get_ident())
+    self.test.assertEqual((a.dtype, b.dtype), (np.float32, np.float32))
+    if self.check:
+      self.check(a, b)
+    return self.real(a, b)
+
+
 class InputMessagesTest(chex.TestCase):
   """Every input check names the entry point and the argument, word for word."""
 
@@ -1003,23 +1024,14 @@ class HostEngineTest(chex.TestCase):
   def test_symmetric_products_run_a_single_threaded_blas_in_the_engine_threads(self):
     x = near_ties(100, seed=2, d=4)
     before = threadpoolctl.threadpool_info()
-    blas_before = {i["num_threads"] for i in before if i["user_api"] == "blas"}
-    real = np.matmul
     for threads in (1, 2, 3):
-      seen, workers = [], set()
-
-      def spy(a, b):
-        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
-        workers.add(threading.get_ident())
-        self.assertEqual((a.dtype, b.dtype), (np.float32, np.float32))
-        return real(a, b)
-
+      spy = ProductSpy(self)
       with mock.patch.object(ev, "_TILE", 16), mock.patch.object(ev, "_host_threads", return_value=threads), \
           mock.patch.object(ev.np, "matmul", spy):
         idx, _ = ev.nearest_neighbors(x, k=3, engine="host")
-      self.assertLen(seen, 7 * 8 // 2)   # 7 tiles: 28 pairs, each one product
-      self.assertEqual({frozenset(b) for b in seen}, {frozenset({1} if threads > 1 else blas_before)}, threads)
-      self.assertLessEqual(len(workers), threads)
+      self.assertLen(spy.seen, 7 * 8 // 2)   # 7 tiles: 28 pairs, each one product
+      self.assertEqual(spy.seen, [{1} if threads > 1 else _blas_threads(before)] * 28, threads)
+      self.assertLessEqual(len(spy.workers), threads)
       np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 3))
     self.assertEqual(threadpoolctl.threadpool_info(), before)
 
@@ -1119,23 +1131,13 @@ class HostKmeansTest(chex.TestCase):
     x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     c = x[:4]
     before = threadpoolctl.threadpool_info()
-    blas_before = {i["num_threads"] for i in before if i["user_api"] == "blas"}
-    real = np.matmul
+    norms = np.einsum("kd,kd->k", c, c, dtype=np.float64).astype(np.float32)   # |c|^2 rounded once
     for threads in (1, 2, 3):
-      seen, workers = [], set()
-
-      def spy(a, b):
-        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
-        workers.add(threading.get_ident())
-        self.assertEqual((a.dtype, b.dtype), (np.float32, np.float32))   # a float32 product
-        np.testing.assert_array_equal(b[3], np.einsum("kd,kd->k", c, c, dtype=np.float64).astype(np.float32))
-        return real(a, b)
-
+      spy = ProductSpy(self, check=lambda a, b: np.testing.assert_array_equal(b[3], norms))
       with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
         idx, _ = ev._assign_host(x, c, rows=16)
-      self.assertEqual(len(seen), 4)   # 50 points in tasks of 16
-      self.assertEqual(seen, [{1} if threads > 1 else blas_before] * 4, threads)
-      self.assertLessEqual(len(workers), threads)   # the engine's own threads, no more
+      self.assertEqual(spy.seen, [{1} if threads > 1 else _blas_threads(before)] * 4, threads)   # 4 tasks of 16
+      self.assertLessEqual(len(spy.workers), threads)   # the engine's own threads, no more
       np.testing.assert_array_equal(idx, ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1))
     self.assertEqual(threadpoolctl.threadpool_info(), before)
 
