@@ -249,7 +249,9 @@ def resolve_knn_engine(engine: str = "auto") -> str:
   ``argpartition`` (see the README's evaluation benchmark). ``"auto"``:
   ``"host"`` when JAX's default backend is the CPU, ``"device"`` otherwise.
   Both return the same neighbours: the float64 re-ranking decides every
-  close call.
+  close call. While it runs, the host engine limits BLAS to one thread in
+  the whole process (``threadpoolctl``; restored afterwards), so BLAS calls
+  from other threads of the process run single-threaded meanwhile.
   """
   if engine not in KNN_ENGINES:
     raise ValueError(f"kNN engine must be one of {KNN_ENGINES}, got {engine!r}.")
