@@ -331,6 +331,32 @@ def _host_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def _host_pool(threads):
+  """A pool of ``threads`` workers, with BLAS limited to one thread in the whole process while it is
+  open: each worker runs its own single-threaded BLAS (BLAS's own threads would spin between calls
+  and slow the other work down)."""
+  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+    yield pool
+
+
+def _sq_norms(x):
+  """``|x|^2`` of each row, summed in float64 and rounded to float32 once."""
+  return np.einsum("nd,nd->n", x, x, dtype=np.float64).astype(np.float32)
+
+
+def _score_columns(g, g_sq, cols):
+  """``[-2 g; |g|^2]`` as ``[D + 1, cols]`` float32 columns, so that ``[q, 1]`` times them is
+  ``|g|^2 - 2 q.g``; columns past ``len(g)`` score ``_FAR`` (finite, above every real score)."""
+  n, d = g.shape
+  out = np.zeros((d + 1, cols), np.float32)
+  out[:d, :n] = -2.0 * g.T     # exact: a power of two
+  out[d, :n] = g_sq
+  out[d, n:] = _FAR
+  return out
+
+
 def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
   """``_device_candidates`` on the host: the scores come from one BLAS product,
   ``[q, 1] . [-2 g, |g|^2]`` (a (D + 1)-term dot product), and each host thread
@@ -338,12 +364,8 @@ def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
   BLAS, so one thread's selection overlaps another's product (BLAS's own
   threads would spin between calls and slow the selection down). Two chunk
   buffers: the threads work on the next chunk while the caller re-ranks this one."""
-  n, d = cg.shape
-  cols = -(-n // _GROUP) * _GROUP
-  gt = np.zeros((d + 1, cols), np.float32)
-  gt[:d, :n] = -2.0 * cg.T     # exact: a power of two
-  gt[d, :n] = cg_sq
-  gt[d, n:] = _FAR
+  cols = -(-cg.shape[0] // _GROUP) * _GROUP
+  gt = _score_columns(cg, cg_sq, cols)
   chunk_size = max(1, min(chunk_size, cq.shape[0]))
   starts = list(range(0, cq.shape[0], chunk_size))
   buffers = [np.empty((chunk_size, cols), np.float32) for _ in starts[:2]]
@@ -363,8 +385,7 @@ def _host_candidates(cq, cg, cg_sq, exclude_self, kc, chunk_size):
     return [pool.submit(part, buffers[c % 2][a:b], slice(starts[c] + a, starts[c] + b))
             for a, b in zip(bounds[:-1], bounds[1:])]
 
-  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+  with _host_pool(threads) as pool:
     pending = submit(0)
     for c, start in enumerate(starts):
       parts = _wait_all(pending)
@@ -493,9 +514,7 @@ def _symmetric_candidates(cq, cq_sq, q_sq, kc):
     if i != j:
       give(j, v, si, True)
 
-  threads = _host_threads()
-  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+  with _host_pool(_host_threads()) as pool:
     # Diagonal by diagonal: consecutive pairs (i, i + s), (i + 1, i + 1 + s) share no tile, so
     # threads seldom wait for the same lock.
     _wait_all([pool.submit(pair, i, i + s) for s in range(len(tiles)) for i in range(len(tiles) - s)])
@@ -561,8 +580,7 @@ def _search(queries, gallery, exclude_self, k, chunk_size, return_float64, label
   available = gallery.shape[0] - (1 if exclude_self else 0)
   kc = min(available, k + 8 + k // 4)   # spare candidates for the float64 re-ranking
   cq, cg, _, unit = _conditioned(queries, queries if exclude_self else gallery)
-  # |g|^2 summed in float64, then rounded: its float32 error is one rounding.
-  cg_sq = np.einsum("nd,nd->n", cg, cg, dtype=np.float64).astype(np.float32)
+  cg_sq = _sq_norms(cg)   # its float32 error is one rounding
   # A bound on the float32 error of the difference of two scores |q|^2 + |g|^2 - 2 q.g on
   # the conditioned data (u = 2^-24; |q|^2 and |g|^2 are float64 sums rounded once). Since
   # 2 |q.g| <= |q|^2 + |g|^2, a score errs by at most gamma_(D+1) (|q|^2 + 2 |g|^2) + u |g|^2
@@ -689,10 +707,8 @@ def _assign_host(x, centers, *, rows=1024):
   BLAS product ``[x, 1] . [-2 c, |c|^2]`` (single-threaded, inside the engine's own threads) and
   takes the row minima. Returns NumPy ``(assignments int32, squared distances float32)``."""
   c = np.asarray(centers, np.float32)
-  n, d = x.shape
-  ct = np.empty((d + 1, c.shape[0]), np.float32)
-  ct[:d] = -2.0 * c.T
-  ct[d] = np.einsum("kd,kd->k", c, c, dtype=np.float64)
+  n = x.shape[0]
+  ct = _score_columns(c, _sq_norms(c), c.shape[0])
   idx = np.empty(n, np.int32)
   d2 = np.empty(n, np.float32)
 
@@ -704,9 +720,7 @@ def _assign_host(x, centers, *, rows=1024):
     diff = xs - c[best]   # the distance to the chosen centre directly: no cancellation
     d2[start:start + rows] = np.einsum("nd,nd->n", diff, diff)
 
-  threads = _host_threads()
-  limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
+  with _host_pool(_host_threads()) as pool:
     _wait_all([pool.submit(task, start) for start in range(0, n, rows)])
   return idx, d2
 
