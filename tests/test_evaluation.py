@@ -8,6 +8,11 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
 from hdml_jax import evaluation as ev
+from hdml_jax.evaluation import _device as ev_device
+from hdml_jax.evaluation import _exact as ev_exact
+from hdml_jax.evaluation import _host as ev_host
+from hdml_jax.evaluation import _kmeans as ev_kmeans
+from hdml_jax.evaluation import _select as ev_select
 
 
 def brute_neighbors(q, g, exclude_self):
@@ -174,8 +179,8 @@ class WideGalleryTest(chex.TestCase):
     score = rng.integers(0, 50, size=(24, 3 * 512)).astype(np.float32)   # many ties
     score[3, 100:200] = np.inf
     k = 20
-    self.assertGreaterEqual(score.shape[1] // ev._GROUP, 4 * k)   # the two-stage path
-    values, cols = ev._smallest(score, k)
+    self.assertGreaterEqual(score.shape[1] // ev_select._GROUP, 4 * k)   # the two-stage path
+    cols, values = ev_select._smallest(score, k)
     values, cols = np.asarray(values), np.asarray(cols)
     np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])
     np.testing.assert_array_equal(np.take_along_axis(score, cols, axis=1), values)
@@ -227,14 +232,14 @@ class OnDevice:
 
   def setUp(self):
     super().setUp()
-    patcher = mock.patch.object(ev, "_auto_engine", return_value="device")
+    patcher = mock.patch.object(ev_exact, "_auto_engine", return_value="device")
     patcher.start()
     self.addCleanup(patcher.stop)
 
   def test_the_searches_run_on_the_device_engine(self):
     calls = []
-    real = ev._knn_chunk
-    with mock.patch.object(ev, "_knn_chunk", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
+    real = ev_device._knn_chunk
+    with mock.patch.object(ev_device, "_knn_chunk", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
       ev.nearest_neighbors(blobs()[0], k=3)
     self.assertNotEqual(calls, [])
 
@@ -246,14 +251,14 @@ class SmallTiles:
 
   def setUp(self):
     super().setUp()
-    patcher = mock.patch.object(ev, "_TILE", 16)
+    patcher = mock.patch.object(ev_host, "_TILE", 16)
     patcher.start()
     self.addCleanup(patcher.stop)
 
   def test_the_searches_take_the_symmetric_path(self):
     calls = []
-    real = ev._symmetric_candidates
-    with mock.patch.object(ev, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
+    real = ev_host._symmetric_candidates
+    with mock.patch.object(ev_host, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
       ev.nearest_neighbors(blobs()[0], k=3, engine="host")
     self.assertEqual(calls, [1])
 
@@ -447,7 +452,7 @@ class ClusteringTest(chex.TestCase):
     x[:20] += np.random.default_rng(0).normal(scale=0.01, size=(20, 2))
     assign, centers = ev.kmeans(x, 3, init="random", seed=3)
     self.assertEqual(len(np.unique(assign)), 3)
-    relocated = ev._relocate_empty(x, np.array([0] * 21 + [1]), np.arange(22, dtype=np.float32),
+    relocated = ev_kmeans._relocate_empty(x, np.array([0] * 21 + [1]), np.arange(22, dtype=np.float32),
                                    np.array([[0.5, 0.0], [0.0, 30.0], [9.0, 9.0]]), np.array([21, 1, 0]), 22)
     np.testing.assert_allclose(relocated[2], x[21])   # the farthest point starts the empty cluster
     np.testing.assert_allclose(relocated[1], x[21])   # ... and its old cluster had it alone: kept as is
@@ -457,7 +462,7 @@ class ClusteringTest(chex.TestCase):
     # items (bucket 192) share every compiled function; 200 (bucket 256) compiles once more.
     self.assertEqual([ev.bucket(n) for n in (1, 9, 13, 150, 170, 192, 193, 5924)],
                      [8, 12, 16, 192, 192, 192, 256, 6144])
-    fns = (ev._knn_chunk, ev._assign, ev._update_centers, ev._greedy_kmeans_pp_init)
+    fns = (ev_device._knn_chunk, ev_device._assign, ev_kmeans._update_centers, ev_kmeans._greedy_kmeans_pp_init)
     rng = np.random.default_rng(0)
     counts = []
     for n in (150, 160, 170, 200):
@@ -502,13 +507,13 @@ class ClusteringTest(chex.TestCase):
     x = np.concatenate([np.zeros((50, 2)), [[10.0, 0.0]], np.full((13, 2), 5.0)]).astype(np.float32)
     w = np.concatenate([np.ones(51), np.zeros(13)]).astype(np.float32)
     for seed in range(6):
-      idx = np.asarray(ev._kmeans_pp_init(x, w, jax.random.key(seed), k=2, per_round=1))
+      idx = np.asarray(ev_kmeans._kmeans_pp_init(x, w, jax.random.key(seed), k=2, per_round=1))
       self.assertEqual(sorted(x[idx, 0].tolist()), [0.0, 10.0])
-      idx = np.asarray(ev._kmeans_pp_init(x, w, jax.random.key(seed), k=8, per_round=3))
+      idx = np.asarray(ev_kmeans._kmeans_pp_init(x, w, jax.random.key(seed), k=8, per_round=3))
       self.assertTrue(np.all(idx < 51), idx)                    # no padding row
       self.assertEqual(len(set(idx.tolist())), 8)               # distinct points (Gumbel top-k)
       self.assertIn(50, idx.tolist())                           # the far point
-      np.testing.assert_array_equal(idx, ev._kmeans_pp_init(x, w, jax.random.key(seed), k=8, per_round=3))
+      np.testing.assert_array_equal(idx, ev_kmeans._kmeans_pp_init(x, w, jax.random.key(seed), k=8, per_round=3))
     # Through kmeans: three distinct locations, k = 5, plain k-means++ puts a centre on each.
     dup = np.repeat(np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 9.0]], np.float32), 10, axis=0)
     assign, centers = ev.kmeans(dup, 5, init="k-means++", init_per_round=2)

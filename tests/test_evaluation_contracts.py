@@ -17,6 +17,13 @@ import threadpoolctl
 from absl.testing import parameterized
 
 from hdml_jax import evaluation as ev
+from hdml_jax.evaluation import _checks as ev_checks
+from hdml_jax.evaluation import _device as ev_device
+from hdml_jax.evaluation import _exact as ev_exact
+from hdml_jax.evaluation import _host as ev_host
+from hdml_jax.evaluation import _kmeans as ev_kmeans
+from hdml_jax.evaluation import _metrics as ev_metrics
+from hdml_jax.evaluation import _select as ev_select
 from tests.test_evaluation import OnDevice, SmallTiles, blobs, near_ties, numpy_neighbors
 
 
@@ -106,12 +113,12 @@ class InputMessagesTest(chex.TestCase):
     for dtype in (np.float16, np.float64):
       with self.subTest(dtype=dtype):
         x_cast = x.astype(dtype)
-        np.testing.assert_array_equal(ev._as_embeddings(x_cast, "x", "here"), x_cast.astype(np.float32))
-        self.assertEqual(ev._as_embeddings(x_cast, "x", "here").dtype, np.float32)
+        np.testing.assert_array_equal(ev_checks._as_embeddings(x_cast, "x", "here"), x_cast.astype(np.float32))
+        self.assertEqual(ev_checks._as_embeddings(x_cast, "x", "here").dtype, np.float32)
         got = ev.evaluate(x_cast.astype(np.float32), y, clustering=False)
         self.assertEqual(got, want)
     labels = np.arange(5, dtype=np.uint8)
-    self.assertIs(ev._as_labels(labels, 5, "y", "here"), labels)   # labels are returned as given
+    self.assertIs(ev_checks._as_labels(labels, 5, "y", "here"), labels)   # labels are returned as given
 
   def test_evaluate_messages(self):
     x, y = _data()
@@ -381,11 +388,11 @@ class OptionsTest(chex.TestCase):
 
   def test_pad_rows(self):
     x = np.arange(10, dtype=np.float32).reshape(5, 2)
-    xp, w = ev._pad_rows(x, 4)
+    xp, w = ev_kmeans._pad_rows(x, 4)
     np.testing.assert_array_equal(xp, np.concatenate([x, np.repeat(x[:1], 3, axis=0)]))
     np.testing.assert_array_equal(w, [1, 1, 1, 1, 1, 0, 0, 0])
     self.assertEqual(w.dtype, np.float32)
-    xp, w = ev._pad_rows(x, 5)
+    xp, w = ev_kmeans._pad_rows(x, 5)
     self.assertIs(xp, x)
     np.testing.assert_array_equal(w, np.ones(5))
 
@@ -397,7 +404,7 @@ class ConditionedTest(chex.TestCase):
     rng = np.random.default_rng(0)
     q = rng.normal(size=(5, 3)) * 40 + 7
     g = rng.normal(size=(9, 3)) * 40 + 7
-    cq, cg, center, unit = ev._conditioned(q, g)
+    cq, cg, center, unit = ev_exact._conditioned(q, g)
     np.testing.assert_array_equal(center, g.mean(axis=0))
     top = max(np.abs(q - center).max(), np.abs(g - center).max())
     self.assertEqual(unit, 2.0 ** np.ceil(np.log2(top)))   # a power of two, with top <= unit < 2 top
@@ -408,19 +415,19 @@ class ConditionedTest(chex.TestCase):
 
   def test_the_queries_as_gallery_are_one_array(self):
     x = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)
-    cq, cg, _, _ = ev._conditioned(x, x)
+    cq, cg, _, _ = ev_exact._conditioned(x, x)
     self.assertIs(cg, cq)   # not a second copy
 
   def test_float32_inputs_are_not_copied(self):
     # At Stanford Online Products scale a copy of the embeddings is a quarter of a gigabyte.
     x = np.ones((3, 2), np.float32)
-    self.assertIs(ev._as_embeddings(x, "x", "here"), x)
-    self.assertEqual(ev._as_embeddings(x.astype(np.float16), "x", "here").dtype, np.float32)
+    self.assertIs(ev_checks._as_embeddings(x, "x", "here"), x)
+    self.assertEqual(ev_checks._as_embeddings(x.astype(np.float16), "x", "here").dtype, np.float32)
 
   def test_identical_points(self):
     # Every point at the centre: nothing to scale (no log of zero); unit 1 and all-zero copies.
     x = np.full((4, 3), 2.5, np.float32)
-    cq, cg, center, unit = ev._conditioned(x, x)
+    cq, cg, center, unit = ev_exact._conditioned(x, x)
     self.assertEqual(unit, 1.0)
     np.testing.assert_array_equal(cq, np.zeros((4, 3), np.float32))
     idx, d2 = ev.nearest_neighbors(x, k=3)
@@ -439,7 +446,7 @@ class RefineTest(chex.TestCase):
     q = rng.integers(-3, 4, size=(300, 4)).astype(np.float64)
     g = rng.integers(-3, 4, size=(50, 4)).astype(np.float64)     # many exact ties
     cand = np.stack([rng.permutation(50)[:20] for _ in range(300)])
-    idx, d2 = ev._refine(q, g, cand, 6, rows=rows)
+    idx, d2 = ev_exact._refine(q, g, cand, 6, rows=rows)
     self.assertEqual((idx.dtype, d2.dtype, idx.shape), (np.int32, np.float64, (300, 6)))
     for i in range(300):
       dist = ((q[i] - g[cand[i]]) ** 2).sum(-1)
@@ -467,31 +474,31 @@ class RerankTest(chex.TestCase):
 
   @parameterized.parameters(1, 2, 16384)
   def test_runs_are_reranked_exactly(self, pairs):
-    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 6, pairs=pairs)
+    cand, d = ev_exact._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 6, pairs=pairs)
     want = [2, 0, 1, 4, 3, 5]
     np.testing.assert_array_equal(cand, [want, want])
     np.testing.assert_allclose(d, [self.values[want]] * 2, rtol=0, atol=1e-12)   # exact where re-ranked
     self.assertEqual(d.dtype, np.float64)
 
   def test_only_runs_among_the_first_k_and_only_mixed_ones_with_labels(self):
-    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 2)
+    cand, d = ev_exact._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 2)
     np.testing.assert_array_equal(cand, [[2, 0], [2, 0]])   # the run {0, 1, 2} starts in the first 2
-    cand, _ = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 4)
+    cand, _ = ev_exact._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 4)
     np.testing.assert_array_equal(cand, [[2, 0, 1, 4], [2, 0, 1, 4]])   # {3, 4} reaches position 4
     # Relevance by item: {0, 1, 2} all relevant (not recomputed: their approximate distances tie, so they
     # end in index order), {3, 4} mixed (re-ranked exactly).
     relevant = np.isin(self.cand, [0, 1, 2, 4])
-    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 5, relevant)
+    cand, d = ev_exact._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 5, relevant)
     np.testing.assert_array_equal(cand, [[0, 1, 2, 4, 3], [0, 1, 2, 4, 3]])
     np.testing.assert_array_equal(d[:, :3], np.ones((2, 3)))   # the approximate values, not recomputed
     np.testing.assert_allclose(d[:, 3:], [self.values[[4, 3]]] * 2, rtol=0, atol=1e-12)
     relevant = np.isin(self.cand, [4])   # {0, 1, 2} all irrelevant: not recomputed either
-    cand, d = ev._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 5, relevant)
+    cand, d = ev_exact._rerank_close(self.q64, self.g64, self.cand, self.d, self.tol, 5, relevant)
     np.testing.assert_array_equal(cand, [[0, 1, 2, 4, 3], [0, 1, 2, 4, 3]])
     np.testing.assert_array_equal(d[:, :3], np.ones((2, 3)))
     # No close run at all: the first k as given, distances untouched.
     far = np.array([[5, 6, 7, 8, 9]] * 2)
-    cand, d = ev._rerank_close(self.q64, self.g64, far, self.values[far], self.tol, 3)
+    cand, d = ev_exact._rerank_close(self.q64, self.g64, far, self.values[far], self.tol, 3)
     np.testing.assert_array_equal(cand, far[:, :3])
     np.testing.assert_array_equal(d, self.values[far][:, :3])
 
@@ -501,14 +508,14 @@ class SearchShapesTest(chex.TestCase):
 
   def record(self, fn):
     calls = []
-    real = ev._knn_chunk
+    real = ev_device._knn_chunk
 
     def spy(queries, query_offset, gallery, gallery_sq, *, k, exclude_self):
       calls.append({"rows": queries.shape, "dtypes": (queries.dtype, gallery.dtype, gallery_sq.dtype),
                     "offset": int(query_offset), "pad_sq": np.asarray(gallery_sq)[40:], "k": k})
       return real(queries, query_offset, gallery, gallery_sq, k=k, exclude_self=exclude_self)
 
-    with mock.patch.object(ev, "_knn_chunk", spy):
+    with mock.patch.object(ev_device, "_knn_chunk", spy):
       fn()
     return calls
 
@@ -533,8 +540,8 @@ class SearchShapesTest(chex.TestCase):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)
     calls = []
-    real = ev._distances64
-    with mock.patch.object(ev, "_distances64", lambda q, g: calls.append(q.shape) or real(q, g)):
+    real = ev_exact._distances64
+    with mock.patch.object(ev_exact, "_distances64", lambda q, g: calls.append(q.shape) or real(q, g)):
       idx, _ = ev.nearest_neighbors(x, k=5, return_float64=True)
       ev.evaluate(x, np.arange(200) % 10, clustering=False)
     self.assertEqual(calls, [])
@@ -594,9 +601,9 @@ class SmallestTest(chex.TestCase):
   def test_two_stages_exactly_when_the_row_is_wide(self, k, cols, top_ks):
     # Two stages need whole groups of 16 columns and at least 4 k of them; otherwise one top_k over the row.
     score = np.random.default_rng(cols).integers(1, 10, size=(5, cols)).astype(np.float32)   # no zero: -0 == 0
-    jaxpr = str(jax.make_jaxpr(lambda s: ev._smallest(s, k))(score))
+    jaxpr = str(jax.make_jaxpr(lambda s: ev_select._smallest(s, k))(score))
     self.assertEqual(jaxpr.count("top_k["), top_ks, (k, cols))
-    values, columns = (np.asarray(a) for a in ev._smallest(score, k))
+    columns, values = (np.asarray(a) for a in ev_select._smallest(score, k))
     np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])   # the values, not their negatives
     np.testing.assert_array_equal(np.take_along_axis(score, columns, axis=1), values)
 
@@ -616,8 +623,8 @@ class LloydTest(chex.TestCase):
     if empty:   # two centres no point is nearest to: relocated to the farthest points, as scikit-learn does
       init[4], init[5] = -1000.0, 1000.0
     tol_abs = tol * float(np.mean(np.var(x.astype(np.float64), axis=0)))
-    xp, w = ev._pad_rows(x, 64)
-    assign, centers, inertia, iters = ev._lloyd(x, xp, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300,
+    xp, w = ev_kmeans._pad_rows(x, 64)
+    assign, centers, inertia, iters = ev_kmeans._lloyd(x, xp, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300,
                                                 chunk=64, max_iter=300, tol_abs=tol_abs, engine=engine)
     km = KMeans(6, init=init, n_init=1, tol=tol, algorithm="lloyd").fit(x)
     self.assertEqual(iters, km.n_iter_)
@@ -625,7 +632,7 @@ class LloydTest(chex.TestCase):
     np.testing.assert_allclose(np.asarray(centers), km.cluster_centers_, rtol=1e-5, atol=1e-5)
     self.assertAlmostEqual(inertia / km.inertia_, 1.0, places=5)
     if tol == 1e-2:
-      _, _, _, capped = ev._lloyd(x, xp, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300, chunk=64,
+      _, _, _, capped = ev_kmeans._lloyd(x, xp, jnp.asarray(xp), jnp.asarray(w), jnp.asarray(init), 300, chunk=64,
                                   max_iter=3, tol_abs=0.0, engine=engine)
       self.assertEqual(capped, 3)
 
@@ -636,7 +643,7 @@ class LloydTest(chex.TestCase):
     assign = np.zeros(100, int)
     centers = np.zeros((4, 2))
     counts = np.array([100, 0, 0, 0])
-    got = ev._relocate_empty(x, assign, d2, centers, counts, 100)
+    got = ev_kmeans._relocate_empty(x, assign, d2, centers, counts, 100)
     farthest = np.flatnonzero(d2 == 2)[:3]
     np.testing.assert_array_equal(got[1:], x[farthest])
     mean_without = (centers[0] * 100 - x[farthest].sum(axis=0)) / 97
@@ -649,12 +656,12 @@ class LloydTest(chex.TestCase):
     centers = np.array([[2.0, 0.0], [9.0, 9.0], [50.0, 50.0]])
     # Point 1 is the farthest from its centre (the mean of points 0 and 1): it starts cluster 2, and cluster 0's
     # centre becomes point 0.
-    got = ev._relocate_empty(x, np.array([0, 0, 1]), np.array([4.0, 4.5, 0.0]), centers, np.array([2, 1, 0]), 3)
+    got = ev_kmeans._relocate_empty(x, np.array([0, 0, 1]), np.array([4.0, 4.5, 0.0]), centers, np.array([2, 1, 0]), 3)
     np.testing.assert_allclose(got, [[0.0, 0.0], [9.0, 9.0], [4.0, 0.0]])
 
   def test_relocation_keeps_centres_when_no_cluster_is_empty(self):
     centers = np.ones((2, 2))
-    self.assertIs(ev._relocate_empty(None, None, None, centers, np.array([1, 1]), 2), centers)
+    self.assertIs(ev_kmeans._relocate_empty(None, None, None, centers, np.array([1, 1]), 2), centers)
 
 
 class KmeansRunsTest(chex.TestCase):
@@ -834,7 +841,7 @@ class ClusterMetricEdgesTest(chex.TestCase):
     # Hand-made neighbour labels: query labels 0, 1, 2, with R = 2, 1, 0.
     nl = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 2]])
     ql = np.array([0, 1, 2])
-    got = ev._retrieval_metrics(nl, ql, [1, 2], np.array([2, 1, 0]))
+    got = ev_metrics._retrieval_metrics(nl, ql, [1, 2], np.array([2, 1, 0]))
     self.assertEqual(got, {"recall@1": 1 / 3, "recall@2": 2 / 3, "precision@1": 1 / 3,
                            "r_precision": (0.5 + 1.0) / 2, "map@r": (0.25 + 1.0) / 2, "num_queries_map@r": 2})
     rp, mapr, used = ev.r_precision_and_map_at_r(nl, ql, np.zeros(3, int))
@@ -869,7 +876,7 @@ class HostEngineTest(chex.TestCase):
 
   def test_engine_choice(self):
     for backend, engine in (("cpu", "host"), ("gpu", "device"), ("tpu", "device")):
-      with mock.patch.object(ev.jax, "default_backend", return_value=backend):
+      with mock.patch.object(jax, "default_backend", return_value=backend):
         self.assertEqual(ev.resolve_knn_engine(), engine, backend)
         self.assertEqual(ev.resolve_knn_engine("auto"), engine, backend)
         self.assertEqual(ev.resolve_knn_engine("host"), "host")
@@ -878,7 +885,7 @@ class HostEngineTest(chex.TestCase):
     with self.assertRaisesWithLiteralMatch(ValueError, message):
       ev.resolve_knn_engine("gpu")
     x, y = _data()
-    with mock.patch.object(ev, "_search") as search:   # a bad engine fails before any search
+    with mock.patch.object(ev_exact, "_search") as search:   # a bad engine fails before any search
       with self.assertRaisesWithLiteralMatch(ValueError, message):
         ev.evaluate(x, y, knn_engine="gpu")
       with self.assertRaisesWithLiteralMatch(ValueError, message):
@@ -890,7 +897,7 @@ class HostEngineTest(chex.TestCase):
   def test_auto_runs_the_host_engine_on_the_cpu(self):
     self.assertEqual(jax.default_backend(), "cpu")
     calls = []
-    with mock.patch.object(ev, "_knn_chunk", lambda *a, **kw: calls.append(1)):
+    with mock.patch.object(ev_device, "_knn_chunk", lambda *a, **kw: calls.append(1)):
       idx, _ = ev.nearest_neighbors(blobs()[0], k=3)
     self.assertEqual(calls, [])
     np.testing.assert_array_equal(idx, numpy_neighbors(blobs()[0], blobs()[0], True, 3))
@@ -909,12 +916,12 @@ class HostEngineTest(chex.TestCase):
     score[3, :k] = np.arange(k)[::-1]                            # ... or in the first contiguous columns
     real = np.argpartition
     calls = []
-    with mock.patch.object(ev.np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
-      columns, values = ev._smallest_host(score, k)
+    with mock.patch.object(np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
+      columns, values = ev_select._smallest_host(score, k)
     self.assertLen(calls, partitions)
     # Distinct values: the k smallest are one set, and each row's columns are exactly theirs.
     distinct = np.stack([rng.permutation(cols) for _ in range(40)]).astype(np.float32)
-    got_cols, got_vals = ev._smallest_host(distinct, k)
+    got_cols, got_vals = ev_select._smallest_host(distinct, k)
     np.testing.assert_array_equal(got_vals, np.arange(k, dtype=np.float32)[None].repeat(40, 0))
     np.testing.assert_array_equal(got_cols, np.argsort(distinct, axis=1)[:, :k])
     np.testing.assert_array_equal(values, np.sort(score, axis=1)[:, :k])   # ascending
@@ -928,7 +935,7 @@ class HostEngineTest(chex.TestCase):
     # smallest, ascending, in the two-stage path as in the one-stage one.
     rng = np.random.default_rng(k + cols)
     score = np.stack([rng.permutation(cols) for _ in range(8)]).astype(np.float32)
-    columns, values = ev._smallest_host(score, k)
+    columns, values = ev_select._smallest_host(score, k)
     np.testing.assert_array_equal(values, np.arange(k, dtype=np.float32)[None].repeat(8, 0))
     np.testing.assert_array_equal(columns, np.argsort(score, axis=1)[:, :k])
 
@@ -943,7 +950,7 @@ class HostEngineTest(chex.TestCase):
                     "worker": threading.get_ident()})
       return real(a, b, out=out)
 
-    with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
+    with mock.patch.object(ev_host, "_host_threads", return_value=threads), mock.patch.object(np, "matmul", spy):
       out = fn()
     return calls, out
 
@@ -959,7 +966,7 @@ class HostEngineTest(chex.TestCase):
         want = [len(a) for m in per_chunk for a in np.array_split(np.arange(m), min(2 * threads, m))]
         self.assertEqual(sorted(c["rows"] for c in calls), sorted(want))
         self.assertEqual(sum(c["rows"] for c in calls), 37)
-        cq, cg, _, _ = ev._conditioned(x, x)
+        cq, cg, _, _ = ev_exact._conditioned(x, x)
         g = calls[0]["b"]   # [-2 g; |g|^2], 37 columns padded to 48 at a finite, larger-than-any score
         self.assertEqual(g.shape, (6, 48))
         self.assertEqual(g.dtype, np.float32)
@@ -984,7 +991,7 @@ class HostEngineTest(chex.TestCase):
     x = near_ties(600, seed=1, d=32, grid=8)
     y = np.random.default_rng(2).integers(0, 30, 600)
     want = numpy_neighbors(x, x, True, 12)
-    with mock.patch.object(ev, "_host_threads", return_value=threads):
+    with mock.patch.object(ev_host, "_host_threads", return_value=threads):
       idx, d2 = ev.nearest_neighbors(x, k=12, chunk_size=chunk, engine="host")
       got = ev.evaluate(x, y, recall_ks=(1, 4), clustering=False, chunk_size=chunk, knn_engine="host")
       qg = ev.evaluate_query_gallery(x[:50], y[:50], x[50:], y[50:], recall_ks=(1, 4), chunk_size=chunk,
@@ -1003,20 +1010,20 @@ class HostEngineTest(chex.TestCase):
     x = near_ties(1500, seed=9, d=8, grid=4)
     calls = []
     real = np.argpartition
-    with mock.patch.object(ev.np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)), \
-        mock.patch.object(ev, "_host_threads", return_value=2):
+    with mock.patch.object(np, "argpartition", lambda *a, **kw: calls.append(1) or real(*a, **kw)), \
+        mock.patch.object(ev_host, "_host_threads", return_value=2):
       idx, _ = ev.nearest_neighbors(x, k=3, engine="host")
     self.assertEqual(len(calls), 2 * 2 * 4)   # two stages in each slice: 2 chunks of 4 slices (2 per thread)
     np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, 3))
 
   def test_the_leave_one_out_search_is_symmetric_from_two_tiles(self):
     # Two tiles or more of queries searched among themselves: half the products; else one pass per chunk.
-    real = ev._symmetric_candidates
-    for n, engine, gallery, used in ((2 * ev._TILE, "host", None, True), (2 * ev._TILE - 1, "host", None, False),
-                                     (2 * ev._TILE, "device", None, False), (2 * ev._TILE, "host", "x", False)):
+    real = ev_host._symmetric_candidates
+    for n, engine, gallery, used in ((2 * ev_host._TILE, "host", None, True), (2 * ev_host._TILE - 1, "host", None, False),
+                                     (2 * ev_host._TILE, "device", None, False), (2 * ev_host._TILE, "host", "x", False)):
       x = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32)
       calls = []
-      with mock.patch.object(ev, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
+      with mock.patch.object(ev_host, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
         idx, _ = ev.nearest_neighbors(x, None if gallery is None else x, k=2, engine=engine)
       self.assertEqual(calls, [1] if used else [], (n, engine, gallery))
       self.assertFalse((idx == np.arange(n)[:, None]).any() if gallery is None else False)
@@ -1026,8 +1033,8 @@ class HostEngineTest(chex.TestCase):
     before = threadpoolctl.threadpool_info()
     for threads in (1, 2, 3):
       spy = ProductSpy(self)
-      with mock.patch.object(ev, "_TILE", 16), mock.patch.object(ev, "_host_threads", return_value=threads), \
-          mock.patch.object(ev.np, "matmul", spy):
+      with mock.patch.object(ev_host, "_TILE", 16), mock.patch.object(ev_host, "_host_threads", return_value=threads), \
+          mock.patch.object(np, "matmul", spy):
         idx, _ = ev.nearest_neighbors(x, k=3, engine="host")
       self.assertLen(spy.seen, 7 * 8 // 2)   # 7 tiles: 28 pairs, each one product
       self.assertEqual(spy.seen, [{1} if threads > 1 else _blas_threads(before)] * 28, threads)
@@ -1040,7 +1047,7 @@ class HostEngineTest(chex.TestCase):
     # Near ties, exact duplicates (ties to the smaller index) and k larger than a tile.
     x = near_ties(300, seed=7, d=16, grid=6)
     x[::10] = x[5]
-    with mock.patch.object(ev, "_TILE", tile), mock.patch.object(ev, "_host_threads", return_value=threads):
+    with mock.patch.object(ev_host, "_TILE", tile), mock.patch.object(ev_host, "_host_threads", return_value=threads):
       for k in (1, 12, 40):
         idx, d2 = ev.nearest_neighbors(x, k=k, engine="host")
         np.testing.assert_array_equal(idx, numpy_neighbors(x, x, True, k), (k, tile, threads))
@@ -1058,7 +1065,7 @@ class ReservoirTest(chex.TestCase):
     blocks[3][2] = -np.arange(width)                  # a row whose offers grow closer block by block ...
     blocks[7][2] = -100 - np.arange(width)
     blocks[5][4] = np.inf                             # ... and one with nothing finite to offer
-    keep = ev._Reservoir(rows, kc)
+    keep = ev_host._Reservoir(rows, kc)
     keep.start(blocks[0], 0)
     merged = []
     real = keep._merge
@@ -1074,13 +1081,13 @@ class ReservoirTest(chex.TestCase):
     self.assertTrue(all(len(set(r)) == kc for r in columns.tolist()))
     self.assertNotEqual(merged, [])   # merges happened
     if width < kc:   # a first offer narrower than kc keeps everything and no threshold
-      fresh = ev._Reservoir(rows, kc)
+      fresh = ev_host._Reservoir(rows, kc)
       fresh.start(blocks[0], 0)
       self.assertTrue(np.isinf(fresh.tau).all())
       self.assertTrue((fresh.fill == width).all())
 
   def test_an_offer_larger_than_the_room_is_merged_at_once(self):
-    keep = ev._Reservoir(2, 2)
+    keep = ev_host._Reservoir(2, 2)
     self.assertEqual(keep.cap, 4)   # room for 2 kc per row
     keep.start(np.array([[5.0, 6.0], [1.0, 2.0]], np.float32), 0)
     v = np.array([[4.0, 3.0, 9.0, 0.5, 7.0], [8.0, 8.0, 8.0, 8.0, 8.0]], np.float32)
@@ -1097,7 +1104,7 @@ class ReservoirTest(chex.TestCase):
   def test_rows_merged_together_with_unequal_offers(self):
     # Two rows overflow in one offer, with different numbers of offers and kept scores: the merge pads the
     # shorter row at +inf, which never displaces a score.
-    keep = ev._Reservoir(3, 2)
+    keep = ev_host._Reservoir(3, 2)
     keep.start(np.array([[5.0, 6.0, 7.0], [1.0, 2.0, 9.0], [4.0, 4.0, 4.0]], np.float32), 0)
     keep.offer(np.array([0, 0]), np.array([3, 4], np.int32), np.array([4.5, 4.0], np.float32))   # row 0 full
     self.assertEqual(keep.fill.tolist(), [4, 2, 2])
@@ -1118,12 +1125,12 @@ class HostKmeansTest(chex.TestCase):
     x = rng.normal(size=(300, 6)).astype(np.float32)
     c = rng.normal(size=(11, 6)).astype(np.float32) * 2
     d = ((x.astype(np.float64)[:, None] - c[None]) ** 2).sum(-1)
-    with mock.patch.object(ev, "_host_threads", return_value=threads):
-      idx, d2 = ev._assign_host(x, jnp.asarray(c), rows=rows)
+    with mock.patch.object(ev_host, "_host_threads", return_value=threads):
+      idx, d2 = ev_host._assign_host(x, jnp.asarray(c), rows=rows)
     np.testing.assert_array_equal(idx, d.argmin(axis=1))
     self.assertEqual((idx.dtype, d2.dtype), (np.int32, np.float32))
     np.testing.assert_allclose(d2, d.min(axis=1), rtol=1e-6)
-    device_idx, device_d2 = ev._assign(jnp.asarray(x), jnp.asarray(c), chunk=60)
+    device_idx, device_d2 = ev_device._assign(jnp.asarray(x), jnp.asarray(c), chunk=60)
     np.testing.assert_array_equal(idx, device_idx)
     np.testing.assert_allclose(d2, device_d2, rtol=1e-4, atol=1e-5)
 
@@ -1134,8 +1141,8 @@ class HostKmeansTest(chex.TestCase):
     norms = np.einsum("kd,kd->k", c, c, dtype=np.float64).astype(np.float32)   # |c|^2 rounded once
     for threads in (1, 2, 3):
       spy = ProductSpy(self, check=lambda a, b: np.testing.assert_array_equal(b[3], norms))
-      with mock.patch.object(ev, "_host_threads", return_value=threads), mock.patch.object(ev.np, "matmul", spy):
-        idx, _ = ev._assign_host(x, c, rows=16)
+      with mock.patch.object(ev_host, "_host_threads", return_value=threads), mock.patch.object(np, "matmul", spy):
+        idx, _ = ev_host._assign_host(x, c, rows=16)
       self.assertEqual(spy.seen, [{1} if threads > 1 else _blas_threads(before)] * 4, threads)   # 4 tasks of 16
       self.assertLessEqual(len(spy.workers), threads)   # the engine's own threads, no more
       np.testing.assert_array_equal(idx, ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1))
@@ -1144,7 +1151,7 @@ class HostKmeansTest(chex.TestCase):
   def test_engines(self):
     x, y = _data(seed=5, n=120, classes=6, spread=0.3)
     calls = {"host": 0, "device": 0}
-    real_host, real_device = ev._assign_host, ev._assign
+    real_host, real_device = ev_host._assign_host, ev_device._assign
 
     def host(*a, **kw):
       calls["host"] += 1
@@ -1155,7 +1162,7 @@ class HostKmeansTest(chex.TestCase):
       return real_device(*a, **kw)
 
     results = {}
-    with mock.patch.object(ev, "_assign_host", host), mock.patch.object(ev, "_assign", device):
+    with mock.patch.object(ev_host, "_assign_host", host), mock.patch.object(ev_device, "_assign", device):
       for engine in ("auto", "host", "device"):
         before = dict(calls)
         results[engine] = ev.kmeans(x, 6, engine=engine)
@@ -1180,8 +1187,8 @@ class HostKmeansTest(chex.TestCase):
       calls.append(1)
       raise FloatingPointError("boom")
 
-    with mock.patch.object(ev, "_TILE", 8), mock.patch.object(ev, "_host_threads", return_value=1), \
-        mock.patch.object(ev._Reservoir, "start", fail):
+    with mock.patch.object(ev_host, "_TILE", 8), mock.patch.object(ev_host, "_host_threads", return_value=1), \
+        mock.patch.object(ev_host._Reservoir, "start", fail):
       with self.assertRaisesRegex(FloatingPointError, "boom"):
         ev.nearest_neighbors(x, k=3, engine="host")
     self.assertLess(len(calls), 5)   # 25 tiles, 325 pairs: stopped after the first
