@@ -21,8 +21,10 @@ import numpy as np
 
 from experiments import checkpoints, datasets, logs
 from hdml_jax import evaluation, parallel, weights
-from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
-from hdml_jax.train_step import embed_in_batches, make_train_step
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.inference import embed_in_batches
+from hdml_jax.train_state import create_train_state
+from hdml_jax.train_step import make_train_step
 
 SELECTION_SPLITS = ("val", "test", "none")
 

@@ -1,6 +1,9 @@
 """hdml_jax: Hardness-Aware Deep Metric Learning in JAX/Flax.
 
-Public re-exports only; each concept lives in its own module.
+The curated public API: the losses, the hardness-aware synthesis, the HDML
+objective for your own loop, the train state and step, and the evaluation
+entry points. Each concept lives in its own module; this file only
+re-exports.
 """
 
 from hdml_jax.distances import (
@@ -40,23 +43,38 @@ from hdml_jax.objective import (
     weight_decay,
 )
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
-from hdml_jax.evaluation import evaluate, evaluate_query_gallery
-from hdml_jax.train_state import HDMLConfig, HDMLTrainState, OptimizerConfig, create_train_state
-from hdml_jax.train_step import embed_in_batches, make_embed_fn, make_train_step
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.networks import HDMLHead, Networks, build_networks
+from hdml_jax.head import HDMLOutput, hdml_objective, init_hdml_head
+from hdml_jax.optimizers import make_optimizer
+from hdml_jax.inference import embed_in_batches, l2_normalize, make_embed_fn
+from hdml_jax.train_state import HDMLTrainState, create_train_state
+from hdml_jax.train_step import make_train_step
+from hdml_jax.evaluation import cluster_metrics, evaluate, evaluate_query_gallery, nearest_neighbors
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveStatistics",
     "HDMLConfig",
+    "HDMLHead",
+    "HDMLOutput",
     "HDMLTrainState",
+    "Networks",
     "OptimizerConfig",
+    "build_networks",
+    "cluster_metrics",
     "create_train_state",
     "embed_in_batches",
     "evaluate",
     "evaluate_query_gallery",
+    "hdml_objective",
+    "init_hdml_head",
+    "l2_normalize",
     "make_embed_fn",
+    "make_optimizer",
     "make_train_step",
+    "nearest_neighbors",
     "NPairTuples",
     "classifier_loss",
     "contrastive_loss",

@@ -11,6 +11,17 @@ from typing import Sequence
 import jax.numpy as jnp
 
 
+__all__ = [
+    "check_embeddings",
+    "check_float",
+    "check_labels",
+    "check_rank",
+    "check_reduction",
+    "check_same_shape",
+    "reduce",
+]
+
+
 def check_float(x, name: str, where: str) -> None:
   """Raises ``TypeError`` unless ``x`` has a floating-point dtype."""
   dtype = jnp.result_type(x)

@@ -16,6 +16,15 @@ import jax.numpy as jnp
 from hdml_jax import _checks
 
 
+__all__ = [
+    "pairwise_distances",
+    "pairwise_squared_distances",
+    "rowwise_distances",
+    "rowwise_squared_distances",
+    "safe_sqrt",
+]
+
+
 def safe_sqrt(x: jax.Array) -> jax.Array:
   """``sqrt(max(x, 0))`` with a zero gradient where ``x <= 0``.
 

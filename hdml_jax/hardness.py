@@ -27,6 +27,15 @@ from hdml_jax import _checks
 from hdml_jax.distances import safe_sqrt
 
 
+__all__ = [
+    "NPairTuples",
+    "expand_npair_tuples",
+    "hardness_factor",
+    "npair_synthetic_labels",
+    "synthesize_negatives",
+]
+
+
 def hardness_factor(j_avg: jax.Array, *, alpha: float) -> jax.Array:
   """``exp(-alpha / J_avg)``: 1 leaves negatives in place, 0 moves them to d+.
 

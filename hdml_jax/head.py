@@ -31,21 +31,39 @@ at the same parameter values. :func:`hdml_jax.make_train_step` is built on it.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from hdml_jax import hardness, losses, objective
-from hdml_jax.models import Classifier, EmbeddingHead, Generator
+from hdml_jax.config import HDMLConfig
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
+from hdml_jax.networks import HDMLHead, build_head, init_head_variables
 from hdml_jax.statistics import AdaptiveStatistics
-from hdml_jax.train_state import HDMLConfig
+
+__all__ = [
+    "HDMLOutput",
+    "check_batch",
+    "effective_alpha",
+    "effective_beta",
+    "hdml_objective",
+    "init_hdml_head",
+    "real_metric_loss",
+    "soft_loss",
+    "synthetic_inputs",
+    "synthetic_metric_loss",
+]
 
 
-def _check_batch(config: HDMLConfig, images, labels) -> int:  # images: images or features
-  """Returns P (N-pair) or T (triplet) after trace-time layout checks."""
+def check_batch(config: HDMLConfig, images, labels) -> int:
+  """Returns P (N-pair) or T (triplet) after trace-time checks of the batch layout.
+
+  ``images`` are images or features (only the leading axis is read):
+  ``[anchors; positives]`` for N-pair (an even size >= 4), ``[anchors;
+  positives; negatives]`` otherwise (a size divisible by 3); ``labels``
+  must be ``[B]``. Raises ``ValueError`` naming the shapes.
+  """
   b = images.shape[0]
   if tuple(labels.shape) != (b,):
     raise ValueError(
@@ -136,16 +154,6 @@ def soft_loss(config: HDMLConfig, logits_syn: jax.Array, labels: jax.Array, num:
       logits_syn, labels, lam=config.lam, softmax_factor=config.softmax_factor)
 
 
-@dataclasses.dataclass(frozen=True)
-class HDMLHead:
-  """The modules HDML adds on top of a backbone (static), and its hyper-parameters."""
-
-  embedding: EmbeddingHead
-  generator: Generator | None
-  classifier: Classifier | None
-  config: HDMLConfig
-
-
 class HDMLOutput(NamedTuple):
   """What :func:`hdml_objective` returns besides the loss.
 
@@ -177,27 +185,16 @@ def init_hdml_head(
   Returns ``(head, params, batch_stats)`` with ``params`` keyed
   ``embedding`` (BN1 + fc1), and with ``config.hdml`` also ``generator`` and
   ``classifier``; ``batch_stats`` keyed ``embedding`` (and ``generator``).
-  The same random streams as :func:`hdml_jax.create_train_state`, given the
-  key it uses for the head.
+  The modules and variables are built as :func:`hdml_jax.create_train_state`
+  builds its head (:func:`hdml_jax.networks.build_head` and
+  :func:`hdml_jax.networks.init_head_variables`); the three keys are split
+  from ``rng``.
   """
   if num_classes < 2:
     raise ValueError(f"init_hdml_head: need at least 2 classes, got {num_classes}.")
-  bn = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
-  head = HDMLHead(
-      embedding=EmbeddingHead(embedding_dim, **bn),
-      generator=Generator(feature_dim, generator_hidden, **bn) if config.hdml else None,
-      classifier=Classifier(num_classes) if config.hdml else None,
-      config=config)
-  k_emb, k_gen, k_cls = jax.random.split(rng, 3)
-  y = jnp.zeros((2, feature_dim), jnp.float32)
-  emb_vars = head.embedding.init(k_emb, y, train=False)
-  params = {"embedding": emb_vars["params"]}
-  batch_stats = {"embedding": emb_vars["batch_stats"]}
-  if config.hdml:
-    gen_vars = head.generator.init(k_gen, jnp.zeros((2, embedding_dim)), train=False)
-    params["generator"] = gen_vars["params"]
-    batch_stats["generator"] = gen_vars["batch_stats"]
-    params["classifier"] = head.classifier.init(k_cls, y)["params"]
+  head = build_head(feature_dim=feature_dim, embedding_dim=embedding_dim, num_classes=num_classes, config=config,
+                    generator_hidden=generator_hidden, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+  params, batch_stats = init_head_variables(head, jax.random.split(rng, 3), feature_dim=feature_dim)
   return head, params, batch_stats
 
 
@@ -234,7 +231,7 @@ def hdml_objective(
   """
   config = head.config
   sg = jax.lax.stop_gradient
-  num = _check_batch(config, features, labels)
+  num = check_batch(config, features, labels)
   alpha, beta = effective_alpha(config, stats), effective_beta(config, stats)
   decay = objective.weight_decay({"backbone": decay_params if decay_params is not None else {},
                                   "fc1": params["embedding"]["fc1"]}, wd=config.weight_decay)

@@ -1,21 +1,40 @@
 """Inference: the L2-normalised embedding of a trained model, in fixed-size batches.
 
-Kept apart from the train step and the train state so that both can import
-it (the state's ``apply_fn`` is :func:`make_embed_fn`).
+Below the train state (whose ``apply_fn`` is :func:`make_embed_fn`): it
+needs the modules only, and any state with ``apply_fn``, ``params`` and
+``batch_stats``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hdml_jax.distances import safe_sqrt
+from hdml_jax.networks import Networks
 
-if TYPE_CHECKING:
-  from hdml_jax.train_state import HDMLTrainState, Networks
+__all__ = ["embed_in_batches", "l2_normalize", "make_embed_fn"]
+
+
+class EmbeddingState(Protocol):
+  """What :func:`embed_in_batches` reads of a state (an ``HDMLTrainState`` has it)."""
+
+  apply_fn: Any
+  params: Any
+  batch_stats: Any
+
+
+def l2_normalize(x: jax.Array, *, epsilon: float = 1e-12) -> jax.Array:
+  """Rows of ``x`` (``[B, D]``) divided by their norm, at least ``epsilon`` (a zero row stays zero).
+
+  >>> import jax.numpy as jnp
+  >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+  [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+  """
+  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)), epsilon)
 
 
 def make_embed_fn(networks: Networks, *, normalize: bool = True):
@@ -31,14 +50,12 @@ def make_embed_fn(networks: Networks, *, normalize: bool = True):
         {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}, images, train=False)
     z = networks.embedding.apply(
         {"params": params["embedding"], "batch_stats": batch_stats["embedding"]}, y, train=False)
-    if normalize:
-      z = z / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(z), axis=1, keepdims=True)), 1e-12)
-    return z
+    return l2_normalize(z) if normalize else z
 
   return embed
 
 
-def embed_in_batches(state: HDMLTrainState, images, *, batch_size: int = 256) -> np.ndarray:
+def embed_in_batches(state: EmbeddingState, images, *, batch_size: int = 256) -> np.ndarray:
   """Embeds a host array of images in fixed-size batches (one compilation).
 
   The last batch is padded to ``batch_size`` and the padding dropped.

@@ -26,6 +26,15 @@ import numpy as np
 from hdml_jax import _checks
 from hdml_jax.distances import pairwise_squared_distances, safe_sqrt
 
+__all__ = [
+    "MININGS",
+    "REDUCTIONS",
+    "contrastive_loss_from_labels",
+    "npair_loss_from_labels",
+    "triplet_loss_from_labels",
+]
+
+
 REDUCTIONS = ("mean", "sum", "none")
 MININGS = ("all", "batch_hard", "semi_hard")
 

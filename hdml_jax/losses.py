@@ -15,6 +15,16 @@ from hdml_jax import _checks
 from hdml_jax.distances import rowwise_squared_distances, safe_sqrt
 
 
+__all__ = [
+    "contrastive_loss",
+    "cross_entropy",
+    "npair_loss",
+    "split_triplets",
+    "synthetic_npair_loss",
+    "triplet_loss",
+]
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy with integer labels.
 

@@ -26,6 +26,18 @@ from hdml_jax import _checks
 from hdml_jax.losses import cross_entropy
 
 
+__all__ = [
+    "classifier_loss",
+    "is_decayed_leaf",
+    "metric_objective",
+    "metric_weight",
+    "reconstruction_loss",
+    "soft_loss_npair",
+    "soft_loss_triplet",
+    "weight_decay",
+]
+
+
 def metric_weight(j_gen: jax.Array | float, *, beta: float) -> jax.Array:
   """``w = exp(-beta / J_gen)``, the weight of the real-sample loss.
 

@@ -25,6 +25,25 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+__all__ = [
+    "DATA_AXIS",
+    "PMAP_AXIS",
+    "MeshPrefetcher",
+    "data_sharded",
+    "initialize_distributed",
+    "jit_train_step",
+    "make_data_mesh",
+    "pmap_train_step",
+    "process_rows",
+    "replicate_for_pmap",
+    "replicate_state",
+    "replicated",
+    "shard_batch",
+    "split_for_devices",
+    "unreplicate",
+]
+
+
 DATA_AXIS = "data"
 PMAP_AXIS = "devices"
 

@@ -26,6 +26,13 @@ import jax
 import jax.numpy as jnp
 
 
+__all__ = [
+    "AdaptiveStatistics",
+    "init_statistics",
+    "update_statistics",
+]
+
+
 @flax.struct.dataclass
 class AdaptiveStatistics:
   """Block-mean state. ``j_avg`` and ``j_gen`` are the values to read.

@@ -19,26 +19,20 @@ Batches are dicts ``{"images": [B, ...], "labels": [B]}`` laid out
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from hdml_jax.head import (  # noqa: F401  (re-exported: the step's building blocks)
-    HDMLHead,
-    _check_batch,
-    effective_alpha,
-    effective_beta,
-    hdml_objective,
-    real_metric_loss,
-    soft_loss,
-    synthetic_inputs,
-    synthetic_metric_loss,
-)
-from hdml_jax.inference import embed_in_batches, make_embed_fn  # noqa: F401  (re-exported)
+from hdml_jax.config import HDMLConfig
+from hdml_jax.head import check_batch, hdml_objective
+from hdml_jax.networks import Networks
 from hdml_jax.statistics import update_statistics
-from hdml_jax.train_state import HDMLConfig, HDMLTrainState, Networks
+from hdml_jax.train_state import HDMLTrainState
+
+__all__ = ["Batch", "StepFn", "make_train_step"]
 
 Batch = dict[str, jax.Array]
 StepFn = Callable[[HDMLTrainState, Batch, jax.Array], tuple[HDMLTrainState, dict]]
@@ -73,12 +67,12 @@ def make_train_step(
   def pmean(tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
-  head = HDMLHead(networks.embedding, networks.generator, networks.classifier, config)
+  head = dataclasses.replace(networks.head, config=config)
 
   def step(state: HDMLTrainState, batch: Batch, rng: jax.Array):
     del rng  # No stochastic layer; kept so every step has one signature.
     images, labels = batch["images"], batch["labels"]
-    _check_batch(config, images, labels)
+    check_batch(config, images, labels)
     bstats, stats = state.batch_stats, state.stats
 
     def total(params):

@@ -29,6 +29,27 @@ import numpy as np
 from flax import traverse_util
 
 
+__all__ = [
+    "META",
+    "WeightMismatchError",
+    "caffe_blob_name",
+    "caffe_blobs_to_params",
+    "check_like",
+    "load_caffe_mat",
+    "load_npz",
+    "load_pretrained_backbone",
+    "load_torchvision_state",
+    "load_variables",
+    "params_to_caffe_blobs",
+    "read_meta",
+    "save_caffe_mat",
+    "save_variables",
+    "torch_key",
+    "torchvision_to_variables",
+    "variables_to_torchvision",
+]
+
+
 class WeightMismatchError(ValueError):
   """Raised with every missing, unexpected and mis-shaped tensor listed."""
 

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 from hdml_jax.data import load_digits_split, make_sampler
-from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.train_state import create_train_state
 
 
 def tiny_state(loss="npair", hdml=True, seed=0, optimizer=None, num_classes=10, **config_kwargs):

@@ -14,7 +14,7 @@ from absl.testing import parameterized
 
 import hdml_jax as hd
 from hdml_jax import objective
-from hdml_jax.train_state import HDMLConfig
+from hdml_jax.config import HDMLConfig
 from hdml_jax.train_step import make_train_step
 from tests.helpers import digits_batch, tiny_state
 

@@ -13,9 +13,10 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax import hardness, losses, objective
-from hdml_jax.head import HDMLHead, _check_batch, hdml_objective, init_hdml_head, synthetic_inputs
+from hdml_jax.head import check_batch, hdml_objective, init_hdml_head, synthetic_inputs
+from hdml_jax.networks import HDMLHead
 from hdml_jax.statistics import init_statistics
-from hdml_jax.train_state import HDMLConfig
+from hdml_jax.config import HDMLConfig
 
 F, E, C, HIDDEN = 12, 6, 5, 16
 DISTINCT = dict(alpha=1.5, beta=0.7, lam=0.3, softmax_factor=2.0, l2_reg=0.02, weight_decay=0.01, margin=0.6,
@@ -233,8 +234,8 @@ class HDMLObjectiveTest(parameterized.TestCase):
 
   def test_check_batch_returns_the_tuple_count(self):
     for loss, b, want in (("npair", 8, 4), ("npair", 4, 2), ("triplet", 9, 3), ("contrastive", 12, 4)):
-      self.assertEqual(_check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), want)
-      self.assertIsInstance(_check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), int)
+      self.assertEqual(check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), want)
+      self.assertIsInstance(check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), int)
 
   def test_batch_layout_errors(self):
     head, params, bstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,

@@ -12,15 +12,10 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax.statistics import AdaptiveStatistics
-from hdml_jax.train_state import (
-    GROUP_OF,
-    HDMLConfig,
-    HDMLTrainState,
-    OptimizerConfig,
-    build_networks,
-    create_train_state,
-    make_optimizer,
-)
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.networks import build_networks
+from hdml_jax.optimizers import GROUP_OF, make_optimizer, schedule
+from hdml_jax.train_state import HDMLTrainState, create_train_state
 
 NON_NEGATIVE = ("alpha", "beta", "alpha_relative", "beta_relative", "softmax_factor", "l2_reg", "weight_decay",
                 "margin", "contrastive_margin")
@@ -124,7 +119,7 @@ class OptimizerConfigTest(parameterized.TestCase):
     want = {"metric": [1, 1, .5, .5, .5, .5, .5], "generator": [2, 2, 2, .2, .2, .02, .02],
             "classifier": [4, 1, 1, 1, 1, 1, 1]}
     for group, values in want.items():
-      np.testing.assert_allclose([float(o.schedule(group)(s)) for s in steps], values, rtol=1e-6, err_msg=group)
+      np.testing.assert_allclose([float(schedule(o, group)(s)) for s in steps], values, rtol=1e-6, err_msg=group)
 
 
 class MakeOptimizerTest(parameterized.TestCase):

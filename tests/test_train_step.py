@@ -7,8 +7,11 @@ import numpy as np
 from absl.testing import parameterized
 
 from hdml_jax.data import load_digits_split, make_sampler
-from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
-from hdml_jax.train_step import embed_in_batches, make_train_step, synthetic_inputs
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.head import synthetic_inputs
+from hdml_jax.inference import embed_in_batches
+from hdml_jax.train_state import create_train_state
+from hdml_jax.train_step import make_train_step
 from tests.helpers import digits_batch, max_abs_diff, recall_at_1, tiny_state
 
 
@@ -204,8 +207,9 @@ class TrainStepTest(chex.TestCase):
     state = tiny_state()
     base = tiny_state(hdml=False)
     message = r"^make_train_step: HDML needs networks built with hdml=True\.$"
-    for networks in (base.networks, dataclasses.replace(state.networks, generator=None),
-                     dataclasses.replace(state.networks, classifier=None)):
+    without = lambda part: dataclasses.replace(
+        state.networks, head=dataclasses.replace(state.networks.head, **{part: None}))
+    for networks in (base.networks, without("generator"), without("classifier")):
       with self.assertRaisesRegex(ValueError, message):
         make_train_step(networks, state.config)
     make_train_step(base.networks, base.config)   # the baseline needs neither

@@ -24,7 +24,8 @@ def _first_step(args, cache_dir: str) -> float:
 
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  from hdml_jax.train_state import HDMLConfig, create_train_state
+  from hdml_jax.config import HDMLConfig
+  from hdml_jax.train_state import create_train_state
   from hdml_jax.train_step import make_train_step
 
   config = HDMLConfig(loss=args.loss, hdml=not args.baseline)

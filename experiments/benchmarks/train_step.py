@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hdml_jax.train_state import HDMLConfig, OptimizerConfig, create_train_state
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.train_state import create_train_state
 from hdml_jax.train_step import make_train_step
 
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "TEST_CLASSES",
+    "TRAIN_CLASSES",
+    "load_digits_split",
+]
+
+
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
 TEST_CLASSES = (5, 6, 7, 8, 9)
 

@@ -15,6 +15,19 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "decode_image",
+    "decode_rgb",
+    "list_classes",
+    "list_images",
+    "load_image_folder",
+    "load_images",
+    "to_rgb8",
+    "unreadable_errors",
+]
+
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 

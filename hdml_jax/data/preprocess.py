@@ -16,6 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = [
+    "CAFFE_MEAN_BGR",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RECIPES",
+    "preprocess",
+]
+
+
 CAFFE_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -11,6 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 
+__all__ = [
+    "EpochNPairSampler",
+    "MPerClassSampler",
+    "NPairSampler",
+    "TripletSampler",
+    "make_sampler",
+]
+
+
 def _class_index(labels: np.ndarray, min_count: int, where: str) -> dict[int, np.ndarray]:
   labels = np.asarray(labels)
   if labels.ndim != 1 or labels.size == 0:

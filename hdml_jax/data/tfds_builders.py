@@ -33,6 +33,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 
+__all__ = [
+    "BUILDERS",
+    "Cars196Dml",
+    "Cub2002011Dml",
+    "ImageFolderConfig",
+    "ImageFolderDml",
+    "SopDml",
+    "check_manual_dir",
+]
+
+
 def _features(num_classes: int) -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),

@@ -18,6 +18,14 @@ import tensorflow_datasets as tfds
 from hdml_jax.data.tfds_builders import BUILDERS, ImageFolderDml, check_manual_dir
 
 
+__all__ = [
+    "TfdsSplit",
+    "make_builder",
+    "open_split",
+    "prepare",
+]
+
+
 def make_builder(name: str, *, data_dir: str, num_train_classes: int = 0):
   """The builder ``name`` (see :data:`BUILDERS`) writing array_record under ``data_dir``."""
   if name not in BUILDERS:

@@ -16,6 +16,13 @@ from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Conv, Dense
 from hdml_jax.models.registry import register_backbone
 
 
+__all__ = [
+    "MLPBackbone",
+    "SmallConvNet",
+    "TinyBackbone",
+]
+
+
 @register_backbone("small_cnn")
 class SmallConvNet(nn.Module):
   """A VGG-style network sized for CPU work, for 28 to 128 px inputs.

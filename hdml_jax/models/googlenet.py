@@ -30,6 +30,19 @@ import jax.numpy as jnp
 from hdml_jax.models.layers import Conv
 from hdml_jax.models.registry import register_backbone
 
+__all__ = [
+    "INCEPTION_SPECS",
+    "STAGES",
+    "BasicConv",
+    "GoogLeNet",
+    "GoogLeNetBN",
+    "Inception",
+    "InceptionBN",
+    "ceil_max_pool",
+    "lrn",
+]
+
+
 # name: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj)
 INCEPTION_SPECS = {
     "inception_3a": (64, 96, 128, 16, 32, 32),

@@ -15,6 +15,13 @@ import jax
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Dense, batch_norm
 
 
+__all__ = [
+    "Classifier",
+    "EmbeddingHead",
+    "Generator",
+]
+
+
 class EmbeddingHead(nn.Module):
   """BN1 then fc1: ``[N, F] -> [N, E]``, no normalisation in training.
 

@@ -6,6 +6,15 @@ import functools
 
 import flax.linen as nn
 
+__all__ = [
+    "BN_EPSILON",
+    "BN_MOMENTUM",
+    "Conv",
+    "Dense",
+    "batch_norm",
+]
+
+
 # TensorFlow's BatchNorm defaults, which the reference inherits (Flax's differ).
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3

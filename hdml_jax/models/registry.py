@@ -6,6 +6,13 @@ from typing import Callable
 
 import flax.linen as nn
 
+__all__ = [
+    "available_backbones",
+    "get_backbone",
+    "register_backbone",
+]
+
+
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 
