@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Callable
 
+from experiments.overrides import config_keys
+
 
 def _config_path(argv: list[str], default: str | None) -> str | None:
   path = default
@@ -37,15 +39,6 @@ def _load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _keys(cfg, prefix: str = "") -> list[str]:
-  out = []
-  for key, value in cfg.items():
-    out.append(prefix + key)
-    if hasattr(value, "items"):
-      out += _keys(value, f"{prefix}{key}.")
-  return out
-
-
 def unknown_override(argv: list[str], default_config: str | None) -> str | None:
   """A one-line message for the first ``--config.<key>`` the config does not have, else None."""
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
@@ -60,7 +53,7 @@ def unknown_override(argv: list[str], default_config: str | None) -> str | None:
     return None
   if cfg is None:
     return None
-  known = _keys(cfg)
+  known = config_keys(cfg)
   for key in overrides:
     if key not in known:
       close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)

@@ -39,7 +39,9 @@ def evaluate_checkpoint(cfg, workdir: str, *, split: str = "test", which: str = 
   ``cfg`` None: the config saved in the workdir.
   """
   from experiments import checkpoints, datasets
-  from experiments.train import build_state, evaluate_split, load_run_config, setup_runtime
+  from experiments.run_config import load_run_config
+  from experiments.runtime import build_state, setup_runtime
+  from experiments.selection import evaluate_split
 
   if which not in ("latest", "best") and not str(which).isdigit():
     raise ValueError(f"--which must be 'latest', 'best' or a step number, got {which!r}.")

@@ -33,16 +33,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
 
-from experiments import checkpoints, datasets, logs, train
-from hdml_jax import parallel, weights
-from hdml_jax.distances import safe_sqrt
+from experiments import checkpoints, datasets, loop, run_config, runtime, selection
+from hdml_jax import weights
+from hdml_jax.inference import l2_normalize
 from hdml_jax.losses import cross_entropy
 from hdml_jax.models import Classifier, get_backbone
+from hdml_jax.networks import init_backbone
+
+__all__ = ["PRETRAINED_FILE", "PretrainState", "create_pretrain_state", "pretrain", "pretrain_step",
+           "write_pretrained"]
 
 PRETRAINED_FILE = "pretrained.npz"
 
@@ -51,7 +54,7 @@ class PretrainState(train_state.TrainState):
   """Backbone + classifier parameters, the backbone's BatchNorm statistics, one Adam.
 
   ``apply_fn(params, batch_stats, images)`` gives L2-normalised backbone
-  features (inference mode), so the evaluation helpers of ``experiments.train``
+  features (inference mode), so the evaluation helpers of ``experiments.selection``
   work on it unchanged.
   """
 
@@ -71,18 +74,16 @@ def create_pretrain_state(cfg, data: datasets.Data) -> PretrainState:
   backbone = get_backbone(cfg.model.backbone, **cfg.model.backbone_kwargs.to_dict())
   classifier = Classifier(num_classes)
   k_bb, k_cls = jax.random.split(jax.random.key(cfg.seed))
-  dummy = jnp.zeros((2,) + tuple(data.image_shape), jnp.float32)
-  bb_vars = backbone.init(k_bb, dummy, train=False)
-  features = jax.eval_shape(lambda v: backbone.apply(v, dummy, train=False), bb_vars)
+  bb_vars, feature_dim = init_backbone(backbone, k_bb, data.image_shape, where="pretraining")
   if "params" not in bb_vars:
     raise ValueError(f"backbone {cfg.model.backbone!r} has no parameters: nothing to pretrain.")
-  cls_vars = classifier.init(k_cls, jnp.zeros(features.shape, jnp.float32))
+  cls_vars = classifier.init(k_cls, jnp.zeros((2, feature_dim), jnp.float32))
 
   @jax.jit
   def embed(params, batch_stats, images):
     y = backbone.apply({"params": params["backbone"], "batch_stats": batch_stats["backbone"]},
                        images, train=False)
-    return y / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(y), axis=1, keepdims=True)), 1e-12)
+    return l2_normalize(y)
 
   schedule = optax.piecewise_constant_schedule(
       cfg.pretrain.lr, {int(b): cfg.optimizer.metric_decay for b in cfg.optimizer.metric_boundaries})
@@ -113,11 +114,11 @@ def pretrain_step(state: PretrainState, batch, rng):
 
 def write_pretrained(path: str, state: PretrainState, cfg, data: datasets.Data) -> None:
   """The backbone's variables and what they were made for, as a plain ``.npz``."""
-  host = train.local_copy({"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]})
+  host = runtime.local_copy({"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]})
   variables = {"params": host["params"]}
   if host["batch_stats"]:
     variables["batch_stats"] = host["batch_stats"]
-  meta = {**train.backbone_identity(cfg, data.image_shape),
+  meta = {**run_config.backbone_identity(cfg, data.image_shape),
           "num_classes": data.train.num_classes, "classes": json.dumps(list(data.train.class_names)),
           "step": int(state.step), "config": cfg.to_json_best_effort(sort_keys=True)}
   weights.save_variables(path, variables, meta=meta)
@@ -125,38 +126,24 @@ def write_pretrained(path: str, state: PretrainState, cfg, data: datasets.Data) 
 
 def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *, step_hook=None) -> dict:
   """Pretrains, checkpoints, resumes; writes ``pretrained.npz`` and ``results.json``."""
-  train.validate_config(cfg)
+  run_config.validate_config(cfg)
   if cfg.model.pretrained:
     raise ValueError("config.model.pretrained must be empty for pretraining (it would be ignored).")
-  train.setup_runtime(cfg)
   t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
-  data = datasets.load_data(cfg)
-  mesh, devices = train.make_mesh(cfg)
-  template = create_pretrain_state(cfg, data)
-  ckpt = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-  train.check_run_config(cfg, workdir, resuming=bool(ckpt.all_steps()))
-  state, last_finite = train.resume(ckpt, template, workdir)
-  start = int(state.step)
-  state = parallel.replicate_state(state, mesh)
-  step_fn = train.jit_step_with_rng(pretrain_step, mesh)
-  batches = parallel.MeshPrefetcher(
-      datasets.train_batches(cfg, data, start_step=start, rows=parallel.process_rows(cfg.batch_size)),
-      mesh, size=2, global_batch_size=cfg.batch_size)
-  key = jax.device_put(jax.random.key(cfg.seed), parallel.replicated(mesh))
-  writer = logs.MetricWriter(workdir, enabled=is_main, resume_step=start)
+  run = runtime.prepare_run(cfg, workdir, make_template=create_pretrain_state, make_step=lambda _: pretrain_step)
+  data, writer, ckpt, devices, is_main = run.data, run.writer, run.ckpt, run.devices, run.is_main
   val = []
 
   def on_eval(step_done, state):
     if data.val is None:
       return
-    metrics = train.evaluate_split(cfg, state, data, data.val, clustering=False)
+    metrics = selection.evaluate_split(cfg, state, data, data.val, clustering=False)
     writer.write(step_done, {f"val/{k}": v for k, v in metrics.items()})
     val.append({"step": step_done, **metrics})
 
-  state = train.run_loop(cfg, workdir, state, step_fn, batches, key, ckpt=ckpt, last_finite=last_finite,
-                         writer=writer, on_eval=on_eval, step_hook=step_hook, is_main=is_main)
+  state = loop.run_loop(cfg, workdir, run.state, run.step_fn, run.batches, run.key, ckpt=ckpt,
+                        last_finite=run.last_finite, writer=writer, on_eval=on_eval, step_hook=step_hook,
+                        is_main=is_main)
   ckpt.close()
   writer.close()
   path = os.path.join(workdir, PRETRAINED_FILE)
@@ -165,7 +152,7 @@ def pretrain(cfg: ml_collections.ConfigDict, workdir: str, *, step_hook=None) ->
              "devices": {"count": len(devices), "kind": devices[0].device_kind}}
   if is_main:
     write_pretrained(path, state, cfg, data)
-    results["pretrained"] = {"path": os.path.abspath(path), "sha256": train.file_sha256(path)}
+    results["pretrained"] = {"path": os.path.abspath(path), "sha256": runtime.file_sha256(path)}
   results["wall_seconds"] = time.time() - t_start
   results["config"] = json.loads(cfg.to_json_best_effort())
   if is_main:

@@ -14,8 +14,9 @@ from experiments import checkpoints, datasets
 from experiments.configs import cub100, default, paper
 from experiments.configs.base import override
 from experiments.evaluate import evaluate_checkpoint
-from experiments.train import (NonFiniteLossError, NonFiniteStateError, build_state, file_sha256,
-                               train_and_evaluate)
+from experiments.loop import NonFiniteLossError, NonFiniteStateError
+from experiments.runtime import build_state, file_sha256
+from experiments.train import train_and_evaluate
 from tests.helpers import max_abs_diff, tiny_cub
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,48 +296,48 @@ class TfdsExperimentTest(chex.TestCase):
 class StudyScriptTest(chex.TestCase):
 
   def test_study_runs_resumes_and_tabulates(self):
-    from experiments.studies import cub100 as study_cub100
+    from experiments.studies import cub100_grid
 
     workdir = tempfile.mkdtemp()
     argv = ["--workdir", workdir, "--methods", "npair_hdml,npair_baseline", "--seeds", "0",
-            "--num_steps", "2", "--set", "dataset.resize=20", "--set", "dataset.crop=16",
-            "--set", "dataset.train_classes=(0, 10)", "--set", "dataset.test_classes=(50, 54)",
-            "--set", "num_devices=1", "--set", "compilation_cache_dir=", "--set", "plots=False",
-            "--set", "eval_every=2", "--set", "checkpoint_every=2", "--set", "batch_size=8",
-            "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16"]
-    study_cub100.main(argv)
+            "--num_steps", "2", "--config.dataset.resize=20", "--config.dataset.crop=16",
+            "--config.dataset.train_classes=(0, 10)", "--config.dataset.test_classes=(50, 54)",
+            "--config.num_devices=1", "--config.compilation_cache_dir=", "--config.plots=False",
+            "--config.eval_every=2", "--config.checkpoint_every=2", "--config.batch_size=8",
+            "--config.model.embedding_dim=8", "--config.model.generator_hidden=16"]
+    cub100_grid.main(argv)
     table = json.load(open(os.path.join(workdir, "study.json")))
     self.assertEqual(set(table), {"npair_hdml", "npair_baseline"})
     self.assertEqual(len(table["npair_hdml"]["recall@1"]), 2)   # mean, std
     self.assertTrue(os.path.exists(os.path.join(workdir, "hardness.png")))
     mtime = os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json"))
-    study_cub100.main(argv)   # finished runs are skipped
+    cub100_grid.main(argv)   # finished runs are skipped
     self.assertEqual(os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json")), mtime)
 
 
 class RegimeStudyTest(chex.TestCase):
 
   def test_regime_tables_run_resume_and_never_select_on_test(self):
-    from experiments.studies import cub100 as study_cub100
+    from experiments.studies import cub100_tables
 
     workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
     common = ["--workdir", workdir, "--seeds", "0,1", "--num_steps", "4", "--pretrain_steps", "4",
               "--lrs", "1e-4,3e-4", "--target_w", "0.9", "--losses", "npair",
-              "--set", "dataset.resize=20", "--set", "dataset.crop=16",
-              "--set", "dataset.train_classes=(0, 12)", "--set", "dataset.test_classes=(50, 54)",
-              "--set", "num_devices=1", "--set", f"compilation_cache_dir={cache}", "--set", "batch_size=12",
-              "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16",
-              "--set", "model.backbone_kwargs.widths=(4, 8)", "--set", "hdml.stats_block_length=2"]
+              "--config.dataset.resize=20", "--config.dataset.crop=16",
+              "--config.dataset.train_classes=(0, 12)", "--config.dataset.test_classes=(50, 54)",
+              "--config.num_devices=1", f"--config.compilation_cache_dir={cache}", "--config.batch_size=12",
+              "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
+              "--config.model.backbone_kwargs.widths=(4, 8)", "--config.hdml.stats_block_length=2"]
     try:
       with self.assertRaisesRegex(FileNotFoundError, "run --table lr first"):
-        study_cub100.main(common + ["--table", "regime", "--regimes", "pretrained"])
-      study_cub100.main(common + ["--table", "lr"])
+        cub100_tables.main(common + ["--table", "regime", "--regimes", "pretrained"])
+      cub100_tables.main(common + ["--table", "lr"])
       choice = json.load(open(os.path.join(workdir, "lr_choice.json")))
       # Chosen on held-out training classes: the best val R@1 of the baseline runs.
       vals = {lr: json.load(open(os.path.join(workdir, "pretrained", f"npair_baseline_lr{lr}_seed0",
                                               "best.json")))["value"] for lr in ("0.0001", "0.0003")}
       self.assertEqual(choice["npair"]["val_recall@1"], max(vals.values()))
-      study_cub100.main(common + ["--table", "regime"])
+      cub100_tables.main(common + ["--table", "regime"])
       table = json.load(open(os.path.join(workdir, "regime.json")))
       cell = table["pretrained/npair/recall@1"]
       diffs = np.subtract(cell["hdml"], cell["baseline"])
@@ -352,13 +353,13 @@ class RegimeStudyTest(chex.TestCase):
                                                            "metrics.jsonl"))]
           self.assertTrue(any("test/recall@1" in row for row in rows))   # learning curves
       self.assertTrue(os.path.getsize(os.path.join(workdir, "regime_curves.png")) > 1000)
-      study_cub100.main(common + ["--table", "alpha"])
-      study_cub100.main(common + ["--table", "beta"])
+      cub100_tables.main(common + ["--table", "alpha"])
+      cub100_tables.main(common + ["--table", "beta"])
       text = open(os.path.join(workdir, "table_beta.md")).read()
       self.assertIn("beta_relative=", text)
       self.assertTrue(os.path.exists(os.path.join(workdir, "beta_w.png")))
       mtime = os.path.getmtime(os.path.join(workdir, "pretrained", "npair_hdml_seed1", "results.json"))
-      study_cub100.main(common + ["--table", "regime"])   # complete runs are skipped
+      cub100_tables.main(common + ["--table", "regime"])   # complete runs are skipped
       self.assertEqual(os.path.getmtime(os.path.join(workdir, "pretrained", "npair_hdml_seed1",
                                                      "results.json")), mtime)
     finally:
@@ -368,12 +369,12 @@ class RegimeStudyTest(chex.TestCase):
     # The GPU script's command line, on CPU, with the model and data made tiny.
     out, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()
     env = dict(os.environ, OUT=out, WORKDIR=workdir, SEEDS="0,1", STEPS="2", PRETRAIN_STEPS="2")
-    toy = ["--set", "model.backbone=small_cnn", "--set", "model.backbone_kwargs={'widths': (4, 8), 'depth': 1}",
-           "--set", "model.embedding_dim=8", "--set", "model.generator_hidden=16",
-           "--set", "dataset.resize=20", "--set", "dataset.crop=16", "--set", "dataset.preprocess=standard",
-           "--set", "dataset.train_classes=(0, 8)", "--set", "dataset.test_classes=(50, 54)",
-           "--set", "batch_size=12", "--set", "num_devices=1", "--set", "data_threads=2",
-           "--set", "compilation_cache_dir=", "--set", "hdml.stats_block_length=2"]
+    toy = ["--config.model.backbone=small_cnn", "--config.model.backbone_kwargs={'widths': (4, 8), 'depth': 1}",
+           "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
+           "--config.dataset.resize=20", "--config.dataset.crop=16", "--config.dataset.preprocess=standard",
+           "--config.dataset.train_classes=(0, 8)", "--config.dataset.test_classes=(50, 54)",
+           "--config.batch_size=12", "--config.num_devices=1", "--config.data_threads=2",
+           "--config.compilation_cache_dir=", "--config.hdml.stats_block_length=2"]
     proc = subprocess.run(["bash", os.path.join(REPO, "experiments", "studies", "gpu_regime.sh"), *toy], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     self.assertEqual(proc.returncode, 0, open(os.path.join(out, "gpu_regime.log")).read()[-3000:])
@@ -388,7 +389,7 @@ class RegimeStudyTest(chex.TestCase):
     self.assertEqual(pre["train_classes"], 8)          # all training classes, none held out
 
   def test_paired_difference_interval_by_hand(self):
-    from experiments.studies.cub100 import paired_difference
+    from experiments.studies.common import paired_difference
 
     d = paired_difference([0.5, 0.7, 0.6], [0.4, 0.5, 0.6])   # differences 0.1, 0.2, 0.0
     # mean 0.1, sd 0.1, t(0.975, 2) = 4.302653, half-width 4.302653 * 0.1 / sqrt(3)

@@ -181,9 +181,9 @@ class SelectionAndCheckpointTest(chex.TestCase):
     self.assertEqual(json.load(open(path)), best)
 
   def test_equal_selection_metrics_keep_the_earlier_checkpoint(self):
-    from experiments import train
+    from experiments import selection, train
 
-    real = train.evaluate_split
+    real = selection.evaluate_split
 
     def constant_on_val(cfg, state, data, split, **kwargs):
       out = real(cfg, state, data, split, **kwargs)
@@ -191,7 +191,7 @@ class SelectionAndCheckpointTest(chex.TestCase):
         out["recall@1"] = 0.5    # every evaluation ties
       return out
 
-    with mock.patch.object(train, "evaluate_split", constant_on_val):
+    with mock.patch.object(selection, "evaluate_split", constant_on_val):
       results = train.train_and_evaluate(fast(eval_every=4, num_steps=12), tempfile.mkdtemp())
     self.assertEqual(results["best"]["step"], 4)
 

@@ -9,7 +9,8 @@ import numpy as np
 from flax import traverse_util
 
 from experiments import datasets, pretrain
-from experiments.train import build_state, file_sha256, train_and_evaluate
+from experiments.runtime import build_state, file_sha256
+from experiments.train import train_and_evaluate
 from hdml_jax import weights
 from tests.helpers import max_abs_diff, tiny_cub
 from tests.test_experiments import fast_default

@@ -1,7 +1,7 @@
 """The training loop's checkpointing, selection and resume logic, on a toy state and a scripted step.
 
 No model is built and nothing but the toy step is compiled: each test runs in about a second, so the
-mutation run of ``experiments/train.py`` and ``experiments/checkpoints.py`` starts with these (the end-to-end
+mutation run of ``experiments/loop.py``, ``experiments/run_config.py``, ``experiments/selection.py`` and ``experiments/checkpoints.py`` starts with these (the end-to-end
 runs in ``test_experiments.py``, ``test_reliability.py`` and ``test_gradient_paths.py`` check the same logic
 through real training).
 """
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import checkpoints, train
+from experiments import checkpoints, loop, run_config, runtime, selection
 
 
 @flax.struct.dataclass
@@ -102,7 +102,7 @@ class RunLoopTest(CheckpointDirTest):
     self.batches = Batches(values, start=int(state.step))
     self.writer = Writer()
     step = jax.jit(toy_step) if step is None else step
-    return train.run_loop(cfg, self.workdir, state, step, self.batches, jax.random.key(0),
+    return loop.run_loop(cfg, self.workdir, state, step, self.batches, jax.random.key(0),
                           ckpt=self.ckpt, last_finite=last_finite, writer=self.writer, **kwargs)
 
   def test_at_most_two_steps_are_in_flight(self):
@@ -128,7 +128,7 @@ class RunLoopTest(CheckpointDirTest):
       self.assertIs(got, want)
 
   def test_metrics_are_fetched_at_log_eval_and_checkpoint_steps_or_every_step_with_a_hook(self):
-    real = train.local_copy
+    real = runtime.local_copy
     for hook, want in ((None, [3, 1, 1, 1, 2, 1, 1]), (lambda s, m: None, [1] * 10)):
       fetched = []
 
@@ -137,7 +137,7 @@ class RunLoopTest(CheckpointDirTest):
           fetched.append(len(tree))
         return real(tree)
 
-      with mock.patch.object(train, "local_copy", spy):
+      with mock.patch.object(loop, "local_copy", spy):
         self.run_loop(loop_config(), np.arange(1.0, 11.0), step_hook=hook)
       # Fetches after steps 3 (log), 4 (checkpoint, held), 5 (eval; the held state is written), 6 (log),
       # 8 (checkpoint), 9 (log) and 10 (the end); with a hook, after every step.
@@ -153,7 +153,7 @@ class RunLoopTest(CheckpointDirTest):
       return state.replace(step=state.step + 1), {"loss": loss, "j_metric": loss, "finite": jnp.isfinite(loss)}
 
     evaluated = []
-    with self.assertRaises(train.NonFiniteLossError) as cm:
+    with self.assertRaises(loop.NonFiniteLossError) as cm:
       self.run_loop(loop_config(num_steps=4, log_every=100, eval_every=2, checkpoint_every=100),
                     [np.nan, 1.0, 1.0, 1.0], step=jax.jit(finite_state_step), on_eval=lambda s, st: evaluated.append(s))
     self.assertIn("at step 0", str(cm.exception))
@@ -164,7 +164,7 @@ class RunLoopTest(CheckpointDirTest):
     # each evaluation or checkpoint (whose time is not training).
     ticks = iter(range(0, 1000, 2))
     clock = types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
-    with mock.patch.object(train, "time", clock):
+    with mock.patch.object(loop, "time", clock):
       self.run_loop(loop_config(num_steps=6, log_every=2, eval_every=3, checkpoint_every=100), [1.0] * 6)
     # Readings: 0 (start); 2 at step 2's log (2 steps / 2 s); 4 after step 3's evaluation; 6 at step 4's log
     # (1 step / 2 s); 8 at step 6's log (2 steps / 2 s).
@@ -222,7 +222,7 @@ class RunLoopTest(CheckpointDirTest):
     # Step 4's loss (computed on the state after 4 steps) is NaN: that state must not be written, and the
     # error names step 4 and the state it would have made.
     values = [1.0, 2.0, 3.0, 4.0, np.nan, 6.0, 7.0, 8.0, 9.0, 10.0]
-    with self.assertRaises(train.NonFiniteLossError) as cm:
+    with self.assertRaises(loop.NonFiniteLossError) as cm:
       self.run_loop(loop_config(log_every=100, eval_every=100), values)
     message = str(cm.exception)
     self.assertTrue(message.startswith("a loss is not finite at step 4 (the step that would make step 5): "),
@@ -237,7 +237,7 @@ class RunLoopTest(CheckpointDirTest):
 
   def test_divergence_after_a_checkpoint_names_it(self):
     values = [1.0] * 6 + [np.inf] + [1.0] * 3
-    with self.assertRaises(train.NonFiniteLossError) as cm:
+    with self.assertRaises(loop.NonFiniteLossError) as cm:
       self.run_loop(loop_config(log_every=1, eval_every=100), values, last_finite=None)
     self.assertTrue(str(cm.exception).endswith(
         f"The last finite checkpoint (step 4) is kept in {self.workdir}/checkpoints."), str(cm.exception))
@@ -247,7 +247,7 @@ class RunLoopTest(CheckpointDirTest):
   def test_a_non_finite_final_state_is_never_written(self):
     # The last step's loss is finite but its update makes the weights infinite.
     values = [1.0, 2.0, np.float32(3e38), np.float32(3e38)]
-    with self.assertRaises(train.NonFiniteStateError) as cm:
+    with self.assertRaises(loop.NonFiniteStateError) as cm:
       self.run_loop(loop_config(num_steps=4, checkpoint_every=2, eval_every=100), values)
     self.assertEqual(str(cm.exception),
                      "the train state after step 4 holds non-finite values (['params']['w']): the update at "
@@ -258,7 +258,7 @@ class RunLoopTest(CheckpointDirTest):
   def test_a_non_finite_state_is_never_evaluated(self):
     values = [1.0, np.float32(3e38), np.float32(3e38), 1.0]
     evaluated = []
-    with self.assertRaises(train.NonFiniteStateError) as cm:
+    with self.assertRaises(loop.NonFiniteStateError) as cm:
       self.run_loop(loop_config(num_steps=4, eval_every=3, checkpoint_every=100), values,
                     on_eval=lambda s, st: evaluated.append(s))
     self.assertIn("after step 3 holds non-finite values", str(cm.exception))
@@ -271,8 +271,8 @@ class RunLoopTest(CheckpointDirTest):
       def nan_step(state, batch, key, bad=bad):
         return bad.replace(step=state.step + 1), {"loss": jnp.float32(1.0), "finite": jnp.bool_(True)}
 
-      with self.assertRaises(train.NonFiniteStateError) as cm:
-        train.run_loop(loop_config(num_steps=1), self.workdir, toy_state(), nan_step, Batches([0.0]),
+      with self.assertRaises(loop.NonFiniteStateError) as cm:
+        loop.run_loop(loop_config(num_steps=1), self.workdir, toy_state(), nan_step, Batches([0.0]),
                        jax.random.key(0), ckpt=self.ckpt, last_finite=None, writer=Writer())
       self.assertIn(tail + "the update at step 0 diverged", str(cm.exception))
 
@@ -285,8 +285,8 @@ class RunLoopTest(CheckpointDirTest):
     def nan_step(state, batch, key):
       return bad.replace(step=state.step + 1), {"loss": jnp.float32(1.0), "finite": jnp.bool_(True)}
 
-    with self.assertRaises(train.NonFiniteStateError) as cm:
-      train.run_loop(loop_config(num_steps=1), self.workdir, toy_state(), nan_step, Batches([0.0]),
+    with self.assertRaises(loop.NonFiniteStateError) as cm:
+      loop.run_loop(loop_config(num_steps=1), self.workdir, toy_state(), nan_step, Batches([0.0]),
                      jax.random.key(0), ckpt=self.ckpt, last_finite=None, writer=Writer())
     self.assertEqual(str(cm.exception),
                      "the train state after step 1 holds non-finite values (['params']['w0'], ['params']['w1'], "
@@ -305,12 +305,12 @@ class RunLoopTest(CheckpointDirTest):
     values = list(values[:9]) + [np.nan]   # step 8's own loss is finite: checkpoint 8 is written
     self.ckpt.delete(8)
     self.ckpt.delete(10)
-    with self.assertRaises(train.NonFiniteLossError) as cm:
+    with self.assertRaises(loop.NonFiniteLossError) as cm:
       self.run_loop(loop_config(), values, state=start, last_finite=6)
     self.assertTrue(str(cm.exception).endswith(
         f"The last finite checkpoint (step 8) is kept in {self.workdir}/checkpoints."), str(cm.exception))
     self.ckpt.delete(8)
-    with self.assertRaises(train.NonFiniteLossError) as cm:   # step 8's own loss is NaN: the resumed one
+    with self.assertRaises(loop.NonFiniteLossError) as cm:   # step 8's own loss is NaN: the resumed one
       self.run_loop(loop_config(), values[:8] + [np.nan] * 2, state=start, last_finite=6)
     self.assertEqual(saved(self.ckpt), [])
     self.assertTrue(str(cm.exception).endswith(
@@ -332,7 +332,7 @@ class ResumeTest(CheckpointDirTest):
 
   def test_no_checkpoint_resumes_from_the_template(self):
     template = toy_state(w=7.0)
-    state, last = train.resume(self.ckpt, template, self.workdir)
+    state, last = runtime.resume(self.ckpt, template, self.workdir)
     self.assertIs(state, template)
     self.assertIsNone(last)
 
@@ -340,7 +340,7 @@ class ResumeTest(CheckpointDirTest):
     self.save(2, 2.0)
     self.save(4, 4.0)
     with self.assertLogs(level="INFO") as logged:
-      state, last = train.resume(self.ckpt, toy_state(), self.workdir)
+      state, last = runtime.resume(self.ckpt, toy_state(), self.workdir)
     self.assertEqual((int(state.step), last), (4, 4))
     np.testing.assert_array_equal(state.params["w"], [4.0] * 3)
     self.assertIn(f"INFO:root:resumed from step 4 in {self.workdir}", logged.output)
@@ -351,7 +351,7 @@ class ResumeTest(CheckpointDirTest):
     self.save(4, np.nan)
     self.save(6, np.inf)
     with self.assertLogs(level="WARNING") as logged:
-      state, last = train.resume(self.ckpt, toy_state(), self.workdir)
+      state, last = runtime.resume(self.ckpt, toy_state(), self.workdir)
     self.assertEqual((int(state.step), last), (2, 2))
     np.testing.assert_array_equal(state.params["w"], [2.0] * 3)
     self.assertEqual(saved(self.ckpt), [2])
@@ -368,7 +368,7 @@ class ResumeTest(CheckpointDirTest):
     checkpoints.save(self.ckpt, 4, bad)
     self.ckpt.wait_until_finished()
     with self.assertLogs(level="WARNING") as logged:
-      state, last = train.resume(self.ckpt, template, self.workdir)
+      state, last = runtime.resume(self.ckpt, template, self.workdir)
     self.assertEqual(last, 2)
     self.assertEqual(logged.output, [
         f"WARNING:root:checkpoint 4 in {self.workdir} holds non-finite values (['params']['w0'], "
@@ -460,7 +460,7 @@ class BestCheckpointTest(chex.TestCase):
     self.addCleanup(shutil.rmtree, self.workdir, ignore_errors=True)
 
   def best(self, is_main=True):
-    best = train.BestCheckpoint(self.workdir, "val/recall@1", is_main=is_main)
+    best = selection.BestCheckpoint(self.workdir, "val/recall@1", is_main=is_main)
     self.addCleanup(best.close)
     return best
 
@@ -498,7 +498,7 @@ class BestCheckpointTest(chex.TestCase):
     np.testing.assert_array_equal(best.restore(toy_state()).params["w"], [6.0] * 3)
 
   def test_a_resumed_run_whose_best_was_nan_goes_on(self):
-    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first = selection.BestCheckpoint(self.workdir, "val/recall@1")
     first.offer(2, float("nan"), toy_state(step=2, w=2.0))
     first.close()
     with open(os.path.join(self.workdir, "best.json")) as f:
@@ -509,7 +509,7 @@ class BestCheckpointTest(chex.TestCase):
     self.assertEqual(best.best["step"], 6)
 
   def test_a_resumed_run_compares_with_the_best_found_before(self):
-    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first = selection.BestCheckpoint(self.workdir, "val/recall@1")
     first.offer(4, 0.7, toy_state(step=4, w=4.0))
     first.close()
     best = self.best()
@@ -521,7 +521,7 @@ class BestCheckpointTest(chex.TestCase):
 
   def test_a_kill_between_the_checkpoint_and_best_json_loses_nothing(self):
     # Step 8's checkpoint was saved (replacing step 4's) but the run was killed before best.json said so.
-    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first = selection.BestCheckpoint(self.workdir, "val/recall@1")
     first.offer(4, 0.5, toy_state(step=4, w=4.0))
     checkpoints.save(first.manager, 8, toy_state(step=8, w=8.0))
     first.manager.wait_until_finished()
@@ -553,7 +553,7 @@ class BestCheckpointTest(chex.TestCase):
   def test_a_resumed_run_may_keep_an_earlier_step_than_the_best_so_far(self):
     # Best at step 8, then the run resumed from its step-4 checkpoint: its evaluation at step 6 wins with
     # another data order or a changed metric, and must replace step 8 although 6 < 8.
-    first = train.BestCheckpoint(self.workdir, "val/recall@1")
+    first = selection.BestCheckpoint(self.workdir, "val/recall@1")
     first.offer(8, 0.5, toy_state(step=8, w=8.0))
     first.close()
     best = self.best()
@@ -575,9 +575,9 @@ class BestCheckpointTest(chex.TestCase):
 
   def test_selection_names(self):
     cfg = ml_collections.ConfigDict({"selection": {"split": "val", "metric": "map@r"}})
-    self.assertEqual(train._selection_name(cfg), "val/map@r")
+    self.assertEqual(selection.selection_name(cfg), "val/map@r")
     cfg.selection.split = "test"
-    self.assertEqual(train._selection_name(cfg), "test/map@r (the reference's rule: selects on the test set)")
+    self.assertEqual(selection.selection_name(cfg), "test/map@r (the reference's rule: selects on the test set)")
 
 
 class RunConfigTest(chex.TestCase):
@@ -600,7 +600,7 @@ class RunConfigTest(chex.TestCase):
     return cfg
 
   def saved(self):
-    with open(os.path.join(self.workdir, train.CONFIG_FILE)) as f:
+    with open(os.path.join(self.workdir, run_config.CONFIG_FILE)) as f:
       return json.load(f)
 
   def history(self):
@@ -611,41 +611,41 @@ class RunConfigTest(chex.TestCase):
       return [json.loads(line) for line in f]
 
   def test_flat_joins_nested_keys_with_dots(self):
-    self.assertEqual(train._flat({"a": 1, "b": {"c": 2, "d": {"e": 3}}, "f": {}}),
+    self.assertEqual(run_config._flat({"a": 1, "b": {"c": 2, "d": {"e": 3}}, "f": {}}),
                      {"a": 1, "b.c": 2, "b.d.e": 3, "f": {}})   # an empty dict is a value, not a level
 
   def test_first_start_saves_the_config(self):
-    self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=False), [])
+    self.assertEqual(run_config.check_run_config(self.cfg(), self.workdir, resuming=False), [])
     self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))
     # A fresh start (no checkpoint) in a workdir that holds a config replaces it without comparing.
-    self.assertEqual(train.check_run_config(self.cfg(seed=3), self.workdir, resuming=False), [])
+    self.assertEqual(run_config.check_run_config(self.cfg(seed=3), self.workdir, resuming=False), [])
     self.assertEqual(self.saved()["seed"], 3)
     self.assertEqual(self.history(), [])
 
   def test_resuming_under_the_same_config_changes_nothing(self):
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
-    self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=True), [])
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
+    self.assertEqual(run_config.check_run_config(self.cfg(), self.workdir, resuming=True), [])
     self.assertEqual(self.history(), [])
 
   def test_resumable_keys_may_change_and_are_recorded(self):
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
     with self.assertLogs(level="WARNING") as logged:
-      changes = train.check_run_config(self.cfg(num_steps=20, **{"eval.batch_size": 32}), self.workdir,
+      changes = run_config.check_run_config(self.cfg(num_steps=20, **{"eval.batch_size": 32}), self.workdir,
                                        resuming=True)
     self.assertEqual(changes, [{"key": "eval.batch_size", "run": 64, "now": 32},
                                {"key": "num_steps", "run": 10, "now": 20}])
     self.assertEqual(logged.records[0].getMessage(),
                      f"resuming {self.workdir} with changed eval.batch_size 64 -> 32, num_steps 10 -> 20")
     self.assertEqual(self.saved()["num_steps"], 20)   # the config in force
-    train.check_run_config(self.cfg(num_steps=30, **{"eval.batch_size": 32}), self.workdir, resuming=True)
+    run_config.check_run_config(self.cfg(num_steps=30, **{"eval.batch_size": 32}), self.workdir, resuming=True)
     self.assertEqual(self.history(), [{"changes": changes},
                                       {"changes": [{"key": "num_steps", "run": 20, "now": 30}]}])
 
   def test_other_keys_refuse_the_resume_with_a_readable_diff(self):
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
-    path = os.path.join(self.workdir, train.CONFIG_FILE)
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
+    path = os.path.join(self.workdir, run_config.CONFIG_FILE)
     with self.assertRaises(ValueError) as cm:
-      train.check_run_config(self.cfg(num_steps=20, seed=1, **{"hdml.loss": "triplet"}), self.workdir,
+      run_config.check_run_config(self.cfg(num_steps=20, seed=1, **{"hdml.loss": "triplet"}), self.workdir,
                              resuming=True)
     self.assertEqual(str(cm.exception),
                      f"{self.workdir} holds a run with another config; resuming it would continue that run under "
@@ -653,34 +653,34 @@ class RunConfigTest(chex.TestCase):
                      "  hdml.loss: 'npair' in the run, 'triplet' now\n"
                      "  seed: 0 in the run, 1 now\n"
                      f"Use a fresh --workdir, or resume with the run's own config ({path}). Only "
-                     f"{', '.join(train.RESUMABLE_KEYS)} may change on resume.")
+                     f"{', '.join(run_config.RESUMABLE_KEYS)} may change on resume.")
     self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))   # the run's config kept
     self.assertEqual(self.history(), [])
 
   def test_a_key_the_run_lacks_is_allowed_one_it_had_is_not(self):
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
     newer = self.cfg()
     newer.hdml.new_option = "x"   # added by a newer version of the code
-    self.assertEqual(train.check_run_config(newer, self.workdir, resuming=True),
+    self.assertEqual(run_config.check_run_config(newer, self.workdir, resuming=True),
                      [{"key": "hdml.new_option", "run": "<absent>", "now": "x"}])
     older = self.cfg()   # the saved run now has the option; a config without it would drop a setting
     with self.assertRaisesRegex(ValueError, r"hdml.new_option: 'x' in the run, '<absent>' now"):
-      train.check_run_config(older, self.workdir, resuming=True)
+      run_config.check_run_config(older, self.workdir, resuming=True)
 
   def test_keys_whose_value_is_none(self):
     # None is a value like any other: a new key set to None is a change, a key of value None dropped is refused.
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
     newer = self.cfg()
     newer.hdml.cap = None
-    self.assertEqual(train.check_run_config(newer, self.workdir, resuming=True),
+    self.assertEqual(run_config.check_run_config(newer, self.workdir, resuming=True),
                      [{"key": "hdml.cap", "run": "<absent>", "now": None}])
     with self.assertRaisesRegex(ValueError, r"hdml.cap: None in the run, '<absent>' now"):
-      train.check_run_config(self.cfg(), self.workdir, resuming=True)
+      run_config.check_run_config(self.cfg(), self.workdir, resuming=True)
 
   def test_the_saved_config_lists_its_keys_sorted(self):
     # Sorted at every level, so that two runs' config.json files compare line by line.
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
-    with open(os.path.join(self.workdir, train.CONFIG_FILE)) as f:
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
+    with open(os.path.join(self.workdir, run_config.CONFIG_FILE)) as f:
       text = f.read()
     saved = json.loads(text)
     self.assertEqual(list(saved), sorted(saved))
@@ -689,21 +689,21 @@ class RunConfigTest(chex.TestCase):
 
   def test_a_run_without_a_saved_config_saves_the_current_one(self):
     with self.assertLogs(level="WARNING") as logged:
-      self.assertEqual(train.check_run_config(self.cfg(), self.workdir, resuming=True), [])
+      self.assertEqual(run_config.check_run_config(self.cfg(), self.workdir, resuming=True), [])
     self.assertEqual(logged.records[0].getMessage(),
-                     f"{self.workdir} has no {train.CONFIG_FILE} (written by an older version): the config cannot "
+                     f"{self.workdir} has no {run_config.CONFIG_FILE} (written by an older version): the config cannot "
                      "be compared; saving the current one")
     self.assertEqual(self.saved(), json.loads(self.cfg().to_json_best_effort()))
 
   def test_only_the_main_process_writes(self):
-    train.check_run_config(self.cfg(), self.workdir, resuming=False)
+    run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
     with mock.patch.object(jax, "process_index", return_value=1):
       with self.assertLogs(level="WARNING"):
-        changes = train.check_run_config(self.cfg(num_steps=20), self.workdir, resuming=True)
-      os.remove(os.path.join(self.workdir, train.CONFIG_FILE))
-      train.check_run_config(self.cfg(), self.workdir, resuming=False)
+        changes = run_config.check_run_config(self.cfg(num_steps=20), self.workdir, resuming=True)
+      os.remove(os.path.join(self.workdir, run_config.CONFIG_FILE))
+      run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
     self.assertEqual(changes, [{"key": "num_steps", "run": 10, "now": 20}])   # still compared and returned
-    self.assertFalse(os.path.exists(os.path.join(self.workdir, train.CONFIG_FILE)))
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, run_config.CONFIG_FILE)))
     self.assertEqual(self.history(), [])
 
 

@@ -15,7 +15,7 @@ and their ratio: how much the loop costs beyond the step. With
 project (say, an earlier commit in a git worktree) runs in interleaved
 rounds, so both see the same machine noise: a before/after comparison.
 
-    python -m experiments.benchmarks.train_loop --config experiments/configs/default.py
+    python -m experiments.benchmarks.train_loop --config experiments/configs/default.py --config.batch_size=20
     git worktree add /tmp/before HEAD~1
     python -m experiments.benchmarks.train_loop --other_checkout /tmp/before
 """
@@ -33,7 +33,18 @@ import time
 import numpy as np
 
 
-def _config(path: str, overrides: list[str], num_steps: int):
+def _overrides_module():
+  """``experiments/overrides.py`` of this checkout, loaded by path: the measured checkout may predate it."""
+  import importlib.util
+
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "overrides.py")
+  spec = importlib.util.spec_from_file_location("bench_overrides", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _config(path: str, overrides: dict, num_steps: int):
   import importlib.util
 
   spec = importlib.util.spec_from_file_location("bench_config", path)
@@ -45,22 +56,14 @@ def _config(path: str, overrides: list[str], num_steps: int):
   cfg.eval_every = num_steps
   cfg.selection.split = "none"
   cfg.plots = False
-  # Not experiments.configs.base.override: this function also runs against
-  # other checkouts (--other_checkout), which may predate that helper.
-  for item in overrides:
-    key, value = item.split("=", 1)
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = json.loads(value)
+  _overrides_module().apply_overrides(cfg, overrides)
   return cfg
 
 
 def _loop_seconds(args) -> float:
   from experiments.train import train_and_evaluate
 
-  cfg = _config(args.config, args.set, args.steps)
+  cfg = _config(args.config, args.overrides, args.steps)
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.perf_counter()
     train_and_evaluate(cfg, workdir)
@@ -71,11 +74,11 @@ def _step_seconds(args) -> float:
   import jax
 
   from experiments import datasets
-  from experiments.train import build_state
+  from experiments.runtime import build_state
   from hdml_jax import parallel
   from hdml_jax.train_step import make_train_step
 
-  cfg = _config(args.config, args.set, args.steps)
+  cfg = _config(args.config, args.overrides, args.steps)
   data = datasets.load_data(cfg)
   devices = jax.devices() if not cfg.num_devices else jax.devices()[:cfg.num_devices]
   mesh = parallel.make_data_mesh(devices)
@@ -95,7 +98,7 @@ def _step_seconds(args) -> float:
 def _run(checkout: str, mode: str, steps: int, args) -> float:
   # This file runs with the other checkout first on the path, so it measures that checkout's loop.
   cmd = [sys.executable, os.path.abspath(__file__), "--_one", mode, "--steps", str(steps),
-         "--config", os.path.abspath(args.config)] + [f"--set={s}" for s in args.set]
+         "--config", os.path.abspath(args.config)] + [f"--config.{k}={v}" for k, v in args.overrides.items()]
   env = dict(os.environ, PYTHONPATH=checkout)
   out = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
   if out.returncode:
@@ -104,9 +107,9 @@ def _run(checkout: str, mode: str, steps: int, args) -> float:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                               epilog="--config.<key>=<value>: a config override (as in experiments.main).")
   ap.add_argument("--config", default="experiments/configs/default.py")
-  ap.add_argument("--set", action="append", default=[], help="config override key=json_value")
   ap.add_argument("--short", type=int, default=100)
   ap.add_argument("--long", type=int, default=500)
   ap.add_argument("--rounds", type=int, default=3)
@@ -115,7 +118,9 @@ def main(argv=None):
   ap.add_argument("--out", default="bench_train_loop.json")
   ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+  argv, overrides = _overrides_module().split_overrides(sys.argv[1:] if argv is None else argv)
   args = ap.parse_args(argv)
+  args.overrides = overrides
 
   if args._one:
     print(_loop_seconds(args) if args._one == "loop" else _step_seconds(args))
@@ -137,7 +142,7 @@ def main(argv=None):
 
   import jax
 
-  results = {"device": str(jax.devices()[0]), "config": args.config, "set": args.set,
+  results = {"device": str(jax.devices()[0]), "config": args.config, "overrides": args.overrides,
              "short": args.short, "long": args.long, "checkouts": {}}
   print(f"\n{'checkout':<10}{'loop ms/step':>14}{'step ms':>10}{'loop/step':>11}  path")
   for name, path in checkouts.items():

@@ -7,6 +7,9 @@ fails instead of being ignored.
 
 import ml_collections
 
+from experiments.config_mapping import HDML_KEYS, config_section
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+
 
 def override(cfg: ml_collections.ConfigDict, key: str, value) -> None:
   """Sets the dotted ``key`` (``"dataset.resize"``); a missing key raises KeyError."""
@@ -40,37 +43,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.generator_hidden = 512
   c.model.pretrained = ""              # a params file from experiments.convert_weights
 
-  c.hdml = ml_collections.ConfigDict()
-  c.hdml.loss = "npair"                # npair | triplet | contrastive
-  c.hdml.enabled = True                # False: the plain baseline
-  c.hdml.alpha = 90.0
-  c.hdml.beta = 1e4
-  c.hdml.lam = 0.5
-  c.hdml.softmax_factor = 1e4
-  c.hdml.l2_reg = 3e-3
-  c.hdml.weight_decay = 5e-3
-  c.hdml.margin = 1.0
-  c.hdml.contrastive_margin = 1.0
-  c.hdml.bn1_update = "both"
-  # Deviations from the reference, off by default: alpha / beta as multiples of the
-  # first completed block's J_avg / J_gen, so they transfer across batch, feature
-  # and model sizes (see HDMLConfig). > 0 replaces alpha / beta.
-  c.hdml.alpha_relative = 0.0
-  c.hdml.beta_relative = 0.0
-  c.hdml.stats_block_length = 64
+  # The hyper-parameters of the train step and its optimizers: one key per field of
+  # hdml_jax.config.HDMLConfig (hdml.enabled is its `hdml`) and OptimizerConfig, with their
+  # defaults (the reference's values) and their documentation there.
+  c.hdml = config_section(HDMLConfig, renames=HDML_KEYS)
+  c.hdml.stats_block_length = 64       # the adaptive statistics' block (create_train_state)
   c.hdml.stats_initial_value = 1e6
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.metric_lr = 7e-5
-  c.optimizer.metric_boundaries = (5632, 6848)
-  c.optimizer.metric_decay = 0.5
-  c.optimizer.generator_lr = 1e-2
-  c.optimizer.generator_boundaries = ()
-  c.optimizer.generator_decay = 0.5
-  c.optimizer.classifier_lr = 1e-3
-  c.optimizer.classifier_boundaries = ()
-  c.optimizer.classifier_decay = 0.5
-  c.optimizer.clip_value = ml_collections.config_dict.placeholder(float)
+  c.optimizer = config_section(OptimizerConfig)
 
   c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive
   c.epoch_sampler = False              # N-pair: visit every training image once per epoch

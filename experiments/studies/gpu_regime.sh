@@ -13,7 +13,7 @@
 #
 #     bash experiments/studies/gpu_regime.sh                     # 3 seeds, 600 + 600 steps
 #     SEEDS=0 STEPS=200 PRETRAIN_STEPS=200 bash experiments/studies/gpu_regime.sh
-#     bash experiments/studies/gpu_regime.sh --set model.backbone=tiny ...   # extra study flags (tests)
+#     bash experiments/studies/gpu_regime.sh --config.model.backbone=tiny ...   # extra overrides (tests)
 #
 # Writes under $OUT (default gpu_out/): gpu_regime.log, the table and regime.json;
 # the runs go to $WORKDIR (default runs/gpu_regime), so a second call resumes.
@@ -28,14 +28,14 @@ t0=$SECONDS
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c 'import jax; print("jax", jax.__version__, jax.devices())'
 } >"$OUT/gpu_regime.log" 2>&1
-$PY -m experiments.studies.cub100 --workdir "$WORKDIR" --table regime --regimes pretrained --losses npair \
+$PY -m experiments.studies.cub100_tables --workdir "$WORKDIR" --table regime --regimes pretrained --losses npair \
   --seeds "${SEEDS:-0,1,2}" --num_steps "${STEPS:-600}" --pretrain_steps "${PRETRAIN_STEPS:-600}" \
   --pretrain_lr "${PRETRAIN_LR:-1e-3}" --metric_lr "${METRIC_LR:-6e-5}" \
-  --set model.backbone=googlenet --set "model.backbone_kwargs={}" --set model.embedding_dim=256 \
-  --set dataset.resize=256 --set dataset.crop=227 --set dataset.preprocess=paper \
-  --set batch_size=128 --set dataset.num_val_classes=0 --set selection.split=none \
-  --set hdml.beta=5e3 --set hdml.weight_decay=1e-3 --set hdml.l2_reg=1.5e-2 \
-  --set eval.batch_size=256 --set data_threads=16 "$@" >>"$OUT/gpu_regime.log" 2>&1
+  --config.model.backbone=googlenet "--config.model.backbone_kwargs={}" --config.model.embedding_dim=256 \
+  --config.dataset.resize=256 --config.dataset.crop=227 --config.dataset.preprocess=paper \
+  --config.batch_size=128 --config.dataset.num_val_classes=0 --config.selection.split=none \
+  --config.hdml.beta=5e3 --config.hdml.weight_decay=1e-3 --config.hdml.l2_reg=1.5e-2 \
+  --config.eval.batch_size=256 --config.data_threads=16 "$@" >>"$OUT/gpu_regime.log" 2>&1
 rc=$?
 cp "$WORKDIR/table_regime.md" "$WORKDIR/regime.json" "$OUT/" 2>/dev/null
 echo "exit $rc after $((SECONDS - t0))s" | tee -a "$OUT/gpu_regime.log"

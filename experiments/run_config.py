@@ -1,0 +1,142 @@
+"""The run's config: validation, the saved config.json, what a resume may change.
+
+``validate_config`` gives clear errors for values the lower layers would
+reject late or obscurely; ``check_run_config`` saves the resolved config at
+the first start and, on resume, refuses a different run; ``load_run_config``
+reads it back (what ``experiments.evaluate`` rebuilds a model from).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+
+from experiments import checkpoints
+from hdml_jax import evaluation
+
+__all__ = ["CONFIG_FILE", "RESUMABLE_KEYS", "SELECTION_SPLITS", "backbone_identity", "check_run_config",
+           "load_run_config", "selectable_metrics", "validate_config"]
+
+SELECTION_SPLITS = ("val", "test", "none")
+
+def validate_config(cfg: ml_collections.ConfigDict) -> None:
+  """Clear errors for values the lower layers would reject late or obscurely."""
+  positive = {"batch_size": cfg.batch_size, "num_steps": cfg.num_steps, "log_every": cfg.log_every,
+              "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every,
+              "keep_checkpoints": cfg.keep_checkpoints, "eval.batch_size": cfg.eval.batch_size,
+              "model.embedding_dim": cfg.model.embedding_dim, "data_threads": cfg.data_threads}
+  for name, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  if cfg.selection.split not in SELECTION_SPLITS:
+    raise ValueError(f"config.selection.split must be one of {SELECTION_SPLITS}, got {cfg.selection.split!r}.")
+  if cfg.selection.split == "val" and cfg.dataset.num_val_classes < 2:
+    raise ValueError(
+        "config.selection.split='val' needs config.dataset.num_val_classes >= 2 held-out "
+        "training classes (or choose selection.split='test' or 'none').")
+  if cfg.eval.kmeans_backend not in ("jax", "sklearn"):
+    raise ValueError(f"config.eval.kmeans_backend must be 'jax' or 'sklearn', got {cfg.eval.kmeans_backend!r}.")
+  if cfg.eval.kmeans_protocol not in evaluation.KMEANS_PROTOCOLS:
+    raise ValueError(f"config.eval.kmeans_protocol must be one of {evaluation.KMEANS_PROTOCOLS}, "
+                     f"got {cfg.eval.kmeans_protocol!r}.")
+  metrics = selectable_metrics(cfg)
+  if cfg.selection.split != "none" and cfg.selection.metric not in metrics:
+    raise ValueError(f"config.selection.metric={cfg.selection.metric!r} is not a metric the evaluation "
+                     f"produces; choose one of {metrics} (recall@K for K in config.eval.recall_ks).")
+  for key in ("train_classes", "test_classes"):
+    value = cfg.dataset[key]
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+      raise ValueError(f"config.dataset.{key} must be two integers (start, stop), e.g. '(0, 50)'; "
+                       f"got {tuple(value) if isinstance(value, (tuple, list)) else value!r}.")
+  if not isinstance(cfg.num_devices, int) or cfg.num_devices < 0:
+    raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
+
+def selectable_metrics(cfg) -> list[str]:
+  """The names ``evaluate`` reports, hence what ``selection.metric`` may name."""
+  return [f"recall@{int(k)}" for k in cfg.eval.recall_ks] + ["precision@1", "r_precision", "map@r", "nmi", "f1"]
+
+# Keys that only extend or observe a run: a resume may change them (recorded).
+RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "plots",
+                  "data_threads", "prefetch", "compilation_cache_dir", "eval.batch_size", "eval.test_curves")
+
+CONFIG_FILE = "config.json"
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+def check_run_config(cfg, workdir: str, *, resuming: bool) -> list[dict]:
+  """Saves the resolved config at the first start; on resume, refuses a different run.
+
+  Returns the allowed changes (``RESUMABLE_KEYS``) as ``[{key, run, now}]``;
+  any other difference raises ``ValueError`` with a readable diff. The
+  workdir's ``config.json`` then holds the config in force (what
+  ``experiments.evaluate`` rebuilds the model from) and ``config_changes.jsonl``
+  the history of allowed changes.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  now = json.loads(cfg.to_json_best_effort(sort_keys=True))
+  changes = []
+  if resuming and os.path.exists(path):
+    run = json.load(open(path))
+    a, b = _flat(run), _flat(now)
+    diffs = [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
+             if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    # A key the run's config lacks was added by a newer version: allowed, and listed as a change.
+    refused = [d for d in diffs if d[0] not in RESUMABLE_KEYS and d[1] != "<absent>"]
+    if refused:
+      lines = "\n".join(f"  {k}: {old!r} in the run, {new!r} now" for k, old, new in refused)
+      raise ValueError(
+          f"{workdir} holds a run with another config; resuming it would continue that run under new "
+          f"settings. Differences:\n{lines}\nUse a fresh --workdir, or resume with the run's own config "
+          f"({path}). Only {', '.join(RESUMABLE_KEYS)} may change on resume.")
+    changes = [{"key": k, "run": old, "now": new} for k, old, new in diffs]
+    if changes:
+      logging.warning("resuming %s with changed %s", workdir,
+                      ", ".join(f"{c['key']} {c['run']!r} -> {c['now']!r}" for c in changes))
+      if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+          f.write(json.dumps({"changes": changes}) + "\n")
+  elif resuming:
+    logging.warning("%s has no %s (written by an older version): the config cannot be compared; "
+                    "saving the current one", workdir, CONFIG_FILE)
+  if jax.process_index() == 0:
+    checkpoints.write_json_atomic(path, now)
+  return changes
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in its workdir (lists back to tuples), locked."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a run of this version "
+                            "(give its config with --config).")
+
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+  from experiments.configs.base import get_base_config, override
+
+  saved = tuples(json.load(open(path)))
+  cfg = get_base_config()
+  cfg.model.backbone_kwargs = ml_collections.ConfigDict(saved["model"].pop("backbone_kwargs"))
+  for key, value in _flat(saved).items():
+    override(cfg, key, value)
+  cfg.lock()
+  return cfg
+
+def backbone_identity(cfg, image_shape) -> dict:
+  """What a pretrained file must agree with: recorded by ``experiments.pretrain``, checked on load."""
+  return {"backbone": cfg.model.backbone, "image_shape": tuple(int(s) for s in image_shape),
+          "backbone_kwargs": json.dumps(cfg.model.backbone_kwargs.to_dict(), sort_keys=True)}
