@@ -16,10 +16,10 @@ import sys
 # Quiet the "Unable to initialize backend 'tpu'" notices on CPU and GPU hosts.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app, flags  # noqa: E402  (after the logging set-up above)
+from ml_collections import config_flags  # noqa: E402
 
-from experiments.cli import exit_on_unknown_override
+from experiments.cli import exit_on_unknown_override  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 

@@ -6,6 +6,7 @@ entry points. Each concept lives in its own module; this file only
 re-exports.
 """
 
+from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.distances import (
     pairwise_distances,
     pairwise_squared_distances,
@@ -13,12 +14,20 @@ from hdml_jax.distances import (
     rowwise_squared_distances,
     safe_sqrt,
 )
+from hdml_jax.evaluation import cluster_metrics, evaluate, evaluate_query_gallery, nearest_neighbors
 from hdml_jax.hardness import (
     NPairTuples,
     expand_npair_tuples,
     hardness_factor,
     npair_synthetic_labels,
     synthesize_negatives,
+)
+from hdml_jax.head import HDMLOutput, hdml_objective, init_hdml_head
+from hdml_jax.inference import embed_in_batches, l2_normalize, make_embed_fn
+from hdml_jax.label_losses import (
+    contrastive_loss_from_labels,
+    npair_loss_from_labels,
+    triplet_loss_from_labels,
 )
 from hdml_jax.losses import (
     contrastive_loss,
@@ -28,11 +37,7 @@ from hdml_jax.losses import (
     synthetic_npair_loss,
     triplet_loss,
 )
-from hdml_jax.label_losses import (
-    contrastive_loss_from_labels,
-    npair_loss_from_labels,
-    triplet_loss_from_labels,
-)
+from hdml_jax.networks import HDMLHead, Networks, build_networks
 from hdml_jax.objective import (
     classifier_loss,
     metric_objective,
@@ -42,15 +47,10 @@ from hdml_jax.objective import (
     soft_loss_triplet,
     weight_decay,
 )
-from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
-from hdml_jax.config import HDMLConfig, OptimizerConfig
-from hdml_jax.networks import HDMLHead, Networks, build_networks
-from hdml_jax.head import HDMLOutput, hdml_objective, init_hdml_head
 from hdml_jax.optimizers import make_optimizer
-from hdml_jax.inference import embed_in_batches, l2_normalize, make_embed_fn
+from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
 from hdml_jax.train_step import make_train_step
-from hdml_jax.evaluation import cluster_metrics, evaluate, evaluate_query_gallery, nearest_neighbors
 
 __version__ = "0.1.0"
 

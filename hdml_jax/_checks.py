@@ -10,7 +10,6 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-
 __all__ = [
     "check_embeddings",
     "check_float",

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from hdml_jax import _checks
 
-
 __all__ = [
     "pairwise_distances",
     "pairwise_squared_distances",

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from hdml_jax import _checks
 from hdml_jax.distances import safe_sqrt
 
-
 __all__ = [
     "NPairTuples",
     "expand_npair_tuples",

@@ -14,7 +14,6 @@ import optax
 from hdml_jax import _checks
 from hdml_jax.distances import rowwise_squared_distances, safe_sqrt
 
-
 __all__ = [
     "contrastive_loss",
     "cross_entropy",

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from hdml_jax import _checks
 from hdml_jax.losses import cross_entropy
 
-
 __all__ = [
     "classifier_loss",
     "is_decayed_leaf",

@@ -25,7 +25,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-
 __all__ = [
     "AdaptiveStatistics",
     "init_statistics",

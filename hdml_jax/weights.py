@@ -28,7 +28,6 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-
 __all__ = [
     "META",
     "WeightMismatchError",

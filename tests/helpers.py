@@ -1,12 +1,29 @@
-"""Small shared builders for the tests."""
+"""What the tests share: builders, fixtures, brute-force references (no test module imports another)."""
 
+import itertools
 import os
+import shutil
+import threading
+from unittest import mock
 
 import jax
 import numpy as np
+import threadpoolctl
+from PIL import Image
 
-from hdml_jax.data import load_digits_split, make_sampler
+from experiments import checkpoints, datasets
+from experiments.configs import cub100, default
+from experiments.configs.base import override
+from experiments.runtime import build_state
+from hdml_jax import evaluation as ev
 from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.data import (
+  load_digits_split,
+  make_sampler,
+)
+from hdml_jax.evaluation import _device as ev_device
+from hdml_jax.evaluation import _exact as ev_exact
+from hdml_jax.evaluation import _host as ev_host
 from hdml_jax.train_state import create_train_state
 
 
@@ -42,13 +59,12 @@ def max_abs_diff(a, b):
              for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
-CUB100 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "shared", "data", "cub100", "images")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout
+CUB100 = os.path.join(os.path.dirname(REPO), "shared", "data", "cub100", "images")
 
 
 def tiny_cub(**overrides):
   """The cub100 config on 6 + 3 species at 16 px with a tiny CNN (keys overridable, dotted)."""
-  from experiments.configs import cub100
   from experiments.configs.base import override
 
   cfg = cub100.get_config()
@@ -66,3 +82,243 @@ def tiny_cub(**overrides):
   for key, value in overrides.items():
     override(cfg, key, value)
   return cfg
+
+
+# --- evaluation: brute-force references, data and engine settings
+
+
+def brute_neighbors(q, g, exclude_self):
+  """Sorted by (distance, index) with plain loops."""
+  out = []
+  for i in range(len(q)):
+    cands = []
+    for j in range(len(g)):
+      if exclude_self and i == j:
+        continue
+      d = sum((float(a) - float(b)) ** 2 for a, b in zip(q[i], g[j]))
+      cands.append((d, j))
+    cands.sort()
+    out.append([j for _, j in cands])
+  return out
+
+
+def brute_metrics(x, y, ks):
+  nbrs = brute_neighbors(x, x, True)
+  rec = {k: np.mean([any(y[j] == y[i] for j in nb[:k]) for i, nb in enumerate(nbrs)]) for k in ks}
+  rps, aps = [], []
+  for i, nb in enumerate(nbrs):
+    r = sum(1 for j in range(len(y)) if j != i and y[j] == y[i])
+    if r == 0:
+      continue
+    hits, ap = 0, 0.0
+    for pos, j in enumerate(nb[:r], start=1):
+      if y[j] == y[i]:
+        hits += 1
+        ap += hits / pos
+    rps.append(hits / r)
+    aps.append(ap / r)
+  return rec, np.mean(rps), np.mean(aps), len(aps)
+
+
+def brute_pair_f1(y, c):
+  tp = fp = fn = 0
+  for i, j in itertools.combinations(range(len(y)), 2):
+    same_class, same_cluster = y[i] == y[j], c[i] == c[j]
+    tp += same_class and same_cluster
+    fp += same_cluster and not same_class
+    fn += same_class and not same_cluster
+  p = tp / (tp + fp) if tp + fp else 0.0
+  r = tp / (tp + fn) if tp + fn else 0.0
+  return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def blobs(seed=0, n=120, classes=6, d=5, spread=0.6):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, classes, n)
+  centers = rng.normal(size=(classes, d)) * 3
+  return (centers[y] + spread * rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def numpy_neighbors(q, g, exclude_self, k):
+  """Float64 brute force, sorted by (distance, index)."""
+  d = ((q.astype(np.float64)[:, None, :] - g.astype(np.float64)[None]) ** 2).sum(-1)
+  if exclude_self:
+    np.fill_diagonal(d, np.inf)
+  index = np.broadcast_to(np.arange(g.shape[0]), d.shape)
+  return np.lexsort((index, d), axis=-1)[:, :k]
+
+
+def metrics_from_neighbors(nbrs, yq, yg, ks, exclude_self):
+  """Recall@K, R-precision and MAP@R from exact neighbour lists, by plain loops."""
+  rec = {k: np.mean([any(yg[j] == yq[i] for j in nb[:k]) for i, nb in enumerate(nbrs)]) for k in ks}
+  rps, aps = [], []
+  for i, nb in enumerate(nbrs):
+    r = int(np.sum(yg == yq[i])) - (1 if exclude_self else 0)
+    if r == 0:
+      continue
+    rel = [yg[j] == yq[i] for j in nb[:r]]
+    rps.append(sum(rel) / r)
+    aps.append(sum(sum(rel[:p + 1]) / (p + 1) for p in range(r) if rel[p]) / r)
+  return rec, np.mean(rps), np.mean(aps)
+
+
+def near_ties(n, seed, d=16, clusters=6, grid=12):
+  """Clusters on an integer grid plus offsets on a 2^-grid grid: many exact and near ties,
+  closer than float32's |q|^2 + |g|^2 - 2 q.g can separate (all values exact in float32)."""
+  rng = np.random.default_rng(seed)
+  centers = rng.integers(-3, 4, size=(clusters, d))
+  offsets = rng.integers(-4, 5, size=(n, d)) * 2.0 ** -grid
+  return (centers[rng.integers(0, clusters, n)] + offsets).astype(np.float32)
+
+
+class OnDevice:
+  """Mixed into a test class: its searches use the device engine (XLA, what ``"auto"`` picks on an
+  accelerator), where the class itself runs with what ``"auto"`` picks here (the host engine on a CPU)."""
+
+  def setUp(self):
+    super().setUp()
+    patcher = mock.patch.object(ev_exact, "_auto_engine", return_value="device")
+    patcher.start()
+    self.addCleanup(patcher.stop)
+
+  def test_the_searches_run_on_the_device_engine(self):
+    calls = []
+    real = ev_device._knn_chunk
+    with mock.patch.object(ev_device, "_knn_chunk", lambda *a, **kw: calls.append(1) or real(*a, **kw)):
+      ev.nearest_neighbors(blobs()[0], k=3)
+    self.assertNotEqual(calls, [])
+
+
+class SmallTiles:
+  """Mixed into a test class: leave-one-out searches on the host take the symmetric path
+  (``_symmetric_candidates``) with tiles of 16 rows, so that test sets of a few hundred items
+  have many tiles, first offers narrower than the candidates, and many merges."""
+
+  def setUp(self):
+    super().setUp()
+    patcher = mock.patch.object(ev_host, "_TILE", 16)
+    patcher.start()
+    self.addCleanup(patcher.stop)
+
+  def test_the_searches_take_the_symmetric_path(self):
+    calls = []
+    real = ev_host._symmetric_candidates
+    with mock.patch.object(ev_host, "_symmetric_candidates", lambda *a: calls.append(1) or real(*a)):
+      ev.nearest_neighbors(blobs()[0], k=3, engine="host")
+    self.assertEqual(calls, [1])
+
+
+def eval_data(seed=0, n=40, classes=4, d=3, spread=1.0):
+  rng = np.random.default_rng(seed)
+  y = np.arange(n) % classes
+  centers = rng.normal(size=(classes, d)) * 3
+  return (centers[y] + spread * rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def blas_threads(info=None):
+  return {i["num_threads"] for i in (info or threadpoolctl.threadpool_info()) if i["user_api"] == "blas"}
+
+
+class ProductSpy:
+  """Stands in for ``np.matmul(a, b)``: records the BLAS threads and the worker thread of each product,
+  checks that both operands are float32 (and ``check(a, b)`` if given), and computes it."""
+
+  def __init__(self, test, check=None):
+    self.test, self.check, self.real = test, check, np.matmul
+    self.seen, self.workers = [], set()
+
+  def __call__(self, a, b):
+    self.seen.append(blas_threads())
+    self.workers.add(threading.get_ident())
+    self.test.assertEqual((a.dtype, b.dtype), (np.float32, np.float32))
+    if self.check:
+      self.check(a, b)
+    return self.real(a, b)
+
+
+# --- experiments: fast runs and what they leave on disk
+
+
+RESULT_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
+               "map@r", "nmi", "f1"}
+
+
+def fast_default(**overrides):
+  c = default.get_config()
+  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 12, 4, 6, 4
+  c.compilation_cache_dir = ""
+  c.plots = False
+  c.num_devices = 1   # the suite runs with 8 fake devices; these batches are small
+  for key, value in overrides.items():
+    override(c, key, value)
+  return c
+
+
+def restored_latest(cfg, workdir):
+  data = datasets.load_data(cfg)
+  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=10)
+  state = checkpoints.restore(mgr, build_state(cfg, data))
+  mgr.close()
+  return state
+
+
+def saved_steps(workdir):
+  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=100)
+  steps = sorted(mgr.all_steps())
+  mgr.close()
+  return steps
+
+
+# --- data: photographs and official-layout trees written by the tests
+
+
+def photos(n_classes=4, per_class=3):
+  """``[(species folder, [paths])]`` of real photographs."""
+  classes = sorted(os.listdir(CUB100))[:n_classes]
+  return [(c, [os.path.join(CUB100, c, f) for f in sorted(os.listdir(os.path.join(CUB100, c)))[:per_class]])
+          for c in classes]
+
+
+def pil_rgb(path, size):
+  with Image.open(path) as img:
+    return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def make_cub_tree(root, class_ids=(1, 2, 101, 102)):
+  base = os.path.join(root, "CUB_200_2011")
+  lines_img, lines_lab, sources = [], [], {}
+  image_id = 1
+  for cid, (species, paths) in zip(class_ids, photos(len(class_ids))):
+    folder = f"{cid:03d}.{species}"
+    os.makedirs(os.path.join(base, "images", folder))
+    for p in paths:
+      rel = f"{folder}/{os.path.basename(p)}"
+      shutil.copy(p, os.path.join(base, "images", rel))
+      lines_img.append(f"{image_id} {rel}")
+      lines_lab.append(f"{image_id} {cid}")
+      sources[rel] = p
+      image_id += 1
+  open(os.path.join(base, "images.txt"), "w").write("\n".join(lines_img) + "\n")
+  open(os.path.join(base, "image_class_labels.txt"), "w").write("\n".join(lines_lab) + "\n")
+  return sources
+
+
+# --- parallel: batches for the sharding tests
+
+
+def synthetic_batches(loss, batch_size, steps, seed=0, num_classes=16):
+  """Random 8x8 'images' with tuple layouts valid for ``loss``."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(steps):
+    if loss == "npair":
+      p = batch_size // 2
+      cls = rng.permutation(num_classes)[:p]
+      labels = np.concatenate([cls, cls])
+    else:
+      t = batch_size // 3
+      cls = rng.permutation(num_classes)
+      labels = np.concatenate([cls[:t], cls[:t], cls[t:2 * t]])
+    images = rng.normal(size=(batch_size, 8, 8, 1)).astype(np.float32) + labels[:, None, None, None] * 0.1
+    out.append({"images": images, "labels": labels.astype(np.int32)})
+  return out

@@ -68,9 +68,9 @@ def main(argv=None):
   ap.add_argument("--out", default=None, help="also write the results as JSON")
   args = ap.parse_args(argv)
   try:
+    import pytorch_metric_learning
     import torch
     from pytorch_metric_learning import distances, losses, miners, reducers
-    import pytorch_metric_learning
   except ImportError as e:
     sys.exit(f"compare_pml: {e.name} is not installed; this script needs torch and "
              "pytorch-metric-learning (pip install torch pytorch-metric-learning).")
@@ -79,7 +79,8 @@ def main(argv=None):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
 
-  from hdml_jax import label_losses, losses as hl
+  from hdml_jax import label_losses
+  from hdml_jax import losses as hl
 
   m = args.margin
   lp = lambda: distances.LpDistance(normalize_embeddings=False, p=2, power=1)

@@ -19,7 +19,6 @@ import os
 import tempfile
 import time
 
-
 from experiments import datasets
 from experiments.configs import cub100
 

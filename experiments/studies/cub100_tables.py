@@ -39,8 +39,20 @@ import numpy as np
 
 from experiments.checkpoints import write_json_atomic
 from experiments.overrides import split_overrides
-from experiments.studies.common import (KEYS, METHODS, check_overrides, fmt, fmt_diff, last_value, paired_difference, plot_curves,
-                                        plot_hardness, run_one, selected, wall_minutes)
+from experiments.studies.common import (
+  KEYS,
+  METHODS,
+  check_overrides,
+  fmt,
+  fmt_diff,
+  last_value,
+  paired_difference,
+  plot_curves,
+  plot_hardness,
+  run_one,
+  selected,
+  wall_minutes,
+)
 
 __all__ = ["TABLES", "chosen_lr", "main", "pretrained_file", "regime_run"]
 

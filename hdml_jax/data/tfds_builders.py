@@ -32,7 +32,6 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-
 __all__ = [
     "BUILDERS",
     "Cars196Dml",

@@ -17,7 +17,6 @@ import tensorflow_datasets as tfds
 
 from hdml_jax.data.tfds_builders import BUILDERS, ImageFolderDml, check_manual_dir
 
-
 __all__ = [
     "TfdsSplit",
     "make_builder",

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Conv, Dense
 from hdml_jax.models.registry import register_backbone
 
-
 __all__ = [
     "MLPBackbone",
     "SmallConvNet",

@@ -14,7 +14,6 @@ import jax
 
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM, Dense, batch_norm
 
-
 __all__ = [
     "Classifier",
     "EmbeddingHead",

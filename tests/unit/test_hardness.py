@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
@@ -66,6 +67,7 @@ class SynthesizeTest(chex.TestCase):
       chex.assert_tree_all_finite(hardness.synthesize_negatives(a, p, n, alpha=90.0, j_avg=30.0))
       self.assertTrue(name)
 
+  @pytest.mark.slow
   def test_no_stop_gradient(self):
     # The output depends on the anchor and the positive through d+ (harder branch).
     z, zp, zn = jnp.zeros((1, 2)), jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 4.0]])
@@ -123,6 +125,7 @@ class NPairTuplesTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, r"expected shape \(12, F\) for P=3, got \(11, 2\)"):
       t.unflatten(flat[:11])
 
+  @pytest.mark.slow
   def test_gradients_finite_identical_embeddings(self):
     x = jnp.ones((4, 3))
     fn = lambda a, p: jnp.sum(hardness.expand_npair_tuples(a, p, alpha=90.0, j_avg=10.0).flat() ** 2)
@@ -165,6 +168,7 @@ class TupleLayoutAndErrorsTest(chex.TestCase):
       with self.assertRaisesRegex(ValueError, rf"^synthesize_negatives: `{name}` must have rank 2"):
         hardness.synthesize_negatives(args["anchors"], args["positives"], args["negatives"], alpha=1.0, j_avg=1.0)
 
+  @pytest.mark.slow
   def test_synthesize_negatives_errors_and_dtypes(self):
     ok = jnp.ones((3, 2))
     with self.assertRaisesRegex(ValueError, r"^synthesize_negatives: shapes must match, got `anchors` \(3, 2\), "

@@ -9,31 +9,12 @@ import tempfile
 import chex
 import jax
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from hdml_jax import parallel
 from hdml_jax.train_step import make_train_step
-from tests.helpers import max_abs_diff, tiny_state
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def synthetic_batches(loss, batch_size, steps, seed=0, num_classes=16):
-  """Random 8x8 'images' with tuple layouts valid for ``loss``."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for _ in range(steps):
-    if loss == "npair":
-      p = batch_size // 2
-      cls = rng.permutation(num_classes)[:p]
-      labels = np.concatenate([cls, cls])
-    else:
-      t = batch_size // 3
-      cls = rng.permutation(num_classes)
-      labels = np.concatenate([cls[:t], cls[:t], cls[t:2 * t]])
-    images = rng.normal(size=(batch_size, 8, 8, 1)).astype(np.float32) + labels[:, None, None, None] * 0.1
-    out.append({"images": images, "labels": labels.astype(np.int32)})
-  return out
+from tests.helpers import REPO, max_abs_diff, synthetic_batches, tiny_state
 
 
 def run_on_mesh(devices, loss, batches):
@@ -51,6 +32,7 @@ class ParallelTest(chex.TestCase):
     self.assertGreaterEqual(jax.device_count(), 8)
 
   @parameterized.named_parameters(("npair", "npair", 16), ("triplet", "triplet", 24))
+  @pytest.mark.slow
   def test_one_and_eight_devices_agree(self, loss, batch_size):
     batches = synthetic_batches(loss, batch_size, steps=3)
     p1, s1, m1 = run_on_mesh(jax.devices()[:1], loss, batches)
@@ -69,6 +51,7 @@ class ParallelTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "batch size 12 is not divisible by 8"):
       parallel.shard_batch(synthetic_batches("npair", 12, 1)[0], mesh)
 
+  @pytest.mark.slow
   def test_pmap_keeps_replicas_identical(self):
     n = 8
     state = tiny_state(num_classes=16)

@@ -9,12 +9,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
-from hdml_jax.statistics import AdaptiveStatistics
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.networks import build_networks
 from hdml_jax.optimizers import GROUP_OF, make_optimizer, schedule
+from hdml_jax.statistics import AdaptiveStatistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
 
 NON_NEGATIVE = ("alpha", "beta", "alpha_relative", "beta_relative", "softmax_factor", "l2_reg", "weight_decay",
@@ -228,6 +229,7 @@ class NetworksAndStateTest(parameterized.TestCase):
     self.assertEqual(defaults.generator.hidden_dim, 512)
     self.assertEqual(type(defaults.backbone).__name__, "SmallConvNet")
 
+  @pytest.mark.slow
   def test_state_holds_every_part_with_its_shapes_and_initial_values(self):
     config = HDMLConfig(loss="triplet", beta=5e3)
     opt = OptimizerConfig(metric_lr=0.1, metric_boundaries=(), generator_lr=0.1, classifier_lr=0.1)
@@ -270,6 +272,7 @@ class NetworksAndStateTest(parameterized.TestCase):
     self.assertEqual(z.shape, (3, 5))
     np.testing.assert_allclose(np.linalg.norm(np.asarray(z), axis=1), 1.0, rtol=1e-5)
 
+  @pytest.mark.slow
   def test_defaults_of_the_state(self):
     state = create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=3, embedding_dim=4,
                                backbone_kwargs={"widths": (2, 4)})

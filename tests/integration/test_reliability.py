@@ -10,13 +10,15 @@ import tempfile
 
 import chex
 import numpy as np
+import pytest
 
 from experiments import checkpoints, logs
 from experiments.evaluate import evaluate_checkpoint
 from experiments.train import train_and_evaluate
 from hdml_jax import weights
-from tests.test_experiments import REPO, fast_default
-from tests.helpers import tiny_cub
+from tests.helpers import REPO, fast_default, tiny_cub
+
+pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
 
 def strict_json(path):
@@ -87,7 +89,7 @@ class ResumeTest(chex.TestCase):
   def test_rows_up_to_the_checkpoint_survive_a_hard_kill(self):
     # A kill -9 runs no `finally`: what was flushed with the checkpoint must be on disk.
     code = ("import os, sys; sys.path.insert(0, %r)\n"
-            "from tests.test_experiments import fast_default\n"
+            "from tests.helpers import fast_default\n"
             "from experiments.train import train_and_evaluate\n"
             "def hook(step, m):\n"
             "  if step == 9: os._exit(9)\n"

@@ -9,45 +9,17 @@ import tempfile
 import chex
 import jax
 import numpy as np
+import pytest
 
 from experiments import checkpoints, datasets
-from experiments.configs import cub100, default, paper
-from experiments.configs.base import override
+from experiments.configs import cub100, paper
 from experiments.evaluate import evaluate_checkpoint
 from experiments.loop import NonFiniteLossError, NonFiniteStateError
-from experiments.runtime import build_state, file_sha256
+from experiments.runtime import file_sha256
 from experiments.train import train_and_evaluate
-from tests.helpers import max_abs_diff, tiny_cub
+from tests.helpers import REPO, RESULT_KEYS, fast_default, max_abs_diff, restored_latest, saved_steps, tiny_cub
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULT_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision",
-               "map@r", "nmi", "f1"}
-
-
-def fast_default(**overrides):
-  c = default.get_config()
-  c.num_steps, c.log_every, c.eval_every, c.checkpoint_every = 12, 4, 6, 4
-  c.compilation_cache_dir = ""
-  c.plots = False
-  c.num_devices = 1   # the suite runs with 8 fake devices; these batches are small
-  for key, value in overrides.items():
-    override(c, key, value)
-  return c
-
-
-def restored_latest(cfg, workdir):
-  data = datasets.load_data(cfg)
-  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=10)
-  state = checkpoints.restore(mgr, build_state(cfg, data))
-  mgr.close()
-  return state
-
-
-def saved_steps(workdir):
-  mgr = checkpoints.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=100)
-  steps = sorted(mgr.all_steps())
-  mgr.close()
-  return steps
+pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
 
 class ExperimentsTest(chex.TestCase):
@@ -267,7 +239,7 @@ class ExperimentsTest(chex.TestCase):
 class TfdsExperimentTest(chex.TestCase):
 
   def test_cub_official_layout_streams_through_a_run(self):
-    from tests.test_data import make_cub_tree
+    from tests.helpers import make_cub_tree
 
     manual = tempfile.mkdtemp()
     make_cub_tree(manual, class_ids=(1, 2, 3, 101, 102))

@@ -10,13 +10,14 @@ hyper-parameter set to a distinct value so that passing the wrong one shows.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from hdml_jax import hardness, losses, objective
+from hdml_jax.config import HDMLConfig
 from hdml_jax.head import check_batch, hdml_objective, init_hdml_head, synthetic_inputs
 from hdml_jax.networks import HDMLHead
 from hdml_jax.statistics import init_statistics
-from hdml_jax.config import HDMLConfig
 
 F, E, C, HIDDEN = 12, 6, 5, 16
 DISTINCT = dict(alpha=1.5, beta=0.7, lam=0.3, softmax_factor=2.0, l2_reg=0.02, weight_decay=0.01, margin=0.6,
@@ -140,6 +141,7 @@ class HDMLObjectiveTest(parameterized.TestCase):
     return out
 
   @parameterized.product(loss=("npair", "triplet", "contrastive"), bn1_update=("both", "real"))
+  @pytest.mark.slow
   def test_every_term_equals_the_recomposition(self, loss, bn1_update):
     out = self.check(HDMLConfig(loss=loss, bn1_update=bn1_update, **DISTINCT),
                      decay_params={"conv": {"kernel": jnp.full((2, 3), 0.5), "bias": jnp.ones(3)},
@@ -162,6 +164,7 @@ class HDMLObjectiveTest(parameterized.TestCase):
     np.testing.assert_allclose(out.metrics["w"], 1.0)
 
   @parameterized.parameters("npair", "triplet", "contrastive")
+  @pytest.mark.slow
   def test_baseline_is_the_metric_loss_with_decay(self, loss):
     out = self.check(HDMLConfig(loss=loss, hdml=False, **DISTINCT), decay_params={"kernel": jnp.ones(3)})
     self.assertEqual(set(out.batch_stats), {"embedding"})

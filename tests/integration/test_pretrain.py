@@ -6,14 +6,16 @@ import tempfile
 
 import chex
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from experiments import datasets, pretrain
 from experiments.runtime import build_state, file_sha256
 from experiments.train import train_and_evaluate
 from hdml_jax import weights
-from tests.helpers import max_abs_diff, tiny_cub
-from tests.test_experiments import fast_default
+from tests.helpers import fast_default, max_abs_diff, tiny_cub
+
+pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
 
 def npz_arrays(path):

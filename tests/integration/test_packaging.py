@@ -15,6 +15,10 @@ import tempfile
 import unittest
 import zipfile
 
+import pytest
+
+pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -4,10 +4,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
-from hdml_jax.data import load_digits_split, make_sampler
 from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.data import load_digits_split, make_sampler
 from hdml_jax.head import synthetic_inputs
 from hdml_jax.inference import embed_in_batches
 from hdml_jax.train_state import create_train_state
@@ -36,6 +37,7 @@ class TrainStepTest(chex.TestCase):
     self.assertTrue(bool(m["finite"]))
 
   @parameterized.parameters("npair", "triplet")
+  @pytest.mark.slow
   def test_relative_alpha_and_beta_follow_the_first_block(self, loss):
     # Statistics blocks of 4 steps. Hand computation from the logged values:
     # the first block's means J_avg_first = mean(w J_m), J_gen_first =
@@ -68,6 +70,7 @@ class TrainStepTest(chex.TestCase):
       tiny_state(alpha_relative=-1.0)
 
   @parameterized.product(loss=("npair", "triplet", "contrastive"), hdml=(True, False))
+  @pytest.mark.slow
   def test_every_loss_runs_and_reports(self, loss, hdml):
     state = tiny_state(loss=loss, hdml=hdml)
     state, metrics = _run(state, [digits_batch(loss, step=i) for i in range(2)])
@@ -106,6 +109,7 @@ class TrainStepTest(chex.TestCase):
       else:
         self.assertEqual(diff, 0.0, group)
 
+  @pytest.mark.slow
   def test_each_group_changes_only_through_its_own_optimizer(self):
     self._only_groups_change(OptimizerConfig(metric_lr=1e-3, generator_lr=0.0, classifier_lr=0.0),
                              {"backbone", "embedding"})
@@ -114,6 +118,7 @@ class TrainStepTest(chex.TestCase):
     self._only_groups_change(OptimizerConfig(metric_lr=0.0, generator_lr=0.0, classifier_lr=1e-3),
                              {"classifier"})
 
+  @pytest.mark.slow
   def test_each_group_learns_from_its_own_loss(self):
     batch = digits_batch(step=0)
     base, _ = _run(tiny_state(lam=0.5, softmax_factor=1e4), [batch])
@@ -142,6 +147,7 @@ class TrainStepTest(chex.TestCase):
     _, mb = jax.jit(make_train_step(base.networks, base.config))(base, batch, jax.random.key(0))
     self.assertTrue(np.isfinite(float(mb["grad_norm/backbone"])))
 
+  @pytest.mark.slow
   def test_bn1_update_rule(self):
     batch = digits_batch(step=0)
     both, _ = _run(tiny_state(bn1_update="both"), [batch])
@@ -193,6 +199,7 @@ class TrainStepTest(chex.TestCase):
       self.assertLess(max_abs_diff(after.batch_stats["backbone"], want["batch_stats"]), 1e-5)
     self.assertGreater(max_abs_diff(states[2].batch_stats["backbone"], states[1].batch_stats["backbone"]), 1e-4)
 
+  @pytest.mark.slow
   def test_a_nonfinite_generator_or_classifier_loss_is_flagged(self):
     # A NaN classifier leaves J_metric finite but makes J_soft (so J_gen) and J_cls NaN: still flagged.
     state = tiny_state()
@@ -246,6 +253,7 @@ class LearningTest(chex.TestCase):
   """On digits (classes 0-4 train, 5-9 held out), both methods learn."""
 
   @parameterized.named_parameters(("baseline", False), ("hdml", True))
+  @pytest.mark.slow
   def test_losses_fall_and_held_out_recall_rises(self, hdml):
     xtr, ytr = load_digits_split("train")
     xte, yte = load_digits_split("test")

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from experiments.examples import own_loop
@@ -21,6 +22,7 @@ def digits_batch(loss, size, step):
 
 class OwnLoopTest(chex.TestCase):
 
+  @pytest.mark.slow
   def test_example_first_step_equals_make_train_step(self):
     backbone, head, params, head_stats = own_loop.init(jax.random.key(0), num_classes=5)
     tx = own_loop.make_optimizer()
@@ -52,6 +54,7 @@ class OwnLoopTest(chex.TestCase):
     self.assertLess(np.mean([h["j_cls"] for h in history[-10:]]), np.mean([h["j_cls"] for h in history[:10]]))
 
   @parameterized.parameters("npair", "triplet", "contrastive")
+  @pytest.mark.slow
   def test_each_term_reaches_only_its_own_group(self, loss):
     config = HDMLConfig(loss=loss, beta=1e3)
     head, params, head_stats = init_hdml_head(jax.random.key(0), feature_dim=12, embedding_dim=6,

@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from hdml_jax import label_losses as ll
@@ -95,6 +96,7 @@ class LabelLossesTest(chex.TestCase):
     self.assertEqual(float(value), 0.0)
     chex.assert_tree_all_finite(g)
 
+  @pytest.mark.slow
   def test_npair_and_contrastive_gradients_finite_at_coincident_points(self):
     x = jnp.zeros((4, 3))
     y = jnp.array([0, 0, 1, 2])

@@ -62,12 +62,14 @@ class GoogLeNetTest(chex.TestCase):
 
   # googlenet at 227 is covered by test_reference_spatial_sizes_at_227.
   @parameterized.parameters(("googlenet", 224), ("googlenet_bn", 227), ("googlenet_bn", 224))
+  @pytest.mark.slow
   def test_output_shapes(self, name, size):
     net, variables = _init(name, size)
     y = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, jnp.ones((2, size, size, 3)))
     chex.assert_shape(y, (2, 1024))
     chex.assert_tree_all_finite(y)
 
+  @pytest.mark.slow
   def test_reference_spatial_sizes_at_227(self):
     net, variables = _init("googlenet", 227)
     y, inter = jax.jit(lambda v, x: net.apply(v, x, train=False, capture_intermediates=True))(
@@ -81,6 +83,7 @@ class GoogLeNetTest(chex.TestCase):
     self.assertEqual(n, 5973552)   # Caffe GoogLeNet without its auxiliary heads and classifier
 
   @parameterized.parameters("tf", "caffe")
+  @pytest.mark.slow
   def test_stem_against_numpy_scipy_reference(self, mode):
     net, variables = _init("googlenet", 37, lrn=mode)
     rng = np.random.default_rng(0)
@@ -97,6 +100,7 @@ class GoogLeNetTest(chex.TestCase):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-3)
     self.assertGreater(np.abs(want).max(), 1.0)   # a real signal, not all zeros
 
+  @pytest.mark.slow
   def test_bfloat16_compute_keeps_float32_params_and_output(self):
     net32, variables = _init("googlenet", 67)
     net16 = get_backbone("googlenet", dtype=jnp.bfloat16)
@@ -116,6 +120,7 @@ class GoogLeNetTest(chex.TestCase):
 
 class WeightImportTest(chex.TestCase):
 
+  @pytest.mark.slow
   def test_caffe_round_trip_mat_and_npz(self):
     _, variables = _init("googlenet", 35, seed=3)
     params = variables["params"]
@@ -128,6 +133,7 @@ class WeightImportTest(chex.TestCase):
     for loaded in (weights.load_caffe_mat(os.path.join(d, "g.mat")), weights.load_npz(os.path.join(d, "g.npz"))):
       _same(weights.caffe_blobs_to_params(loaded, params), params)
 
+  @pytest.mark.slow
   def test_torchvision_round_trip_safetensors(self):
     from safetensors.numpy import save_file
     _, variables = _init("googlenet_bn", 35, seed=4)
@@ -194,6 +200,7 @@ class WeightImportTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "unknown torchvision weight format"):
       weights.load_torchvision_state("weights.bin")
 
+  @pytest.mark.slow
   def test_convert_command_and_pretrained_config(self):
     _, variables = _init("googlenet", 35, seed=5)
     d = tempfile.mkdtemp()

@@ -1,15 +1,12 @@
 """The bugs a reimplementation most easily has and the rest of the suite would not see."""
 
-import json
-import os
-import tempfile
-from unittest import mock
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 import hdml_jax as hd
@@ -83,6 +80,7 @@ class MetricGradientPathTest(parameterized.TestCase):
 
   # The triplet batch of step 0 has no active triplet (a zero gradient): step 1's has.
   @parameterized.parameters(("npair", 0), ("triplet", 1), ("contrastive", 0))
+  @pytest.mark.slow
   def test_metric_gradient_reaches_the_backbone_through_the_synthesis(self, loss, step):
     # beta = 3e6 gives w = exp(-3) in the first block: J_syn carries 95 % of
     # J_metric, so a cut anywhere on the synthetic path (before the
@@ -149,58 +147,3 @@ class WeightDecayTest(chex.TestCase):
     self.assertIn("BatchNorm_0", params)
     # Only Dense_0 decays: kernel 4x3 and bias 3, every entry 2.
     self.assertAlmostEqual(float(objective.weight_decay(params, wd=0.1)), 0.1 * 0.5 * 4.0 * (12 + 3), places=5)
-
-
-def fast(**overrides):
-  from tests.test_experiments import fast_default
-
-  return fast_default(**{"dataset.num_val_classes": 2, "selection.split": "val", "batch_size": 6,
-                         **overrides})
-
-
-class SelectionAndCheckpointTest(chex.TestCase):
-
-  def test_resume_keeps_the_best_checkpoint_found_before_the_interruption(self):
-    from experiments.train import train_and_evaluate
-
-    cfg = fast(eval_every=2, checkpoint_every=2, num_steps=8)
-    workdir = tempfile.mkdtemp()
-
-    def crash(step, metrics):
-      if step == 5:
-        raise KeyboardInterrupt("simulated kill")
-
-    with self.assertRaises(KeyboardInterrupt):
-      train_and_evaluate(cfg, workdir, step_hook=crash)
-    path = os.path.join(workdir, "best.json")
-    best = json.load(open(path))
-    best["value"] = 2.0          # unbeatable: no later evaluation may replace it
-    json.dump(best, open(path, "w"))
-    results = train_and_evaluate(cfg, workdir)
-    self.assertEqual(results["best"]["step"], best["step"])
-    self.assertEqual(json.load(open(path)), best)
-
-  def test_equal_selection_metrics_keep_the_earlier_checkpoint(self):
-    from experiments import selection, train
-
-    real = selection.evaluate_split
-
-    def constant_on_val(cfg, state, data, split, **kwargs):
-      out = real(cfg, state, data, split, **kwargs)
-      if split is data.val:
-        out["recall@1"] = 0.5    # every evaluation ties
-      return out
-
-    with mock.patch.object(selection, "evaluate_split", constant_on_val):
-      results = train.train_and_evaluate(fast(eval_every=4, num_steps=12), tempfile.mkdtemp())
-    self.assertEqual(results["best"]["step"], 4)
-
-  def test_the_final_step_is_always_checkpointed(self):
-    from experiments.train import train_and_evaluate
-    from tests.test_experiments import fast_default, restored_latest, saved_steps
-
-    cfg = fast_default(num_steps=10, checkpoint_every=4, keep_checkpoints=5)
-    workdir = tempfile.mkdtemp()
-    train_and_evaluate(cfg, workdir)
-    self.assertEqual(saved_steps(workdir), [4, 8, 10])
-    self.assertEqual(int(restored_latest(cfg, workdir).step), 10)

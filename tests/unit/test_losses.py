@@ -1,8 +1,10 @@
 import math
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
@@ -40,6 +42,7 @@ class NPairTest(chex.TestCase):
     # logits [[1, 0], [0, 1]] -> CE = log(1 + e^-1) for each row.
     np.testing.assert_allclose(losses.npair_loss(a, a), np.log1p(np.exp(-1.0)), rtol=1e-6)
 
+  @pytest.mark.slow
   def test_gradients(self):
     with jax.enable_x64(True):
       a, p = jnp.asarray(_rand(6, 4, 3), jnp.float64), jnp.asarray(_rand(7, 4, 3), jnp.float64)
@@ -77,6 +80,7 @@ class SyntheticNPairTest(chex.TestCase):
     np.testing.assert_allclose(
         losses.synthetic_npair_loss(a, c, l2_reg=0.2), losses.npair_loss(a, p, l2_reg=0.2), rtol=1e-5)
 
+  @pytest.mark.slow
   def test_gradients(self):
     with jax.enable_x64(True):
       a, c = jnp.asarray(_rand(4, 3, 2), jnp.float64), jnp.asarray(_rand(5, 3, 3, 2), jnp.float64)
@@ -144,6 +148,7 @@ class ContrastiveTest(chex.TestCase):
         losses.contrastive_loss(x1, x2, same.astype(bool), margin=1.5),
         reference.contrastive(x1, x2, same, 1.5).mean(), rtol=1e-5)
 
+  @pytest.mark.slow
   def test_gradients_at_coincident_points(self):
     x = jnp.ones((2, 3))
     g = jax.grad(lambda a: losses.contrastive_loss(a, x, jnp.array([0, 1])))(x)

@@ -2,6 +2,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hdml_jax import models
 from tests.helpers import tiny_state
@@ -18,6 +19,7 @@ class ModelsTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "already registered"):
       models.register_backbone("tiny")(object)
 
+  @pytest.mark.slow
   def test_small_cnn_sizes(self):
     net = models.get_backbone("small_cnn", widths=(8, 16, 32), depth=2)
     for size in (28, 64, 128):
@@ -64,6 +66,7 @@ class ModelsTest(chex.TestCase):
     base = tiny_state(hdml=False)
     self.assertEqual(set(base.params), {"backbone", "embedding"})
 
+  @pytest.mark.slow
   def test_parameterless_backbone_trains_on_precomputed_features(self):
     # mlp with no hidden layers is the identity on flattened inputs: the
     # state has an empty backbone group and the step trains the rest.
