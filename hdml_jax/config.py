@@ -11,7 +11,9 @@ from typing import Sequence
 
 __all__ = ["BN1_UPDATES", "LOSSES", "HDMLConfig", "OptimizerConfig"]
 
+#: The metric losses of :class:`HDMLConfig` (``loss=``).
 LOSSES = ("npair", "triplet", "contrastive")
+#: Which passes update BN1's moving statistics (:class:`HDMLConfig`'s ``bn1_update``).
 BN1_UPDATES = ("both", "real")
 
 

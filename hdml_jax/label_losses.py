@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 
+#: The ``reduction=`` values of the label losses.
 REDUCTIONS = ("mean", "sum", "none")
+#: The ``mining=`` values of :func:`triplet_loss_from_labels`.
 MININGS = ("all", "batch_hard", "semi_hard")
 
 

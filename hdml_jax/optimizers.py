@@ -9,8 +9,9 @@ from hdml_jax.config import OptimizerConfig
 
 __all__ = ["GROUP_OF", "GROUPS", "make_optimizer", "schedule"]
 
+#: The three parameter groups, each with its own Adam and schedule.
 GROUPS = ("metric", "generator", "classifier")
-# The parameter group each top-level part of the parameters belongs to.
+#: The parameter group each top-level part of the parameters belongs to.
 GROUP_OF = {"backbone": "metric", "embedding": "metric", "generator": "generator", "classifier": "classifier"}
 
 

@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 
+#: The data mesh's one axis, over which batches are sharded.
 DATA_AXIS = "data"
+#: The axis name of the pmapped step (gradients and statistics are averaged over it).
 PMAP_AXIS = "devices"
 
 
@@ -55,10 +57,12 @@ def make_data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of an array held whole on every device of ``mesh`` (the train state)."""
   return NamedSharding(mesh, PartitionSpec())
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
+  """The sharding of a batch split along its leading axis over the mesh's ``data`` axis."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 

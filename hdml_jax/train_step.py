@@ -34,7 +34,9 @@ from hdml_jax.train_state import HDMLTrainState
 
 __all__ = ["Batch", "StepFn", "make_train_step"]
 
+#: A batch: ``{"images": [B, ...], "labels": [B]}``.
 Batch = dict[str, jax.Array]
+#: The train step's type: ``(state, batch, rng) -> (state, metrics)``.
 StepFn = Callable[[HDMLTrainState, Batch, jax.Array], tuple[HDMLTrainState, dict]]
 
 

@@ -123,6 +123,7 @@ def load_caffe_mat(path: str) -> dict[str, np.ndarray]:
 
 
 def save_caffe_mat(path: str, blobs: Mapping[str, np.ndarray]) -> None:
+  """Writes Caffe-named blobs as a MATLAB ``.mat`` file (the layout :func:`load_caffe_mat` reads)."""
   from scipy.io import savemat
 
   savemat(path, dict(blobs))
@@ -242,6 +243,7 @@ def save_variables(path: str, variables: Mapping, *, meta: Mapping[str, object] 
   os.replace(tmp, path)
 
 
+#: The key prefix of the metadata entries in a saved variables file (``meta/...``).
 META = "meta"
 
 

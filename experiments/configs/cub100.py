@@ -14,8 +14,8 @@ class sub-folders:
         --config.hdml.loss=triplet --config.batch_size=60 --config.hdml.enabled=False
 
 Trained from scratch (no ImageNet weights), so the paper's CUB numbers (R@1
-53.7 with a pretrained GoogLeNet) are not the target; the README's study
-table gives what this configuration reaches.
+53.7 with a pretrained GoogLeNet) are not the target; the study page of the docs
+(docs/study_cub100.md) gives what this configuration reaches.
 """
 
 import os

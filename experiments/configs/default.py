@@ -4,8 +4,8 @@
 
 Classes 0-4 train, 5-9 test (class-disjoint); a small MLP backbone; about
 15 s on 2 CPU cores (14 s measured for the whole command, 9 s of training). The digits are 8x8 grey images, so this run is a
-smoke test of the whole system, not a replication: see the README's results
-table for what it reaches.
+smoke test of the whole system, not a replication: the quickstart page of the docs
+(docs/quickstart.md) gives what it reaches.
 """
 
 from experiments.configs.base import get_base_config

@@ -16,7 +16,9 @@ __all__ = [
 ]
 
 
+#: The digits that train in the embedded default run.
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
+#: The digits that test (class-disjoint from the training ones).
 TEST_CLASSES = (5, 6, 7, 8, 9)
 
 

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 
+#: The file extensions read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 

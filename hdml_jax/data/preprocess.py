@@ -25,9 +25,13 @@ __all__ = [
 ]
 
 
+#: Caffe's ImageNet mean in BGR order, on 0-255 pixels (the ``"paper"`` recipe).
 CAFFE_MEAN_BGR = np.array([104.0, 117.0, 123.0], np.float32)
+#: torchvision's ImageNet mean in RGB order, on 0-1 pixels (the ``"standard"`` recipe).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+#: torchvision's ImageNet standard deviation in RGB order (the ``"standard"`` recipe).
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: The preprocessing recipes :func:`preprocess` accepts.
 RECIPES = ("paper", "standard", "unit")
 
 

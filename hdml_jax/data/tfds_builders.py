@@ -7,16 +7,16 @@ decoded with Pillow when read (:mod:`hdml_jax.data.tfds_source`).
 
 Splits are class-disjoint, as in the paper:
 
-=======================  =============================  ==============================
-builder                  ``train``                      ``test``
-=======================  =============================  ==============================
-``cub200_2011_dml``      classes 1-100                  classes 101-200
-``cars196_dml``          classes 1-98                   classes 99-196
-``sop_dml``              ``Ebay_train.txt``             ``Ebay_test.txt``
-``image_folder_dml``     the first ``num_train_classes``  the rest
-=======================  =============================  ==============================
+=======================  =================================  ==============================
+builder                  ``train``                          ``test``
+=======================  =================================  ==============================
+``cub200_2011_dml``      classes 1-100                      classes 101-200
+``cars196_dml``          classes 1-98                       classes 99-196
+``sop_dml``              ``Ebay_train.txt``                 ``Ebay_test.txt``
+``image_folder_dml``     the first ``num_train_classes``    the rest
+=======================  =================================  ==============================
 
-Labels are the dataset's class ids minus one (0-based, over all classes).
+Labels are the dataset's class ids minus one (0-based, over all classes)::
 
     builder = Cub2002011Dml(data_dir="~/tensorflow_datasets")
     builder.download_and_prepare(
@@ -258,4 +258,5 @@ class ImageFolderDml(tfds.core.GeneratorBasedBuilder):
         yield rel, {"image": path, "label": label, "file_name": rel}
 
 
+#: Each builder class by its TFDS name.
 BUILDERS = {b.name: b for b in (Cub2002011Dml, Cars196Dml, SopDml, ImageFolderDml)}

@@ -91,4 +91,5 @@ class TfdsSplit:
 
 
 def open_split(builder, split: str, **kwargs) -> TfdsSplit:
+  """The :class:`TfdsSplit` reader of ``split`` of a prepared ``builder`` (keyword arguments go to it)."""
   return TfdsSplit(builder, split, **kwargs)

@@ -21,6 +21,7 @@ from hdml_jax.evaluation._checks import _as_embeddings
 __all__ = ["KNN_ENGINES", "nearest_neighbors", "resolve_knn_engine"]
 
 
+#: The engines that compute the exact kNN's float32 candidates (see :func:`resolve_knn_engine`).
 KNN_ENGINES = ("auto", "device", "host")
 
 
@@ -32,7 +33,7 @@ def resolve_knn_engine(engine: str = "auto") -> str:
   a chunk while the device searches the next. ``"host"``: NumPy's BLAS
   product and a selection on host threads, no padding to a bucket; on the
   CPU backend XLA's matrix product and ``top_k`` are slower than BLAS and
-  ``argpartition`` (see the README's evaluation benchmark). ``"auto"``:
+  ``argpartition`` (see the benchmarks page of the docs). ``"auto"``:
   ``"host"`` when JAX's default backend is the CPU, ``"device"`` otherwise.
   Both return the same neighbours: the float64 re-ranking decides every
   close call. While it runs, the host engine limits BLAS to one thread in

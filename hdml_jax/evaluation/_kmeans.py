@@ -19,6 +19,7 @@ from hdml_jax.evaluation._checks import _as_embeddings
 __all__ = ["FAST_MAX_ITER", "KMEANS_INITS", "KMEANS_PROTOCOLS", "REFERENCE_MAX_K", "kmeans", "kmeans_settings"]
 
 
+#: The initialisations :func:`kmeans` accepts (``init=``).
 KMEANS_INITS = ("greedy-k-means++", "k-means++", "random")
 
 
@@ -232,13 +233,14 @@ def kmeans(
   return out
 
 
+#: The clustering protocols of NMI and F1 (see :func:`kmeans_settings`).
 KMEANS_PROTOCOLS = ("auto", "reference", "fast")
 
+#: ``"auto"`` uses the reference protocol up to this many clusters, the fast one above.
+REFERENCE_MAX_K = 1024
 
-REFERENCE_MAX_K = 1024   # "auto" uses the reference protocol up to this many clusters
-
-
-FAST_MAX_ITER = 20       # the "fast" protocol's Lloyd budget: that of faiss's k-means in pytorch-metric-learning
+#: The ``"fast"`` protocol's Lloyd budget: that of faiss's k-means in pytorch-metric-learning.
+FAST_MAX_ITER = 20
 
 
 def kmeans_settings(protocol: str, k: int) -> dict:

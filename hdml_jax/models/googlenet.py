@@ -44,6 +44,7 @@ __all__ = [
 
 
 # name: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj)
+#: Each inception block's widths: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection.
 INCEPTION_SPECS = {
     "inception_3a": (64, 96, 128, 16, 32, 32),
     "inception_3b": (128, 128, 192, 32, 96, 64),
@@ -55,6 +56,7 @@ INCEPTION_SPECS = {
     "inception_5a": (256, 160, 320, 32, 128, 128),
     "inception_5b": (384, 192, 384, 48, 128, 128),
 }
+#: The inception blocks of each stage, in order (a max-pool between stages).
 STAGES = (("inception_3a", "inception_3b"),
           ("inception_4a", "inception_4b", "inception_4c", "inception_4d", "inception_4e"),
           ("inception_5a", "inception_5b"))

@@ -1,4 +1,8 @@
-"""Layer defaults shared by every module: the reference's initialisers and BN."""
+"""Layer defaults shared by every module: the reference's initialisers and BN.
+
+``Dense`` and ``Conv`` (internal) are Flax's layers with Glorot-uniform weights and zero
+biases, as in the reference; :func:`batch_norm` is BatchNorm with the reference's defaults.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,13 @@ import flax.linen as nn
 __all__ = [
     "BN_EPSILON",
     "BN_MOMENTUM",
-    "Conv",
-    "Dense",
     "batch_norm",
 ]
 
 
-# TensorFlow's BatchNorm defaults, which the reference inherits (Flax's differ).
+#: BatchNorm's moving-average momentum: TensorFlow's default, which the reference inherits.
 BN_MOMENTUM = 0.99
+#: BatchNorm's epsilon: TensorFlow's default, which the reference inherits.
 BN_EPSILON = 1e-3
 
 # Glorot-uniform weights and zero biases, as in the reference.
@@ -29,6 +32,7 @@ Conv = functools.partial(
 
 
 def batch_norm(train: bool, *, momentum: float, epsilon: float, name: str | None = None):
+  """``nn.BatchNorm`` normalising with batch statistics when ``train``, with the moving ones otherwise."""
   return nn.BatchNorm(
       use_running_average=not train, momentum=momentum, epsilon=epsilon, name=name
   )

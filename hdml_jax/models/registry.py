@@ -47,4 +47,5 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
 
 
 def available_backbones() -> list[str]:
+  """The registered backbone names, sorted."""
   return sorted(_BACKBONES)

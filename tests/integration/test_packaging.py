@@ -17,9 +17,10 @@ import zipfile
 
 import pytest
 
+from tests.helpers import REPO
+
 pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build_available() -> str | None:
