@@ -27,12 +27,22 @@ rounds (``--rounds``), so the ratios are side by side.
 
     python -m experiments.benchmarks.evaluation --scales cub,sop
     python -m experiments.benchmarks.evaluation --scales cub --families kmeans --peer --rounds 3
+
+``--other_checkout DIR`` times another checkout of this project (an earlier
+commit in a ``git worktree``, say) in the same interleaved rounds, each of its
+families right after this checkout's, and prints both checkouts' ratios: a
+before/after comparison under the same machine noise.
+
+    git worktree add /tmp/before HEAD~1
+    python -m experiments.benchmarks.evaluation --scales sop --families retrieval --peer --rounds 3 \
+        --other_checkout /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -146,6 +156,8 @@ def main(argv=None):
   ap.add_argument("--noise", type=float, default=1.2,
                   help="spread of the synthetic classes (1.2: Recall@1 near 1 at both scales; 3.5: about 0.03 "
                        "at SOP scale, about 0.6 at CUB scale)")
+  ap.add_argument("--other_checkout", default=None,
+                  help="another checkout of this project, timed in the same interleaved rounds")
   ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args._one:
@@ -162,30 +174,40 @@ def main(argv=None):
           print(f"--peer: {module} is not installed; {peer} skipped")
         else:
           families.append(peer)
+  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout
+  checkouts = {"this": here}
+  if args.other_checkout:
+    checkouts["other"] = os.path.abspath(args.other_checkout)
   rows = []
-  print(f"{'round':<6}{'scale':<6}{'family':<15}{'seconds':>9}{'peak MiB':>10}  metrics")
+  print(f"{'round':<6}{'checkout':<9}{'scale':<6}{'family':<15}{'seconds':>9}{'peak MiB':>10}  metrics")
   for r in range(args.rounds):
     for scale in args.scales.split(","):
       for family in families:
         if (scale, family) in SKIP:
           continue
-        out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.evaluation", "--_one",
-                              f"{scale}:{family}:{args.noise}"], capture_output=True, text=True, check=False)
-        if out.returncode:
-          raise RuntimeError(f"{scale}/{family} failed:\n{out.stderr[-3000:]}")
-        row = {"round": r, **json.loads(out.stdout.strip().splitlines()[-1])}
-        rows.append(row)
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row["metrics"].items()}
-        print(f"{r:<6}{scale:<6}{family:<15}{row['seconds']:>9.1f}{row['peak_rss_mib']:>10.0f}  {shown}",
-              flush=True)
+        # A peer does not depend on the checkout: timed once per round, with this one's data.
+        for name, path in (checkouts.items() if family in FAMILIES else [("this", here)]):
+          env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
+          out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.evaluation", "--_one",
+                                f"{scale}:{family}:{args.noise}"], capture_output=True, text=True, check=False,
+                               cwd=path, env=env)
+          if out.returncode:
+            raise RuntimeError(f"{scale}/{family} failed in {path}:\n{out.stderr[-3000:]}")
+          row = {"round": r, "checkout": name, **json.loads(out.stdout.strip().splitlines()[-1])}
+          rows.append(row)
+          shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row["metrics"].items()}
+          print(f"{r:<6}{name:<9}{scale:<6}{family:<15}{row['seconds']:>9.1f}{row['peak_rss_mib']:>10.0f}  "
+                f"{shown}", flush=True)
   for scale in args.scales.split(","):
-    median = {f: float(np.median([x["seconds"] for x in rows if x["scale"] == scale and x["family"] == f]))
-              for f in families if (scale, f) not in SKIP}
-    for family, peers in PEERS.items():
-      for peer in peers:
-        if family in median and peer in median:
-          print(f"{scale}: {family} / {peer} = {median[family] / median[peer]:.2f} (median seconds "
-                f"{median[family]:.2f} / {median[peer]:.2f})")
+    for name in checkouts:
+      median = {f: float(np.median([x["seconds"] for x in rows if x["scale"] == scale and x["family"] == f
+                                    and x["checkout"] == (name if f in FAMILIES else "this")]))
+                for f in families if (scale, f) not in SKIP}
+      for family, peers in PEERS.items():
+        for peer in peers:
+          if family in median and peer in median:
+            print(f"{scale}, {name} checkout: {family} / {peer} = {median[family] / median[peer]:.2f} "
+                  f"(median seconds {median[family]:.2f} / {median[peer]:.2f})")
   with open(args.out, "w") as f:
     json.dump(rows, f, indent=2)
   print(f"wrote {args.out}")

@@ -6,6 +6,7 @@
 import os
 import re
 
+import pytest
 from absl.testing import absltest, parameterized
 
 from tests.helpers import REPO
@@ -21,6 +22,7 @@ def python_blocks(path: str) -> list[str]:
 class DocsExamplesTest(parameterized.TestCase):
 
   @parameterized.parameters(*PAGES)
+  @pytest.mark.slow
   def test_every_python_block_runs(self, path):
     blocks = python_blocks(path)
     self.assertNotEmpty(blocks, f"{path} has no python block")

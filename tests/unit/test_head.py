@@ -226,6 +226,7 @@ class HDMLObjectiveTest(parameterized.TestCase):
     np.testing.assert_array_equal(default, synthetic_inputs(cfg, z, jnp.float32(2.0), 1.5))
     self.assertGreater(float(jnp.max(jnp.abs(default - synthetic_inputs(cfg, z, jnp.float32(2.0), 0.1)))), 1e-3)
 
+  @pytest.mark.slow
   def test_alpha_and_beta_metrics_are_float32_under_x64(self):
     # The configured constants are Python floats: the metrics must not become float64 when x64 is on.
     with jax.enable_x64(True):
@@ -240,6 +241,7 @@ class HDMLObjectiveTest(parameterized.TestCase):
       self.assertEqual(check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), want)
       self.assertIsInstance(check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), int)
 
+  @pytest.mark.slow
   def test_batch_layout_errors(self):
     head, params, bstats = init_hdml_head(jax.random.key(0), feature_dim=4, embedding_dim=2, num_classes=3,
                                           config=HDMLConfig(loss="triplet"), generator_hidden=4)

@@ -131,6 +131,7 @@ class MeshPrefetcherTest(chex.TestCase):
       parallel.MeshPrefetcher(endless(), parallel.make_data_mesh(), size=0)
 
 
+@pytest.mark.slow   # two processes
 class MultiProcessTest(chex.TestCase):
   """Two processes on loopback under jax.distributed, CPU collectives."""
 

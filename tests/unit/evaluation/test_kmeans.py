@@ -329,6 +329,7 @@ class KmeansRunsTest(chex.TestCase):
     from sklearn.cluster import KMeans
     self.assertEqual(inspect.signature(ev.kmeans).parameters["max_iter"].default, KMeans().max_iter)
 
+  @pytest.mark.slow
   def test_lloyd_stops_after_300_iterations_by_default(self):
     from sklearn.cluster import KMeans
     # A dense band of points between two clumps: from this start the boundary between the two clusters creeps
