@@ -48,6 +48,12 @@ from hdml_jax.objective import (
     weight_decay,
 )
 from hdml_jax.optimizers import make_optimizer
+from hdml_jax.pair_losses import (
+    circle_loss,
+    lifted_structure_loss,
+    multi_similarity_loss,
+    supervised_contrastive_loss,
+)
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
 from hdml_jax.train_step import make_train_step
@@ -63,6 +69,7 @@ __all__ = [
     "Networks",
     "OptimizerConfig",
     "build_networks",
+    "circle_loss",
     "cluster_metrics",
     "create_train_state",
     "embed_in_batches",
@@ -71,6 +78,7 @@ __all__ = [
     "hdml_objective",
     "init_hdml_head",
     "l2_normalize",
+    "lifted_structure_loss",
     "make_embed_fn",
     "make_optimizer",
     "make_train_step",
@@ -85,6 +93,7 @@ __all__ = [
     "init_statistics",
     "metric_objective",
     "metric_weight",
+    "multi_similarity_loss",
     "npair_loss",
     "npair_loss_from_labels",
     "npair_synthetic_labels",
@@ -97,6 +106,7 @@ __all__ = [
     "soft_loss_npair",
     "soft_loss_triplet",
     "split_triplets",
+    "supervised_contrastive_loss",
     "synthesize_negatives",
     "synthetic_npair_loss",
     "triplet_loss",

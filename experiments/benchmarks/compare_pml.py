@@ -35,6 +35,14 @@ are, as the reference does).
   ``max(0, d - m_pos)`` and ``max(0, m_neg - d)`` unsquared and averages
   positives and negatives apart. PML's per-pair losses
   (``DoNothingReducer``) are squared and averaged over all pairs.
+* Multi-Similarity, lifted structure, circle, supervised contrastive
+  (``hdml_jax.pair_losses``): PML's ``MultiSimilarityMiner`` +
+  ``MultiSimilarityLoss``, ``GeneralizedLiftedStructureLoss`` (unnormalised
+  ``LpDistance``), ``CircleLoss`` and ``SupConLoss``, each with the same
+  constants (the papers' defaults: alpha 2, beta 50, base 0.5, epsilon 0.1;
+  margins 0 and 1; m 0.4, gamma 80; temperature 0.1) and its own default
+  reducer: in these class-balanced batches every anchor has a valid pair, so
+  PML's mean over anchors (or over non-zero anchors) is the project's.
 
     python3 -m experiments.benchmarks.compare_pml                 # prints the table
     python3 -m experiments.benchmarks.compare_pml --out compare_pml.json
@@ -79,7 +87,7 @@ def main(argv=None):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
 
-  from hdml_jax import label_losses
+  from hdml_jax import label_losses, pair_losses
   from hdml_jax import losses as hl
 
   m = args.margin
@@ -96,6 +104,11 @@ def main(argv=None):
         "triplet semi_hard": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m,
                                                                                 mining="semi_hard"),
         "contrastive": lambda e, y: label_losses.contrastive_loss_from_labels(e, y, margin=m),
+        "multi-similarity": lambda e, y: pair_losses.multi_similarity_loss(e, y),
+        "multi-similarity, no mining": lambda e, y: pair_losses.multi_similarity_loss(e, y, mining=False),
+        "lifted structure": lambda e, y: pair_losses.lifted_structure_loss(e, y),
+        "circle": lambda e, y: pair_losses.circle_loss(e, y),
+        "supervised contrastive": lambda e, y: pair_losses.supervised_contrastive_loss(e, y),
     }[name]
 
   def nearest_negative_per_pair(e, triplets):
@@ -133,10 +146,26 @@ def main(argv=None):
         b = e.shape[0]
         return (torch.sum(out["pos_loss"]["losses"] ** 2) + torch.sum(out["neg_loss"]["losses"] ** 2)) / (b * (b - 1))
       return contrastive
+    if name == "multi-similarity":
+      miner, loss = miners.MultiSimilarityMiner(epsilon=0.1), losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+      return lambda e, y: loss(e, y, miner(e, y))
+    if name == "multi-similarity, no mining":
+      loss = losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+      return lambda e, y: loss(e, y)
+    if name == "lifted structure":
+      loss = losses.GeneralizedLiftedStructureLoss(neg_margin=1.0, pos_margin=0.0, distance=lp())
+      return lambda e, y: loss(e, y)
+    if name == "circle":
+      loss = losses.CircleLoss(m=0.4, gamma=80)
+      return lambda e, y: loss(e, y)
+    if name == "supervised contrastive":
+      loss = losses.SupConLoss(temperature=0.1)
+      return lambda e, y: loss(e, y)
     raise KeyError(name)
 
   names = ["npair (a, p layout)", "triplet all", "triplet all, sum", "triplet batch_hard", "triplet semi_hard",
-           "contrastive"]
+           "contrastive", "multi-similarity", "multi-similarity, no mining", "lifted structure", "circle",
+           "supervised contrastive"]
   shapes = [(8, 2, 16), (8, 4, 16), (16, 4, 64), (5, 6, 8)]
   seeds = [int(s) for s in args.seeds.split(",")]
   rows = {n: {"cases": 0, "max_rel_value": 0.0, "max_rel_grad": 0.0, "value_range": [np.inf, -np.inf]}
@@ -175,7 +204,10 @@ def main(argv=None):
               "triplet all, sum": "TripletMarginLoss, SumReducer",
               "triplet batch_hard": "BatchHardMiner + TripletMarginLoss",
               "triplet semi_hard": "TripletMarginMiner(semihard), nearest negative per pair, + TripletMarginLoss",
-              "contrastive": "ContrastiveLoss per pair, squared, mean over all pairs"}
+              "contrastive": "ContrastiveLoss per pair, squared, mean over all pairs",
+              "multi-similarity": "MultiSimilarityMiner + MultiSimilarityLoss",
+              "multi-similarity, no mining": "MultiSimilarityLoss", "lifted structure": "GeneralizedLiftedStructureLoss",
+              "circle": "CircleLoss", "supervised contrastive": "SupConLoss"}
   for name, r in rows.items():
     lo, hi = r["value_range"]
     print(f"| {name} | {pml_side[name]} | {r['cases']} | {lo:.3g} to {hi:.3g} | {r['max_rel_value']:.1e} | "
