@@ -112,7 +112,6 @@ class Run:
   changes: list
   state: Any
   last_finite: int | None
-  start: int
   step_fn: Callable
   batches: Any
   key: jax.Array
@@ -157,5 +156,5 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str, *, make_template: 
   key = jax.device_put(jax.random.key(cfg.seed), parallel.replicated(mesh))
   writer = logs.MetricWriter(workdir, enabled=is_main, resume_step=start)
   return Run(data=data, mesh=mesh, devices=devices, template=template, ckpt=ckpt, changes=changes, state=state,
-             last_finite=last_finite, start=start, step_fn=step_fn, batches=batches, key=key, writer=writer,
+             last_finite=last_finite, step_fn=step_fn, batches=batches, key=key, writer=writer,
              is_main=is_main)

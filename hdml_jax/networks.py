@@ -125,21 +125,15 @@ def build_networks(
     backbone_kwargs: dict | None = None,
     generator_hidden: int = 512,
     hdml: bool = True,
-    config: HDMLConfig | None = None,
     bn_momentum: float = BN_MOMENTUM,
     bn_epsilon: float = BN_EPSILON,
 ) -> Networks:
   """The modules of one model; ``feature_dim`` must be the backbone's output width.
 
-  ``config`` (default ``HDMLConfig(hdml=hdml)``) is the head's; given, its
-  ``hdml`` must agree with ``hdml``.
+  The head carries ``HDMLConfig(hdml=hdml)``; :func:`build_head` takes a whole config.
   """
-  if config is None:
-    config = HDMLConfig(hdml=hdml)
-  elif config.hdml != hdml:
-    raise ValueError(f"build_networks: hdml={hdml} but config.hdml={config.hdml}.")
   if isinstance(backbone, str):
     backbone = get_backbone(backbone, **(backbone_kwargs or {}))
   return Networks(backbone=backbone, head=build_head(
-      feature_dim=feature_dim, embedding_dim=embedding_dim, num_classes=num_classes, config=config,
+      feature_dim=feature_dim, embedding_dim=embedding_dim, num_classes=num_classes, config=HDMLConfig(hdml=hdml),
       generator_hidden=generator_hidden, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon))

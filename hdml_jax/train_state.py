@@ -20,7 +20,7 @@ from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.inference import make_embed_fn
 from hdml_jax.models import get_backbone
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
-from hdml_jax.networks import Networks, build_networks, init_backbone, init_head_variables
+from hdml_jax.networks import Networks, build_head, init_backbone, init_head_variables
 from hdml_jax.optimizers import make_optimizer
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics
 
@@ -74,11 +74,9 @@ def create_train_state(
     backbone = get_backbone(backbone, **(backbone_kwargs or {}))
   k_bb, k_emb, k_gen, k_cls = jax.random.split(rng, 4)
   bb_vars, feature_dim = init_backbone(backbone, k_bb, image_shape, where="create_train_state")
-  networks = build_networks(
-      feature_dim=feature_dim, embedding_dim=embedding_dim, num_classes=num_classes,
-      backbone=backbone, generator_hidden=generator_hidden, hdml=config.hdml, config=config,
-      bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-  )
+  networks = Networks(backbone=backbone, head=build_head(
+      feature_dim=feature_dim, embedding_dim=embedding_dim, num_classes=num_classes, config=config,
+      generator_hidden=generator_hidden, bn_momentum=bn_momentum, bn_epsilon=bn_epsilon))
   head_params, head_stats = init_head_variables(networks.head, (k_emb, k_gen, k_cls), feature_dim=feature_dim)
   # A backbone may have no parameters (identity on precomputed features).
   params = {"backbone": bb_vars.get("params", {}), **head_params}
