@@ -1,5 +1,7 @@
 """Convert pretrained GoogLeNet weights into a params file that configs can name.
 
+    python -m experiments.convert_weights --source caffemodel --input bvlc_googlenet.caffemodel \\
+        --output weights/googlenet.npz
     python -m experiments.convert_weights --source caffe_mat --input googlenet.mat \\
         --output weights/googlenet.npz
     python -m experiments.convert_weights --source torchvision --input googlenet.safetensors \\
@@ -14,7 +16,7 @@ import os
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("source", None, ["caffe_mat", "caffe_npz", "torchvision"], "Input format.", required=True)
+flags.DEFINE_enum("source", None, ["caffemodel", "caffe_mat", "caffe_npz", "torchvision"], "Input format.", required=True)
 flags.DEFINE_string("input", None, "The downloaded weights.", required=True)
 flags.DEFINE_string("output", None, "The .npz params file to write.", required=True)
 flags.DEFINE_enum("lrn", "tf", ["tf", "caffe"], "LRN variant of the googlenet backbone.")
@@ -28,10 +30,15 @@ def convert(source: str, input_path: str, output_path: str, lrn: str = "tf") -> 
   from hdml_jax.models import get_backbone
 
   x = jnp.zeros((1, 227, 227, 3))
-  if source in ("caffe_mat", "caffe_npz"):
+  if source in ("caffemodel", "caffe_mat", "caffe_npz"):
     net = get_backbone("googlenet", lrn=lrn)
     template = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))["params"]
-    blobs = weights.load_caffe_mat(input_path) if source == "caffe_mat" else weights.load_npz(input_path)
+    if source == "caffemodel":
+      from hdml_jax.caffemodel import caffemodel_blobs, read_caffemodel
+
+      blobs = caffemodel_blobs(read_caffemodel(input_path))
+    else:
+      blobs = weights.load_caffe_mat(input_path) if source == "caffe_mat" else weights.load_npz(input_path)
     variables = {"params": weights.caffe_blobs_to_params(blobs, template)}
   else:
     net = get_backbone("googlenet_bn")
