@@ -9,6 +9,8 @@ so that large datasets (TFDS array_record) stream from disk and small ones
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from typing import Callable
 
 import grain
@@ -71,7 +73,7 @@ def _split_val(train: Split, num_val: int) -> tuple[Split, Split | None]:
   return train.subset(~is_val), train.subset(is_val)
 
 
-def _tfds_splits(d):
+def _tfds_splits(d, threads: int):
   from hdml_jax.data import tfds_source
 
   builder = tfds_source.prepare(TFDS_NAMES[d.name], data_dir=d.tfds_data_dir, manual_dir=d.data_dir or None,
@@ -81,9 +83,29 @@ def _tfds_splits(d):
   for split in ("train", "test"):
     src = tfds_source.open_split(builder, split)
     names = [str(c) for c in np.unique(src.labels)]
-    out.append(Split(_dense(src.labels), names,
-                     lambda idx, src=src: src.images(np.asarray(idx), size=d.resize)))
+    cached = _decoded(d, builder, split, src, threads)
+    if cached is not None:
+      load = lambda idx, images=cached: np.asarray(images[np.asarray(idx)])
+    else:
+      load = lambda idx, src=src: src.images(np.asarray(idx), size=d.resize)
+    out.append(Split(_dense(src.labels), names, load))
   return out
+
+
+def _decoded(d, builder, split: str, src, threads: int):
+  """The split's decoded-image cache (built on first use), or None when it would exceed ``decoded_cache_gb``."""
+  from hdml_jax.data import image_cache
+
+  gib = len(src) * d.resize * d.resize * 3 / 2**30
+  if gib > d.decoded_cache_gb:
+    if d.decoded_cache_gb > 0:
+      logging.info("%s: decoded cache (%.1f GiB) over dataset.decoded_cache_gb=%s: decoding JPEGs per batch",
+                   src.name, gib, d.decoded_cache_gb)
+    return None
+  key = image_cache.cache_key(source=src.name, count=len(src), size=d.resize,
+                              files=image_cache.file_fingerprint(src.files))
+  return image_cache.cached_images(os.path.join(builder.data_dir, "decoded", f"{split}_{d.resize}px"), key,
+                                   lambda i: src.decode(i, d.resize), threads=threads)
 
 
 def load_data(cfg) -> Data:
@@ -109,7 +131,7 @@ def load_data(cfg) -> Data:
                          f"{tuple(d.test_classes)} overlap: the protocol is class-disjoint.")
       train, test = in_memory(xtr, ytr, ntr), in_memory(xte, yte, nte)
     else:
-      train, test = _tfds_splits(d)
+      train, test = _tfds_splits(d, cfg.data_threads)
     recipe, crop = d.preprocess, d.crop
     prepare = lambda images, train, rng: preprocess.preprocess(
         images, recipe=recipe, crop=crop, train=train, rng=rng)

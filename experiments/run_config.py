@@ -53,6 +53,9 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
       raise ValueError(f"config.dataset.{key} must be two integers (start, stop), e.g. '(0, 50)'; "
                        f"got {tuple(value) if isinstance(value, (tuple, list)) else value!r}.")
+  gb = cfg.dataset.decoded_cache_gb
+  if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not gb >= 0:
+    raise ValueError(f"config.dataset.decoded_cache_gb must be a number of GiB >= 0 (0: no cache), got {gb!r}.")
   if not isinstance(cfg.num_devices, int) or cfg.num_devices < 0:
     raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
 
@@ -62,7 +65,8 @@ def selectable_metrics(cfg) -> list[str]:
 
 # Keys that only extend or observe a run: a resume may change them (recorded).
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "plots",
-                  "data_threads", "prefetch", "compilation_cache_dir", "eval.batch_size", "eval.test_curves")
+                  "data_threads", "prefetch", "compilation_cache_dir",
+                  "dataset.decoded_cache_gb", "eval.batch_size", "eval.test_curves")
 
 CONFIG_FILE = "config.json"
 

@@ -44,9 +44,11 @@ def _crop(images: np.ndarray, crop: int, rng: np.random.Generator | None) -> np.
     return images[:, top:top + crop, left:left + crop]
   tops = rng.integers(0, h - crop + 1, size=b)
   lefts = rng.integers(0, w - crop + 1, size=b)
-  out = np.stack([images[i, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(tops, lefts))])
   flip = rng.random(b) < 0.5
-  out[flip] = out[flip, :, ::-1]
+  out = np.empty((b, crop, crop) + images.shape[3:], images.dtype)
+  for i in range(b):   # one strided copy per image: the window, mirrored in the same pass when flipped
+    window = images[i, tops[i]:tops[i] + crop, lefts[i]:lefts[i] + crop]
+    out[i] = window[:, ::-1] if flip[i] else window
   return out
 
 
@@ -65,9 +67,12 @@ def preprocess(
     raise ValueError(f"preprocess: images must be [B, H, W, C], got shape {images.shape}.")
   if train and rng is None:
     raise ValueError("preprocess: training needs an rng for the random crop and flip.")
-  x = _crop(images, crop, rng if train else None).astype(np.float32)
+  x = _crop(images, crop, rng if train else None)
+  # Each recipe converts to float32 in its first operation (no separate float copy of the batch).
   if recipe == "paper":
-    return x[..., ::-1] - CAFFE_MEAN_BGR
+    return np.subtract(x[..., ::-1], CAFFE_MEAN_BGR, dtype=np.float32)
+  out = np.divide(x, np.float32(255.0), dtype=np.float32)
   if recipe == "standard":
-    return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-  return x / 255.0
+    out -= IMAGENET_MEAN
+    out /= IMAGENET_STD
+  return out

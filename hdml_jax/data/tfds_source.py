@@ -9,6 +9,7 @@ an image that cannot be decoded raises with its file name.
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 
@@ -53,7 +54,7 @@ def prepare(name: str, *, data_dir: str, manual_dir: str | None, num_train_class
 
 
 class TfdsSplit:
-  """One split of a prepared builder, read with ``data_source``."""
+  """One split of a prepared builder, read with ``data_source``; ``files`` are its array_record shards."""
 
   def __init__(self, builder, split: str):
     self.name = f"{builder.name}/{split}"
@@ -66,6 +67,7 @@ class TfdsSplit:
       np.save(cache, self.labels)
     if len(self.labels) != len(self.source):
       raise ValueError(f"{self.name}: the label cache {cache} is stale; delete it.")
+    self.files = sorted(glob.glob(os.path.join(builder.data_dir, f"{builder.name}-{split}.array_record*")))
 
   def __len__(self) -> int:
     return len(self.source)
