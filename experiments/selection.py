@@ -2,33 +2,121 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
 import os
 
+import jax
 import numpy as np
 
 from experiments import checkpoints, datasets
-from experiments.runtime import local_copy
 from hdml_jax import evaluation
-from hdml_jax.inference import embed_in_batches
 
-__all__ = ["BestCheckpoint", "embed_split", "evaluate_split", "selection_name"]
+__all__ = ["BestCheckpoint", "Evaluations", "embed_split", "evaluate_split", "selection_name"]
+
+def _eval_variables(state):
+  """``(params, batch_stats)`` on one local device: a replicated state's own copy (no host round trip)."""
+  def one(x):
+    return x.addressable_data(0) if isinstance(x, jax.Array) else x
+
+  return jax.device_put(jax.tree_util.tree_map(one, (state.params, state.batch_stats)), jax.local_devices()[0])
 
 def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: int) -> np.ndarray:
-  """Embeddings of a whole split, streamed in fixed-size batches."""
-  state = local_copy(state)
-  out = [embed_in_batches(state, images, batch_size=batch_size)
-         for _, images in datasets.eval_batches(data, split, batch_size)]
-  return np.concatenate(out)
+  """Embeddings of a whole split, in fixed-size batches (one compilation).
 
-def evaluate_split(cfg, state, data, split, *, clustering: bool = True) -> dict:
-  emb = embed_split(state, data, split, cfg.eval.batch_size)
+  The variables go to the device once; the next batch is read and prepared
+  in a background thread while the device embeds the current one, and the
+  results are fetched at the end, so the device is not left waiting on the
+  host between batches.
+  """
+  params, stats = _eval_variables(state)
+  n = len(split)
+  if n == 0:
+    raise ValueError("embed_split: the split has no images.")
+  starts = list(range(0, n, batch_size))
+
+  def prepared(start: int) -> np.ndarray:
+    idx = np.arange(start, min(start + batch_size, n))
+    x = np.asarray(data.prepare(split.load(idx), False, None))
+    if x.shape[0] < batch_size:
+      x = np.concatenate([x, np.zeros((batch_size - x.shape[0],) + x.shape[1:], x.dtype)])
+    return x
+
+  out = []
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = pool.submit(prepared, starts[0])
+    for i in range(len(starts)):
+      x = pending.result()
+      if i + 1 < len(starts):
+        pending = pool.submit(prepared, starts[i + 1])
+      out.append(state.apply_fn(params, stats, x))   # dispatched, not waited for
+  emb = np.concatenate([np.asarray(o) for o in out])
+  return emb[:n]
+
+def evaluate_split(cfg, state, data, split, *, clustering: bool = True, embeddings: np.ndarray | None = None) -> dict:
+  """The metrics of ``state`` on ``split`` (``embeddings``: the split's, if already computed; ``state`` is then
+  not read)."""
+  emb = embed_split(state, data, split, cfg.eval.batch_size) if embeddings is None else embeddings
   ks = [k for k in cfg.eval.recall_ks if k <= len(split.labels) - 1]
   return evaluation.evaluate(emb, split.labels, recall_ks=ks, clustering=clustering,
                              kmeans_backend=cfg.eval.kmeans_backend, kmeans_seed=cfg.seed,
                              kmeans_protocol=cfg.eval.kmeans_protocol)
+
+_CLUSTERING = ("nmi", "f1")
+
+class Evaluations:
+  """A run's evaluations: each checkpoint's embeddings of a split computed once, and its metrics once.
+
+  Keyed by ``(step, split name)``: the selection at the last step, the final
+  report, the best checkpoint when it is the final one, and the plots all read
+  the same embeddings. The entries of the two most recent steps are kept.
+  """
+
+  def __init__(self, cfg, data: datasets.Data):
+    self.cfg, self.data = cfg, data
+    self._embeddings, self._metrics = {}, {}
+
+  def _split(self, name: str) -> datasets.Split:
+    split = {"val": self.data.val, "test": self.data.test}[name]
+    if split is None:
+      raise ValueError(f"the data have no {name!r} split.")
+    return split
+
+  def _evict(self, step: int) -> None:
+    steps = sorted({s for s, _ in self._embeddings} | {step})[-2:]
+    for cache in (self._embeddings, self._metrics):
+      for key in [k for k in cache if k[0] not in steps]:
+        del cache[key]
+
+  def embeddings(self, step: int, state, split: str) -> np.ndarray:
+    """The embeddings of ``split`` ("val" or "test") by the run's state at ``step``.
+
+    ``state`` is that state, or a function returning it (called only when the
+    embeddings are not already known: a checkpoint restored only if needed).
+    """
+    key = (int(step), split)
+    if key not in self._embeddings:
+      self._evict(key[0])
+      state = state() if callable(state) else state
+      self._embeddings[key] = embed_split(state, self.data, self._split(split), self.cfg.eval.batch_size)
+    return self._embeddings[key]
+
+  def metrics(self, step: int, state, split: str, *, clustering: bool = True) -> dict:
+    """:func:`evaluate_split` at ``step`` on ``split``, computed once per (step, split, clustering).
+
+    ``state`` as for :meth:`embeddings`.
+    """
+    key = (int(step), split, clustering)
+    if not clustering and (key[0], split, True) in self._metrics:   # the clustering metrics' recall part
+      full = self._metrics[(key[0], split, True)]
+      return {k: v for k, v in full.items() if k not in _CLUSTERING}
+    if key not in self._metrics:
+      emb = self.embeddings(step, state, split)
+      self._metrics[key] = evaluate_split(self.cfg, None if callable(state) else state, self.data,
+                                          self._split(split), clustering=clustering, embeddings=emb)
+    return dict(self._metrics[key])
 
 class BestCheckpoint:
   """The checkpoint the selection keeps: ``workdir/best`` (one checkpoint) and ``workdir/best.json``.

@@ -61,16 +61,16 @@ def train_and_evaluate(
   if cfg.model.pretrained:   # the file both arms of a comparison must share
     path = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
     pretrained = {"path": path, "sha256": runtime.file_sha256(path)}
-  selection_split = {"val": data.val, "test": data.test}.get(cfg.selection.split)
+  evals = selection.Evaluations(cfg, data)   # each (step, split) embedded once, its metrics computed once
 
   def maybe_select(step_done: int, state):
     if cfg.eval.test_curves:   # learning curves only: never read by the selection below
-      curve = selection.evaluate_split(cfg, state, data, data.test, clustering=False)
+      curve = evals.metrics(step_done, state, "test", clustering=False)
       writer.write(step_done, {f"test/{k}": v for k, v in curve.items()})
-    if selection_split is None:
+    if cfg.selection.split == "none":
       return
     clustering = cfg.selection.metric in ("nmi", "f1")
-    metrics = selection.evaluate_split(cfg, state, data, selection_split, clustering=clustering)
+    metrics = evals.metrics(step_done, state, cfg.selection.split, clustering=clustering)
     writer.write(step_done, {f"{cfg.selection.split}/{k}": v for k, v in metrics.items()})
     selected.offer(step_done, metrics[cfg.selection.metric], state)
 
@@ -79,12 +79,15 @@ def train_and_evaluate(
                         is_main=run.is_main)
 
   train_seconds = time.time() - t_start
-  final = selection.evaluate_split(cfg, state, data, data.test)
-  results = {"final": {"step": int(state.step), **final}, "best": None,
+  final_step = int(state.step)
+  final = evals.metrics(final_step, state, "test")
+  results = {"final": {"step": final_step, **final}, "best": None,
              "train_wall_seconds": train_seconds}
   if selected is not None and selected.best is not None:
-    results["best"] = {**selected.best,
-                       **selection.evaluate_split(cfg, selected.restore(run.template), data, data.test)}
+    best_step = selected.best["step"]
+    # Restored only when its test embeddings are not known already (the final step, or the last evaluations').
+    best_state = state if best_step == final_step else (lambda: selected.restore(run.template))
+    results["best"] = {**selected.best, **evals.metrics(best_step, best_state, "test")}
   results["wall_seconds"] = time.time() - t_start
   results["devices"] = {"count": len(run.devices), "kind": run.devices[0].device_kind,
                         "processes": jax.process_count()}
@@ -102,7 +105,7 @@ def train_and_evaluate(
     checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), results)
     if cfg.plots:
       from experiments import plots
-      plots.write_all(workdir, data, selection.embed_split(state, data, data.test, cfg.eval.batch_size))
+      plots.write_all(workdir, data, evals.embeddings(final_step, state, "test"))
   run.ckpt.close()
   if selected is not None:
     selected.close()

@@ -67,3 +67,43 @@ class SelectionAndCheckpointTest(chex.TestCase):
     train_and_evaluate(cfg, workdir)
     self.assertEqual(saved_steps(workdir), [4, 8, 10])
     self.assertEqual(int(restored_latest(cfg, workdir).step), 10)
+
+
+class EvaluationsShareEmbeddingsTest(chex.TestCase):
+
+  def _embedded(self, cfg):
+    """``(results, [(split size, state step)] of every embedding)`` of a run."""
+    from experiments import selection, train
+
+    calls, real = [], selection.embed_split
+
+    def counting(state, data, split, batch_size):
+      calls.append((len(split), int(state.step)))
+      return real(state, data, split, batch_size)
+
+    with mock.patch.object(selection, "embed_split", counting):
+      results = train.train_and_evaluate(cfg, tempfile.mkdtemp())
+    return results, calls
+
+  def test_the_reference_rule_at_the_last_step_embeds_the_test_split_once(self):
+    # The paper's setting: test/nmi selection, one evaluation at the last step, plots on.
+    cfg = fast(**{"selection.split": "test", "selection.metric": "nmi", "dataset.num_val_classes": 0,
+                  "eval_every": 12, "num_steps": 12, "plots": True})
+    results, calls = self._embedded(cfg)
+    self.assertEqual(calls, [(results["final"]["num_queries_map@r"], 12)])
+    self.assertEqual(results["best"]["step"], 12)
+    self.assertEqual({k: v for k, v in results["best"].items() if k not in ("step", "value", "selection")},
+                     {k: v for k, v in results["final"].items() if k != "step"})
+
+  def test_a_best_among_the_last_two_evaluations_is_not_restored_or_embedded_again(self):
+    cfg = fast(**{"selection.split": "test", "selection.metric": "recall@1", "dataset.num_val_classes": 0,
+                  "eval_every": 6, "num_steps": 12})
+    results, calls = self._embedded(cfg)
+    n = results["final"]["num_queries_map@r"]
+    self.assertEqual(calls, [(n, 6), (n, 12)])
+    # A val selection: the test split is embedded for the final state, and for a best at another step.
+    results, calls = self._embedded(fast(eval_every=4, num_steps=12))
+    test_calls = [c for c in calls if c[0] == results["final"]["num_queries_map@r"]]
+    expected = [(test_calls[0][0], 12)] + ([] if results["best"]["step"] == 12 else
+                                           [(test_calls[0][0], results["best"]["step"])])
+    self.assertEqual(test_calls, expected)
