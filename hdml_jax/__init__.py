@@ -50,9 +50,19 @@ from hdml_jax.objective import (
 from hdml_jax.optimizers import make_optimizer
 from hdml_jax.pair_losses import (
     circle_loss,
+    distance_weighted_sampling,
     lifted_structure_loss,
+    margin_loss,
     multi_similarity_loss,
     supervised_contrastive_loss,
+)
+from hdml_jax.proxy_losses import (
+    arcface_loss,
+    cosface_loss,
+    init_proxies,
+    normalized_softmax_loss,
+    proxy_anchor_loss,
+    proxy_nca_loss,
 )
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
@@ -68,8 +78,11 @@ __all__ = [
     "HDMLTrainState",
     "Networks",
     "OptimizerConfig",
+    "arcface_loss",
     "build_networks",
     "circle_loss",
+    "cosface_loss",
+    "distance_weighted_sampling",
     "cluster_metrics",
     "create_train_state",
     "embed_in_batches",
@@ -77,9 +90,11 @@ __all__ = [
     "evaluate_query_gallery",
     "hdml_objective",
     "init_hdml_head",
+    "init_proxies",
     "l2_normalize",
     "lifted_structure_loss",
     "make_embed_fn",
+    "margin_loss",
     "make_optimizer",
     "make_train_step",
     "nearest_neighbors",
@@ -94,11 +109,14 @@ __all__ = [
     "metric_objective",
     "metric_weight",
     "multi_similarity_loss",
+    "normalized_softmax_loss",
     "npair_loss",
     "npair_loss_from_labels",
     "npair_synthetic_labels",
     "pairwise_distances",
     "pairwise_squared_distances",
+    "proxy_anchor_loss",
+    "proxy_nca_loss",
     "reconstruction_loss",
     "rowwise_distances",
     "rowwise_squared_distances",

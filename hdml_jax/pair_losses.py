@@ -26,7 +26,9 @@ from hdml_jax.label_losses import _check, _distances, _masks, _reduce
 
 __all__ = [
     "circle_loss",
+    "distance_weighted_sampling",
     "lifted_structure_loss",
+    "margin_loss",
     "multi_similarity_loss",
     "supervised_contrastive_loss",
 ]
@@ -229,3 +231,131 @@ def supervised_contrastive_loss(
   n_pos = jnp.sum(pos, axis=1)
   per_row = -jnp.sum(jnp.where(pos, logits - log_norm[:, None], 0.0), axis=1) / jnp.maximum(n_pos, 1)
   return _reduce(per_row, n_pos > 0, reduction, where)
+
+
+def _unit_distances(embeddings: jax.Array) -> jax.Array:
+  norms = safe_sqrt(jnp.sum(jnp.square(embeddings), axis=1, keepdims=True))
+  unit = embeddings / jnp.maximum(norms, 1e-12)
+  return safe_sqrt(jnp.maximum(2.0 - 2.0 * (unit @ unit.T), 0.0))
+
+
+def distance_weighted_sampling(
+    key: jax.Array,
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+) -> jax.Array:
+  r"""Distance-weighted negative sampling (Wu et al., ICCV 2017): one negative per (anchor, column).
+
+  On the unit sphere in ``n`` dimensions pairwise distances have the density
+  ``q(d) \propto d^{n-2} (1 - d^2/4)^{(n-3)/2}``; sampling a negative with
+  probability proportional to ``1 / q(d)`` spreads the negatives over all
+  distances instead of the concentrated ones. As in the paper, ``d`` is
+  clipped from below at ``cutoff`` (0.5), and negatives at
+  ``d >= nonzero_loss_cutoff`` (1.4, where the margin loss is zero anyway) get
+  weight 0; an anchor whose negatives all have weight 0 draws uniformly
+  among its negatives, as the paper's code does.
+
+  Returns:
+    ``[B, B] int32``: entry ``(i, j)`` is a negative of anchor ``i`` drawn
+    independently for each ``j`` (:func:`margin_loss` pairs it with the
+    positive ``j``). Rows of an anchor without any negative hold ``i``.
+
+  >>> import jax, jax.numpy as jnp
+  >>> e = jnp.array([[1., 0.], [1., 0.1], [0., 1.], [0.1, 1.]])
+  >>> neg = distance_weighted_sampling(jax.random.key(0), e, jnp.array([0, 0, 1, 1]))
+  >>> bool(jnp.all(neg[:2] >= 2) and jnp.all(neg[2:] <= 1))   # every draw is of the other class
+  True
+  """
+  where = "distance_weighted_sampling"
+  _check(embeddings, labels, where, needs_pairs=False)
+  b, n = embeddings.shape
+  d = jax.lax.stop_gradient(jnp.maximum(_unit_distances(embeddings), cutoff))
+  _, neg = _masks(labels)
+  # log(1 / q(d)); 1 - d^2/4 is kept positive (d = 2 is past nonzero_loss_cutoff and weighs 0 anyway)
+  log_w = (2.0 - n) * jnp.log(d) - ((n - 3.0) / 2.0) * jnp.log(jnp.maximum(1.0 - 0.25 * jnp.square(d), 1e-12))
+  weighted = neg & (d < nonzero_loss_cutoff)
+  has_weighted = weighted.any(axis=1, keepdims=True)
+  has_neg = neg.any(axis=1, keepdims=True)
+  logits = jnp.where(has_weighted, jnp.where(weighted, log_w, -jnp.inf),        # the paper's weights
+                     jnp.where(has_neg, jnp.where(neg, 0.0, -jnp.inf), 0.0))    # uniform; no negative: any
+  draws = jax.random.categorical(key, logits[:, None, :], axis=-1, shape=(b, b))
+  return jnp.where(has_neg, draws, jnp.arange(b)[:, None]).astype(jnp.int32)
+
+
+def margin_loss(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    beta: float | jax.Array = 1.2,
+    margin: float = 0.2,
+    negatives: jax.Array | None = None,
+    reduction: str = "mean",
+    require_pairs: bool = False,
+) -> jax.Array:
+  r"""The margin loss of "Sampling Matters in Deep Embedding Learning" (Wu et al., ICCV 2017).
+
+  With ``D`` the Euclidean distances of the L2-normalised embeddings, each
+  positive pair ``(i, p)`` and negative pair ``(i, n)`` costs
+
+  .. math::
+
+     [\alpha + D_{ip} - \beta_i]_+ \qquad\text{and}\qquad [\alpha + \beta_i - D_{in}]_+
+
+  ``alpha = margin`` (0.2); ``beta`` is the boundary (1.2): a number, or a
+  learnable ``[C]`` array of one boundary per class (the paper's
+  ``beta_0 + beta_c``, owned and optimised by the caller) indexed by the
+  anchor's label. The pairs are triplets ``(i, p, n)``: with ``negatives``
+  (from :func:`distance_weighted_sampling`), one per positive pair, ``n =
+  negatives[i, p]``; without, every negative of ``i`` with every positive.
+  ``"mean"`` divides the sum over all triplets' two terms by the number of
+  terms that are non-zero (the paper's code); ``"none"`` returns each
+  anchor's sum.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])   # D = 0 within a class, sqrt(2) across
+  >>> float(margin_loss(e, jnp.array([0, 0, 1, 1])))            # [0.2 + 0 - 1.2]_+ and [0.2 + 1.2 - 1.41]_+
+  0.0
+  """
+  where = "margin_loss"
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
+  if reduction not in ("mean", "sum", "none"):
+    raise ValueError(f"{where}: reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}.")
+  beta = jnp.asarray(beta, embeddings.dtype)
+  if beta.ndim == 1:
+    if not isinstance(labels, jax.core.Tracer):
+      lab = jnp.asarray(labels)
+      if int(lab.min()) < 0 or int(lab.max()) >= beta.shape[0]:
+        raise ValueError(f"{where}: beta has {beta.shape[0]} per-class values, but labels range over "
+                         f"[{int(lab.min())}, {int(lab.max())}].")
+    beta_i = beta[jnp.clip(labels, 0, beta.shape[0] - 1)][:, None]
+  elif beta.ndim == 0:
+    beta_i = beta
+  else:
+    raise ValueError(f"{where}: beta must be a number or a [num_classes] array, got shape {beta.shape}.")
+  d = _unit_distances(embeddings)
+  pos, neg = _masks(labels)
+  pos_loss = jax.nn.relu(margin + d - beta_i)                                # [B, B], entry (i, p)
+  if negatives is not None:
+    if negatives.shape != pos.shape:
+      raise ValueError(f"{where}: negatives must be [{pos.shape[0]}, {pos.shape[0]}] (from "
+                       f"distance_weighted_sampling), got {tuple(negatives.shape)}.")
+    d_n = jnp.take_along_axis(d, negatives, axis=1)                          # (i, p) -> D[i, n(i, p)]
+    is_neg = jnp.take_along_axis(neg, negatives, axis=1)
+    valid = pos & is_neg
+    neg_loss = jax.nn.relu(margin + beta_i - d_n)
+    pos_terms, neg_terms = jnp.where(valid, pos_loss, 0.0), jnp.where(valid, neg_loss, 0.0)
+    active = jnp.sum((pos_terms > 0) & valid) + jnp.sum((neg_terms > 0) & valid)
+    per_row = jnp.sum(pos_terms + neg_terms, axis=1)
+  else:   # every triplet (i, p, n): each positive term counted once per negative, and the reverse
+    neg_loss = jax.nn.relu(margin + beta_i - d)
+    n_neg, n_pos = jnp.sum(neg, axis=1, keepdims=True), jnp.sum(pos, axis=1, keepdims=True)
+    pos_terms, neg_terms = jnp.where(pos, pos_loss, 0.0) * n_neg, jnp.where(neg, neg_loss, 0.0) * n_pos
+    active = jnp.sum(jnp.where(pos & (pos_loss > 0), n_neg, 0)) + jnp.sum(jnp.where(neg & (neg_loss > 0), n_pos, 0))
+    per_row = jnp.sum(pos_terms + neg_terms, axis=1)
+  if reduction == "none":
+    return per_row
+  total = jnp.sum(per_row)
+  return total if reduction == "sum" else total / jnp.maximum(active, 1)

@@ -44,6 +44,24 @@ are, as the reference does).
   reducer: in these class-balanced batches every anchor has a valid pair, so
   PML's mean over anchors (or over non-zero anchors) is the project's.
 
+* Proxy losses (``hdml_jax.proxy_losses``): the proxies (PML's ``proxies``,
+  or the class weights ``W`` transposed, for the softmax family) are set to
+  the same random ``[classes + 2, dim]`` array, so two proxies have no row in
+  the batch, and the gradient is compared for the embeddings and the
+  proxies alike: ``ProxyAnchorLoss`` (margin 0.1, alpha 32),
+  ``ProxyNCALoss`` (PML's softmax includes the positive proxy: the
+  project's ``include_positive=True``; softmax scale 1),
+  ``NormalizedSoftmaxLoss`` (temperature 0.05), ``CosFaceLoss`` (0.35, 64)
+  and ``ArcFaceLoss`` (margin given in degrees: 0.5 rad, scale 64).
+* Margin loss: ``MarginLoss`` (margin 0.2, beta 1.2, nu 0) on every triplet,
+  and on the triplets of the project's ``distance_weighted_sampling`` passed
+  to PML as its ``indices_tuple``; with ``learn_beta`` and one beta per class
+  the beta's gradient is compared too. The sampling itself is random on
+  both sides, so it is compared in distribution: the total-variation
+  distance between the negatives the project draws and those PML's
+  ``DistanceWeightedMiner`` draws (cutoff 0.5, non-zero loss cutoff 1.4),
+  next to the distance between two PML runs of the same size.
+
     python3 -m experiments.benchmarks.compare_pml                 # prints the table
     python3 -m experiments.benchmarks.compare_pml --out compare_pml.json
 """
@@ -87,7 +105,7 @@ def main(argv=None):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
 
-  from hdml_jax import label_losses, pair_losses
+  from hdml_jax import label_losses, pair_losses, proxy_losses
   from hdml_jax import losses as hl
 
   m = args.margin
@@ -109,7 +127,48 @@ def main(argv=None):
         "lifted structure": lambda e, y: pair_losses.lifted_structure_loss(e, y),
         "circle": lambda e, y: pair_losses.circle_loss(e, y),
         "supervised contrastive": lambda e, y: pair_losses.supervised_contrastive_loss(e, y),
+        "margin, all triplets": lambda e, y: pair_losses.margin_loss(e, y),
     }[name]
+
+  proxy_ours = {
+      "proxy-anchor": lambda e, y, p: proxy_losses.proxy_anchor_loss(e, y, p),
+      "proxy-NCA (positive in the softmax)": lambda e, y, p: proxy_losses.proxy_nca_loss(e, y, p, include_positive=True),
+      "normalized softmax": lambda e, y, p: proxy_losses.normalized_softmax_loss(e, y, p),
+      "CosFace": lambda e, y, p: proxy_losses.cosface_loss(e, y, p),
+      "ArcFace": lambda e, y, p: proxy_losses.arcface_loss(e, y, p),
+      # the per-class beta plays the proxies' part: compared value, embedding and beta gradients
+      "margin, sampled triplets, per-class beta": None,
+  }
+
+  def proxy_theirs(name, num_classes, dim, proxies):
+    import math
+
+    if name == "proxy-anchor":
+      loss = losses.ProxyAnchorLoss(num_classes, dim, margin=0.1, alpha=32)
+      param = "proxies"
+    elif name.startswith("proxy-NCA"):
+      loss = losses.ProxyNCALoss(num_classes, dim, softmax_scale=1)
+      param = "proxies"
+    elif name == "normalized softmax":
+      loss, param = losses.NormalizedSoftmaxLoss(num_classes, dim, temperature=0.05), "W"
+    elif name == "CosFace":
+      loss, param = losses.CosFaceLoss(num_classes, dim, margin=0.35, scale=64), "W"
+    elif name == "ArcFace":
+      loss, param = losses.ArcFaceLoss(num_classes, dim, margin=math.degrees(0.5), scale=64), "W"
+    else:
+      raise KeyError(name)
+    loss = loss.double()
+    value = torch.tensor(proxies.T if param == "W" else proxies, dtype=torch.float64)
+    getattr(loss, param).data = value.clone()
+    tensor = getattr(loss, param)
+    grad = lambda: tensor.grad.numpy().T if param == "W" else tensor.grad.numpy()
+    return loss, grad
+
+  def sampled_triplets(neg, y):
+    a, p = np.nonzero((y[:, None] == y[None, :]) & ~np.eye(len(y), dtype=bool))
+    n = neg[a, p]
+    keep = y[n] != y[a]
+    return tuple(torch.as_tensor(t[keep]) for t in (a, p, n))
 
   def nearest_negative_per_pair(e, triplets):
     a, p, n = (t.numpy() for t in triplets)
@@ -161,15 +220,28 @@ def main(argv=None):
     if name == "supervised contrastive":
       loss = losses.SupConLoss(temperature=0.1)
       return lambda e, y: loss(e, y)
+    if name == "margin, all triplets":
+      loss = losses.MarginLoss(margin=0.2, nu=0.0, beta=1.2)
+      return lambda e, y: loss(e, y)
     raise KeyError(name)
 
   names = ["npair (a, p layout)", "triplet all", "triplet all, sum", "triplet batch_hard", "triplet semi_hard",
            "contrastive", "multi-similarity", "multi-similarity, no mining", "lifted structure", "circle",
-           "supervised contrastive"]
+           "supervised contrastive", "margin, all triplets"]
   shapes = [(8, 2, 16), (8, 4, 16), (16, 4, 64), (5, 6, 8)]
   seeds = [int(s) for s in args.seeds.split(",")]
   rows = {n: {"cases": 0, "max_rel_value": 0.0, "max_rel_grad": 0.0, "value_range": [np.inf, -np.inf]}
-          for n in names}
+          for n in names + list(proxy_ours)}
+  for n in proxy_ours:
+    rows[n]["max_rel_grad_proxies"] = 0.0
+
+  def record(name, v_ours, v_theirs, grads):
+    r = rows[name]
+    r["cases"] += 1
+    r["max_rel_value"] = max(r["max_rel_value"], abs(v_ours - v_theirs) / max(abs(v_theirs), 1e-12))
+    for key, (g_ours, g_theirs) in grads.items():
+      r[key] = max(r[key], float(np.abs(g_ours - g_theirs).max() / max(np.abs(g_theirs).max(), 1e-12)))
+    r["value_range"] = [min(r["value_range"][0], v_ours), max(r["value_range"][1], v_ours)]
   for case, x, y in _batches(seeds, shapes, scales=(0.1, 1.0, 3.0)):
     for name in names:
       if name.startswith("npair"):
@@ -186,14 +258,32 @@ def main(argv=None):
       v_theirs = theirs(name)(et, torch.as_tensor(ye))
       v_theirs.backward()
       g_theirs = et.grad.numpy()
-      v_ours, g_ours = float(v_ours), np.asarray(g_ours)
-      scale_v = max(abs(v_theirs.item()), 1e-12)
-      scale_g = max(np.abs(g_theirs).max(), 1e-12)
-      r = rows[name]
-      r["cases"] += 1
-      r["max_rel_value"] = max(r["max_rel_value"], abs(v_ours - v_theirs.item()) / scale_v)
-      r["max_rel_grad"] = max(r["max_rel_grad"], float(np.abs(g_ours - g_theirs).max() / scale_g))
-      r["value_range"] = [min(r["value_range"][0], v_ours), max(r["value_range"][1], v_ours)]
+      record(name, float(v_ours), v_theirs.item(), {"max_rel_grad": (np.asarray(g_ours), g_theirs)})
+    num_classes = case["classes"] + 2
+    proxies = np.random.default_rng(case["seed"] + 100).normal(size=(num_classes, case["dim"]))
+    for name, f in proxy_ours.items():
+      et = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+      if f is None:   # the margin loss on sampled triplets, one beta per class
+        beta = 1.0 + 0.1 * np.arange(num_classes)
+        neg = np.asarray(pair_losses.distance_weighted_sampling(jax.random.key(case["seed"]), jnp.asarray(x),
+                                                                jnp.asarray(y)))
+        (v_ours, (g_ours, gp_ours)) = jax.value_and_grad(
+            lambda e, b: pair_losses.margin_loss(e, jnp.asarray(y), beta=b, negatives=jnp.asarray(neg)),
+            argnums=(0, 1))(jnp.asarray(x), jnp.asarray(beta))
+        loss = losses.MarginLoss(margin=0.2, nu=0.0, beta=1.0, learn_beta=True, num_classes=num_classes).double()
+        loss.beta.data = torch.tensor(beta, dtype=torch.float64)
+        v_theirs = loss(et, torch.as_tensor(y), sampled_triplets(neg, y))
+        v_theirs.backward()
+        gp_theirs = loss.beta.grad.numpy()
+      else:
+        (v_ours, (g_ours, gp_ours)) = jax.value_and_grad(lambda e, p: f(e, jnp.asarray(y), p), argnums=(0, 1))(
+            jnp.asarray(x), jnp.asarray(proxies))
+        loss, proxy_grad = proxy_theirs(name, num_classes, case["dim"], proxies)
+        v_theirs = loss(et, torch.as_tensor(y))
+        v_theirs.backward()
+        gp_theirs = proxy_grad()
+      record(name, float(v_ours), v_theirs.item(), {"max_rel_grad": (np.asarray(g_ours), et.grad.numpy()),
+                                                    "max_rel_grad_proxies": (np.asarray(gp_ours), gp_theirs)})
   print(f"pytorch-metric-learning {pytorch_metric_learning.__version__}, torch {torch.__version__}, "
         f"jax {jax.__version__}; float64; margin {m}; seeds {seeds}; batches (classes, per class, dim) "
         f"{shapes} at scales 0.1, 1, 3")
@@ -207,14 +297,52 @@ def main(argv=None):
               "contrastive": "ContrastiveLoss per pair, squared, mean over all pairs",
               "multi-similarity": "MultiSimilarityMiner + MultiSimilarityLoss",
               "multi-similarity, no mining": "MultiSimilarityLoss", "lifted structure": "GeneralizedLiftedStructureLoss",
-              "circle": "CircleLoss", "supervised contrastive": "SupConLoss"}
+              "circle": "CircleLoss", "supervised contrastive": "SupConLoss",
+              "margin, all triplets": "MarginLoss (beta 1.2)",
+              "proxy-anchor": "ProxyAnchorLoss", "proxy-NCA (positive in the softmax)": "ProxyNCALoss",
+              "normalized softmax": "NormalizedSoftmaxLoss", "CosFace": "CosFaceLoss", "ArcFace": "ArcFaceLoss",
+              "margin, sampled triplets, per-class beta": "MarginLoss(learn_beta, num_classes) on our sampled triplets"}
   for name, r in rows.items():
     lo, hi = r["value_range"]
+    extra = f" (proxies / beta: {r['max_rel_grad_proxies']:.1e})" if "max_rel_grad_proxies" in r else ""
     print(f"| {name} | {pml_side[name]} | {r['cases']} | {lo:.3g} to {hi:.3g} | {r['max_rel_value']:.1e} | "
-          f"{r['max_rel_grad']:.1e} |")
+          f"{r['max_rel_grad']:.1e}{extra} |")
+  sampling = _compare_sampling(jax, jnp, torch, miners, pair_losses)
+  print(f"distance-weighted sampling, {sampling['draws']} draws per anchor on each side: total-variation distance "
+        f"project vs PML {sampling['tv_project_pml']:.3f}, PML vs PML {sampling['tv_pml_pml']:.3f} (sampling noise)")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows}, f, indent=2)
+      json.dump({"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows, "sampling": sampling},
+                f, indent=2)
+
+
+def _compare_sampling(jax, jnp, torch, miners, pair_losses, draws: int = 400):
+  """Mean over anchors of the total-variation distance between sampled-negative frequencies."""
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(4), 4)
+  x = rng.normal(size=(16, 8)) * 0.4 + np.eye(8)[y] * 0.7
+  b = len(y)
+
+  def pml_counts(seed):
+    np.random.seed(seed)
+    miner = miners.DistanceWeightedMiner(cutoff=0.5, nonzero_loss_cutoff=1.4)
+    counts = np.zeros((b, b))
+    et = torch.tensor(x, dtype=torch.float64)
+    while counts.sum(axis=1).min() < draws * 3:   # each (anchor, positive) pair draws one negative
+      a, _, n = (t.numpy() for t in miner(et, torch.as_tensor(y)))
+      np.add.at(counts, (a, n), 1)
+    return counts
+
+  counts = np.zeros((b, b))
+  for k in range(draws):
+    neg = np.asarray(pair_losses.distance_weighted_sampling(jax.random.key(k), jnp.asarray(x), jnp.asarray(y)))
+    pos = (y[:, None] == y[None, :]) & ~np.eye(b, dtype=bool)
+    for a in range(b):
+      np.add.at(counts[a], neg[a][pos[a]], 1)
+  freq = lambda c: c / c.sum(axis=1, keepdims=True)
+  tv = lambda p, q: float(np.mean(0.5 * np.abs(p - q).sum(axis=1)))
+  first, second = freq(pml_counts(1)), freq(pml_counts(2))
+  return {"draws": draws * 3, "tv_project_pml": tv(freq(counts), first), "tv_pml_pml": tv(first, second)}
 
 
 if __name__ == "__main__":
