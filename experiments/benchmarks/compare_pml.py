@@ -221,7 +221,8 @@ def main(argv=None):
       loss = losses.SupConLoss(temperature=0.1)
       return lambda e, y: loss(e, y)
     if name == "margin, all triplets":
-      loss = losses.MarginLoss(margin=0.2, nu=0.0, beta=1.2)
+      loss = losses.MarginLoss(margin=0.2, nu=0.0, beta=1.2).double()
+      loss.beta.data = torch.tensor([1.2], dtype=torch.float64)   # PML stores beta as float32 (1.2000000477)
       return lambda e, y: loss(e, y)
     raise KeyError(name)
 
