@@ -34,7 +34,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
+  from experiments.run_config import validate_config
   from experiments.train import train_and_evaluate
+
+  try:   # a bad config is refused in one line, before anything starts
+    validate_config(FLAGS.config)
+  except ValueError as e:
+    print(f"python3 -m experiments.main: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   summary = {"final (test)": {k: v for k, v in results["final"].items() if k != "num_queries_map@r"}}

@@ -53,11 +53,34 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
       raise ValueError(f"config.dataset.{key} must be two integers (start, stop), e.g. '(0, 50)'; "
                        f"got {tuple(value) if isinstance(value, (tuple, list)) else value!r}.")
+  _validate_loss(cfg)
   gb = cfg.dataset.decoded_cache_gb
   if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not gb >= 0:
     raise ValueError(f"config.dataset.decoded_cache_gb must be a number of GiB >= 0 (0: no cache), got {gb!r}.")
   if not isinstance(cfg.num_devices, int) or cfg.num_devices < 0:
     raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
+
+def _validate_loss(cfg) -> None:
+  from hdml_jax.loss_step import LOSS_NAMES, PAIR_LOSSES
+
+  name, m = cfg.loss.name, cfg.loss.m_per_class
+  if name == "hdml":
+    return
+  if name not in LOSS_NAMES:
+    raise ValueError(f"config.loss.name={name!r} is not a loss; choose 'hdml' or one of {', '.join(LOSS_NAMES)}.")
+  if cfg.hdml.enabled:
+    raise ValueError(f"config.loss.name={name!r} trains without HDML's synthesis: set config.hdml.enabled=False "
+                     "(or config.loss.name='hdml').")
+  if cfg.epoch_sampler:
+    raise ValueError("config.epoch_sampler is for HDML's N-pair batches; library losses use the M-per-class "
+                     "sampler (set config.epoch_sampler=False).")
+  least = 2 if name in PAIR_LOSSES else 1
+  if not isinstance(m, int) or isinstance(m, bool) or m < least:
+    raise ValueError(f"config.loss.m_per_class={m!r}: {name!r} "
+                     + ("compares samples of one class, so a batch needs at least 2 per class."
+                        if least == 2 else "needs at least 1 image per class."))
+  if cfg.batch_size % m:
+    raise ValueError(f"config.batch_size={cfg.batch_size} is not a multiple of config.loss.m_per_class={m}.")
 
 def selectable_metrics(cfg) -> list[str]:
   """The names ``evaluate`` reports, hence what ``selection.metric`` may name."""

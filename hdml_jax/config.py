@@ -83,7 +83,7 @@ class HDMLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """Three Adam optimizers over disjoint parameter groups.
+  """Adam optimizers over disjoint parameter groups (three for HDML, a fourth for a loss's own parameters).
 
   Attributes:
     metric_lr: backbone + BN1 + fc1, trained on ``J_metric`` (``J_m`` for the
@@ -98,6 +98,11 @@ class OptimizerConfig:
       (constant in the reference).
     clip_value: if set, metric gradients are clipped element-wise to
       ``[-clip_value, clip_value]`` (the reference's SOP runs used 2).
+    loss_lr, loss_boundaries, loss_decay: the parameters a library loss owns
+      (the proxies of a proxy loss, the margin loss's per-class ``beta``;
+      :mod:`hdml_jax.loss_step`), with their own Adam. 1e-2 is 100x the
+      backbone's order of magnitude, as Proxy-Anchor's paper trains its
+      proxies; unused by HDML and the reference's losses.
 
   :func:`hdml_jax.optimizers.make_optimizer` builds the optimizer from it.
   """
@@ -112,9 +117,12 @@ class OptimizerConfig:
   classifier_boundaries: Sequence[int] = ()
   classifier_decay: float = 0.5
   clip_value: float | None = None
+  loss_lr: float = 1e-2
+  loss_boundaries: Sequence[int] = ()
+  loss_decay: float = 0.5
 
   def __post_init__(self):
-    for group in ("metric", "generator", "classifier"):
+    for group in ("metric", "generator", "classifier", "loss"):
       name = f"{group}_boundaries"
       object.__setattr__(self, name, tuple(int(b) for b in getattr(self, name)))
       if getattr(self, f"{group}_lr") < 0:

@@ -9,10 +9,11 @@ from hdml_jax.config import OptimizerConfig
 
 __all__ = ["GROUP_OF", "GROUPS", "make_optimizer", "schedule"]
 
-#: The three parameter groups, each with its own Adam and schedule.
-GROUPS = ("metric", "generator", "classifier")
+#: The parameter groups, each with its own Adam and schedule (``loss``: a library loss's own parameters).
+GROUPS = ("metric", "generator", "classifier", "loss")
 #: The parameter group each top-level part of the parameters belongs to.
-GROUP_OF = {"backbone": "metric", "embedding": "metric", "generator": "generator", "classifier": "classifier"}
+GROUP_OF = {"backbone": "metric", "embedding": "metric", "generator": "generator", "classifier": "classifier",
+            "loss": "loss"}
 
 
 def schedule(optimizer: OptimizerConfig, group: str) -> optax.Schedule:
@@ -31,12 +32,14 @@ def schedule(optimizer: OptimizerConfig, group: str) -> optax.Schedule:
   return optax.piecewise_constant_schedule(lr, {b: decay for b in getattr(optimizer, f"{group}_boundaries")})
 
 
-def make_optimizer(optimizer: OptimizerConfig, *, hdml: bool) -> optax.GradientTransformation:
+def make_optimizer(optimizer: OptimizerConfig, *, hdml: bool, loss_params: bool = False
+                   ) -> optax.GradientTransformation:
   """``optax.multi_transform`` of one Adam per parameter group, each with its schedule.
 
   The metric group (``backbone``, ``embedding``) is clipped element-wise
   first when ``optimizer.clip_value`` is set; without HDML there is only
-  the metric group.
+  the metric group. ``loss_params`` adds the ``loss`` group (the
+  ``params["loss"]`` of a library loss: proxies, per-class ``beta``).
   """
   metric = optax.adam(schedule(optimizer, "metric"))
   if optimizer.clip_value is not None:
@@ -45,5 +48,7 @@ def make_optimizer(optimizer: OptimizerConfig, *, hdml: bool) -> optax.GradientT
   if hdml:
     transforms["generator"] = optax.adam(schedule(optimizer, "generator"))
     transforms["classifier"] = optax.adam(schedule(optimizer, "classifier"))
+  if loss_params:
+    transforms["loss"] = optax.adam(schedule(optimizer, "loss"))
   labels = lambda params: {k: jax.tree_util.tree_map(lambda _: GROUP_OF[k], v) for k, v in params.items()}
   return optax.multi_transform(transforms, labels)

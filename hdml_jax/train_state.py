@@ -56,6 +56,7 @@ def create_train_state(
     stats_initial_value: float = 1e6,
     bn_momentum: float = BN_MOMENTUM,
     bn_epsilon: float = BN_EPSILON,
+    loss_params: dict | None = None,
 ) -> HDMLTrainState:
   """Initialises every part and the three optimizers.
 
@@ -67,6 +68,10 @@ def create_train_state(
     backbone: a registered name or a module; ``backbone_kwargs`` configure it.
     config, optimizer: static hyper-parameters.
     stats_block_length, stats_initial_value: the adaptive statistics.
+    loss_params: a library loss's own parameters
+      (:func:`hdml_jax.loss_step.init_loss_params`), kept as
+      ``params["loss"]`` with their own optimizer group; needs ``config.hdml``
+      off.
   """
   if num_classes < 2:
     raise ValueError(f"create_train_state: need at least 2 classes, got {num_classes}.")
@@ -80,11 +85,16 @@ def create_train_state(
   head_params, head_stats = init_head_variables(networks.head, (k_emb, k_gen, k_cls), feature_dim=feature_dim)
   # A backbone may have no parameters (identity on precomputed features).
   params = {"backbone": bb_vars.get("params", {}), **head_params}
+  if loss_params is not None:
+    if config.hdml:
+      raise ValueError("create_train_state: loss_params belong to a library loss, which trains without HDML's "
+                       "synthesis (config.hdml=False).")
+    params["loss"] = loss_params
   batch_stats = {"backbone": bb_vars.get("batch_stats", {}), **head_stats}
   return HDMLTrainState.create(
       apply_fn=make_embed_fn(networks),
       params=params,
-      tx=make_optimizer(optimizer, hdml=config.hdml),
+      tx=make_optimizer(optimizer, hdml=config.hdml, loss_params=loss_params is not None),
       batch_stats=batch_stats,
       stats=init_statistics(block_length=stats_block_length, initial_value=stats_initial_value),
       networks=networks,

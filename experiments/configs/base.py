@@ -54,6 +54,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.hdml.stats_initial_value = 1e6
   c.optimizer = config_section(OptimizerConfig)
 
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "hdml"                 # hdml: HDML's step (hdml.loss, hdml.enabled); or a library loss of
+                                       # hdml_jax.loss_step.LOSS_NAMES (multi_similarity, proxy_anchor, ...),
+                                       # trained without synthesis (hdml.enabled=False) on M-per-class batches
+  c.loss.m_per_class = 4               # library losses: images per class in a batch (pair losses need >= 2)
+
   c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive
   c.epoch_sampler = False              # N-pair: visit every training image once per epoch
   c.num_steps = 8000

@@ -128,13 +128,14 @@ class MakeOptimizerTest(parameterized.TestCase):
   def test_each_group_steps_with_its_own_adam_and_schedule(self):
     o = OptimizerConfig(metric_lr=0.1, metric_boundaries=(2,), metric_decay=0.5, generator_lr=0.2,
                         generator_boundaries=(1,), generator_decay=0.1, classifier_lr=0.3,
-                        classifier_boundaries=(3,), classifier_decay=0.5)
-    params = scalar_params(["backbone", "embedding", "generator", "classifier"])
-    grads = [{"backbone": g, "embedding": -g, "generator": 2 * g, "classifier": 3 * g}
+                        classifier_boundaries=(3,), classifier_decay=0.5, loss_lr=0.4, loss_boundaries=(1,),
+                        loss_decay=0.25)
+    params = scalar_params(["backbone", "embedding", "generator", "classifier", "loss"])
+    grads = [{"backbone": g, "embedding": -g, "generator": 2 * g, "classifier": 3 * g, "loss": 4 * g}
              for g in (1.0, 0.5, -2.0, 1.5)]
-    got = run_optimizer(make_optimizer(o, hdml=True), params, grads)
+    got = run_optimizer(make_optimizer(o, hdml=True, loss_params=True), params, grads)
     lr = {"metric": [0.1, 0.1, 0.05, 0.05], "generator": [0.2, 0.02, 0.02, 0.02],
-          "classifier": [0.3, 0.3, 0.3, 0.15]}
+          "classifier": [0.3, 0.3, 0.3, 0.15], "loss": [0.4, 0.1, 0.1, 0.1]}
     for name, g in GROUP_OF.items():
       # Adam with a step-dependent rate: the unit-rate update times that step's rate.
       want = adam_updates([s[name] for s in grads], 1.0) * np.array(lr[g])

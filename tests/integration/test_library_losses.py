@@ -1,0 +1,45 @@
+"""Every library loss through the experiments' loop on the default digits config, and a proxy loss resumed exactly."""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from hdml_jax.loss_step import LOSS_NAMES, PROXY_LOSSES
+from tests.helpers import fast_default, restored_latest
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(name, **overrides):
+  return fast_default(**{"loss.name": name, "hdml.enabled": False, "batch_size": 20, "num_steps": 2,
+                         "eval_every": 2, "checkpoint_every": 2, "log_every": 1, **overrides})
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_each_loss_trains_checkpoints_and_evaluates(name):
+  from experiments.train import train_and_evaluate
+
+  workdir = tempfile.mkdtemp()
+  results = train_and_evaluate(_cfg(name), workdir)
+  assert results["final"]["step"] == 2 and 0 <= results["final"]["recall@1"] <= 1
+  assert results["config"]["loss"]["name"] == name
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+  state = restored_latest(_cfg(name), workdir)
+  assert int(state.step) == 2
+  assert ("proxies" in state.params["loss"]) == (name in PROXY_LOSSES)
+
+
+def test_proxies_are_checkpointed_and_resumed_exactly():
+  from experiments.train import train_and_evaluate
+
+  straight, split = tempfile.mkdtemp(), tempfile.mkdtemp()
+  train_and_evaluate(_cfg("proxy_anchor", num_steps=4), straight)
+  train_and_evaluate(_cfg("proxy_anchor", num_steps=2), split)        # stopped after step 2 ...
+  train_and_evaluate(_cfg("proxy_anchor", num_steps=4), split)        # ... and resumed to step 4
+  a = restored_latest(_cfg("proxy_anchor", num_steps=4), straight)
+  b = restored_latest(_cfg("proxy_anchor", num_steps=4), split)
+  np.testing.assert_array_equal(np.asarray(a.params["loss"]["proxies"]), np.asarray(b.params["loss"]["proxies"]))

@@ -1,0 +1,41 @@
+"""config.loss: the library losses in the experiments, and the one-line refusals of bad set-ups."""
+
+import subprocess
+import sys
+
+import pytest
+
+from experiments.run_config import validate_config
+from tests.helpers import REPO, fast_default
+
+
+def _cfg(**overrides):
+  return fast_default(**{"hdml.enabled": False, "batch_size": 20, **overrides})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss.name": "multisim"}, r"config.loss.name='multisim' is not a loss; choose 'hdml' or one of npair_labels"),
+    ({"loss.name": "circle", "hdml.enabled": True}, r"trains without HDML's synthesis: set config.hdml.enabled=False"),
+    ({"loss.name": "circle", "loss.m_per_class": 1}, r"'circle' compares samples of one class, so a batch needs at least 2"),
+    ({"loss.name": "proxy_anchor", "loss.m_per_class": 0}, r"'proxy_anchor' needs at least 1 image per class"),
+    ({"loss.name": "margin", "loss.m_per_class": 3}, r"config.batch_size=20 is not a multiple of config.loss.m_per_class=3"),
+    ({"loss.name": "margin", "epoch_sampler": True}, r"config.epoch_sampler is for HDML's N-pair batches"),
+])
+def test_bad_loss_settings_are_refused(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    validate_config(_cfg(**overrides))
+
+
+def test_good_settings_pass():
+  validate_config(_cfg(**{"loss.name": "proxy_anchor", "loss.m_per_class": 1}))
+  validate_config(_cfg(**{"loss.name": "multi_similarity"}))
+  validate_config(fast_default())   # loss.name "hdml": HDML's own step, as before
+
+
+@pytest.mark.slow
+def test_the_command_line_refuses_in_one_line_before_anything_starts():
+  proc = subprocess.run([sys.executable, "-m", "experiments.main", "--workdir", "/nonexistent/never/created",
+                         "--config.loss.name=multisim"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith("python3 -m experiments.main: error: config.loss.name=")
+  assert "Traceback" not in proc.stderr

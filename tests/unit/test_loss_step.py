@@ -1,0 +1,80 @@
+"""Training with the library's losses: every loss steps, owns its parameters, and bad set-ups are refused."""
+
+import jax
+import numpy as np
+import pytest
+
+from hdml_jax import loss_step
+from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.data import MPerClassSampler, load_digits_split
+from hdml_jax.train_state import create_train_state
+
+
+def _state(name, num_classes=5, seed=0):
+  params = loss_step.init_loss_params(name, jax.random.key(seed + 1), embedding_dim=6, num_classes=num_classes)
+  return create_train_state(jax.random.key(seed), image_shape=(8, 8, 1), num_classes=num_classes, embedding_dim=6,
+                            backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
+                            config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=1e-2),
+                            stats_block_length=4, loss_params=params)
+
+
+def _batch(step=0):
+  images, labels = load_digits_split("train")
+  idx = MPerClassSampler(labels, m=4, batch_size=20, seed=0)(step)
+  return {"images": images[idx].reshape(-1, 8, 8, 1), "labels": labels[idx]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", loss_step.LOSS_NAMES)
+def test_every_loss_steps_with_finite_values_and_moves_its_parameters(name):
+  state = _state(name)
+  step = jax.jit(loss_step.make_loss_train_step(state.networks, name))
+  before = jax.tree_util.tree_map(np.asarray, state.params)
+  for k in range(2):
+    state, metrics = step(state, _batch(k), jax.random.key(k))
+    assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"])), name
+  moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
+  assert any(jax.tree_util.tree_leaves(moved["backbone"])) and any(jax.tree_util.tree_leaves(moved["embedding"]))
+  if name in loss_step.PROXY_LOSSES:
+    assert state.params["loss"]["proxies"].shape == (5, 6) and moved["loss"]["proxies"]
+    assert "grad_norm/loss" in metrics
+  else:
+    assert state.params["loss"] == {}
+  assert int(state.step) == 2
+
+
+def test_the_loss_group_has_its_own_learning_rate():
+  fast = _state("proxy_anchor")
+  slow = create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
+                            backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
+                            config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=0.0),
+                            stats_block_length=4, loss_params=fast.params["loss"])
+  step = loss_step.make_loss_train_step(fast.networks, "proxy_anchor")
+  fast2, _ = step(fast, _batch(), jax.random.key(0))
+  slow2, _ = step(slow, _batch(), jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(slow2.params["loss"]["proxies"]), np.asarray(slow.params["loss"]["proxies"]))
+  assert not np.array_equal(np.asarray(fast2.params["loss"]["proxies"]), np.asarray(fast.params["loss"]["proxies"]))
+  # The first step's gradients are the same (same proxies), so the metric group moves alike in both.
+  for a, b in zip(jax.tree_util.tree_leaves(slow2.params["backbone"]), jax.tree_util.tree_leaves(fast2.params["backbone"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bad_set_ups_are_refused_in_one_line():
+  with pytest.raises(ValueError, match=r"^unknown loss 'multisim'; choose one of npair_labels, .*arcface\.$"):
+    loss_step.loss_spec("multisim")
+  with pytest.raises(ValueError, match=r"^loss 'proxy_anchor' learns one proxy per training class: it needs num_classes >= 2"):
+    loss_step.init_loss_params("proxy_anchor", jax.random.key(0), embedding_dim=4)
+  with pytest.raises(ValueError, match="loss_params belong to a library loss"):
+    create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
+                       backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), config=HDMLConfig(hdml=True),
+                       loss_params={})
+  state = _state("multi_similarity")
+  with pytest.raises(ValueError, match=r"loss 'proxy_nca' needs params\['loss'\]\['proxies'\]"):
+    loss_step.make_loss_train_step(state.networks, "proxy_nca")(state, _batch(), jax.random.key(0))
+  # A pair loss on a batch without repeated classes is refused by the loss itself (outside jit).
+  images, labels = load_digits_split("train")
+  one_each = np.array([np.flatnonzero(labels == c)[0] for c in range(5)])
+  with pytest.raises(ValueError, match="no class has two samples in this batch"):
+    loss_step.make_loss_train_step(state.networks, "multi_similarity")(
+        state, {"images": images[one_each].reshape(-1, 8, 8, 1), "labels": labels[one_each]}, jax.random.key(0))
+  assert set(loss_step.PROXY_LOSSES) | set(loss_step.PAIR_LOSSES) == set(loss_step.LOSS_NAMES)
