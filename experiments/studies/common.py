@@ -37,6 +37,10 @@ def check_overrides(parser, overrides: dict) -> None:
 def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dict) -> dict:
   """Trains (or reads back) one run of ``method`` with ``seed``: its ``results.json``.
 
+  ``method`` is one of :data:`METHODS` (HDML or its baseline, with the
+  reference's tuple losses) or a library loss's name
+  (``hdml_jax.loss_step.LOSS_NAMES``).
+
   ``overrides`` (``{key: value or text}``) are applied after the method's
   own settings, text parsed as on the command line
   (:func:`experiments.overrides.apply_overrides`). A finished run is read,
@@ -50,9 +54,12 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   if os.path.exists(path):
     return json.load(open(path))
   cfg = cub100.get_config()
-  cfg.hdml.loss, cfg.hdml.enabled = METHODS[method]
+  if method in METHODS:
+    cfg.hdml.loss, cfg.hdml.enabled = METHODS[method]
+  else:   # a library loss (hdml_jax.loss_step.LOSS_NAMES), without synthesis, on M-per-class batches
+    cfg.loss.name, cfg.hdml.enabled = method, False
   cfg.seed, cfg.num_steps = seed, num_steps
-  if cfg.hdml.loss == "triplet":
+  if cfg.hdml.loss == "triplet" and method in METHODS:
     cfg.batch_size = 60
   apply_overrides(cfg, overrides)
   return train_and_evaluate(cfg, workdir)

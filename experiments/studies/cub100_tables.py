@@ -4,6 +4,7 @@
     python -m experiments.studies.cub100_tables --workdir runs/regime --table regime  # scratch vs pretrained
     python -m experiments.studies.cub100_tables --workdir runs/regime --table beta    # beta sensitivity
     python -m experiments.studies.cub100_tables --workdir runs/regime --table alpha   # alpha transfer
+    python -m experiments.studies.cub100_tables --workdir runs/regime --table losses  # HDML vs today's losses
 
 Every run gets the same fixed budget, ``--num_steps`` (default 500) after
 ``--pretrain_steps`` of pretraining (default 800); ``--config.<key>=<value>``
@@ -23,6 +24,13 @@ applies to every run and every pretraining (the syntax of
   final w lands near each ``--target_w`` (read off the reference-beta run's
   J_gen path), given as absolute beta and as ``hdml.beta_relative``.
 * ``alpha``: ``hdml.alpha_relative`` against the reference alpha, every seed.
+* ``losses``: every method of ``--methods`` (HDML N-pair and triplet, their
+  baselines, and the library losses of ``hdml_jax.loss_step``) at the
+  pretrained start; each baseline or loss gets the metric learning rate of
+  ``--lrs`` with the best held-out-class R@1 (first seed), HDML its
+  baseline's; then every seed, paired (same pretrained file, same data
+  order); mean ± std and each method's paired R@1 difference against the
+  strongest baseline with a 95 % t interval.
 
 Nothing selects on test classes: checkpoints and learning rates are chosen on
 the held-out training classes; test curves are logged for the plots only.
@@ -53,6 +61,7 @@ from experiments.studies.common import (
   selected,
   wall_minutes,
 )
+from hdml_jax.loss_step import LOSS_NAMES
 
 __all__ = ["TABLES", "chosen_lr", "main", "pretrained_file", "regime_run"]
 
@@ -64,6 +73,9 @@ STUDY_SET = {"dataset.resize": 56, "dataset.crop": 48, "eval.test_curves": True,
 LOSSES = ("npair", "triplet")
 
 REGIMES = ("pretrained", "scratch")
+
+# --table losses: HDML and its baselines (the reference's tuple losses), then every library loss.
+DEFAULT_METHODS = ("npair_baseline", "triplet_baseline", "npair_hdml", "triplet_hdml") + LOSS_NAMES
 
 
 def _steps(n: int) -> dict:
@@ -225,7 +237,64 @@ def table_alpha(root: str, args) -> list[str]:
   return lines
 
 
-TABLES = {"lr": table_lr, "regime": table_regime, "beta": table_beta, "alpha": table_alpha}
+def _losses_lr(root: str, args) -> dict:
+  """Each method's metric learning rate at the pretrained start, chosen by held-out-class R@1 (first seed)."""
+  path = os.path.join(root, "losses_lr_choice.json")
+  choice = json.load(open(path)) if os.path.exists(path) else {}
+  for method in args.method_list:
+    base = METHODS[method][0] + "_baseline" if method.endswith("_hdml") else method
+    if method in choice or method.endswith("_hdml"):
+      continue
+    tried = {}
+    for lr in args.lr_list:
+      _, r = regime_run(root, "pretrained", base, args.seed_list[0], args, {"optimizer.metric_lr": lr},
+                        tag=f"_lr{lr:g}")
+      tried[f"{lr:g}"] = r["best"]["value"] if r["best"] else float("nan")
+    best = max(tried, key=lambda k: (tried[k] if tried[k] == tried[k] else -1.0))
+    choice[method] = {"lr": float(best), "val_recall@1": tried}
+    write_json_atomic(path, choice)   # after every method: an interrupted table keeps its choices
+  for method in args.method_list:     # HDML uses the rate chosen for its own baseline
+    if method.endswith("_hdml"):
+      base = METHODS[method][0] + "_baseline"
+      if base not in choice:
+        raise ValueError(f"--methods names {method} without {base}, whose learning rate it uses.")
+      choice[method] = {"lr": choice[base]["lr"], "from": base}
+  return choice
+
+def table_losses(root: str, args) -> list[str]:
+  """Every method at the pretrained start with its own held-out-chosen rate, paired seeds, against the best baseline."""
+  choice = _losses_lr(root, args)
+  results, dirs = {}, []
+  for method in args.method_list:
+    runs = [regime_run(root, "pretrained", method, s, args, {"optimizer.metric_lr": choice[method]["lr"]},
+                       tag=f"_lr{choice[method]['lr']:g}") for s in args.seed_list]
+    dirs += [d for d, _ in runs]
+    results[method] = [selected(r) for _, r in runs]
+  baselines = [m for m in args.method_list if not m.endswith("_hdml")]
+  strongest = max(baselines, key=lambda m: np.mean([r["recall@1"] for r in results[m]]))
+  lines = ["| method | metric lr | " + " | ".join(KEYS) + f" | R@1 - {strongest} [95 % CI] |",
+           "|---|---|" + "---|" * len(KEYS) + "---|"]
+  out = {"strongest_baseline": strongest, "lr": choice, "methods": {}}
+  for method in args.method_list:
+    rows = results[method]
+    cells = [fmt((np.mean([r[k] for r in rows]), np.std([r[k] for r in rows]))) for k in KEYS]
+    diff = None if method == strongest else paired_difference([r["recall@1"] for r in rows],
+                                                              [r["recall@1"] for r in results[strongest]])
+    out["methods"][method] = {k: [r[k] for r in rows] for k in KEYS}
+    out["methods"][method]["recall@1_minus_strongest"] = diff
+    lines.append(f"| {method} | {choice[method]['lr']:g} | " + " | ".join(cells) + " | "
+                 + ("(reference)" if diff is None else fmt_diff(diff)) + " |")
+  write_json_atomic(os.path.join(root, "losses.json"), out)
+  lines.append("")
+  lines.append(f"{len(args.seed_list)} paired seeds per method (one pretrained file and one data order per seed); "
+               "mean ± std over seeds; the last column is the mean per-seed difference in R@1 with a 95 % t "
+               f"interval. Strongest baseline by mean R@1: {strongest}. Learning rates chosen per method on the "
+               "held-out training classes (first seed); HDML uses its baseline's.")
+  lines.append(f"table wall time: {wall_minutes(dirs):.1f} min (pretraining and the learning-rate runs not included)")
+  return lines
+
+
+TABLES = {"lr": table_lr, "regime": table_regime, "beta": table_beta, "alpha": table_alpha, "losses": table_losses}
 
 
 def main(argv=None):
@@ -244,6 +313,8 @@ def main(argv=None):
   ap.add_argument("--alpha_relative", type=float, default=0.5, help="--table alpha")
   ap.add_argument("--losses", default=",".join(LOSSES), help="--table lr/regime: the losses")
   ap.add_argument("--regimes", default="pretrained,scratch", help="--table regime: the regimes")
+  ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                  help="--table losses: HDML and baseline methods and library losses (default: all)")
   ap.add_argument("--metric_lr", type=float, default=None,
                   help="the pretrained start's metric lr, given instead of the lr table's choice")
   argv, common = split_overrides(sys.argv[1:] if argv is None else argv)
@@ -255,7 +326,9 @@ def main(argv=None):
   args.target_w_list = [float(x) for x in args.target_w.split(",")]
   args.loss_list = [x for x in args.losses.split(",") if x]
   args.regime_list = [x for x in args.regimes.split(",") if x]
-  for name, got, allowed in (("losses", args.loss_list, LOSSES), ("regimes", args.regime_list, REGIMES)):
+  args.method_list = [x for x in args.methods.split(",") if x]
+  for name, got, allowed in (("losses", args.loss_list, LOSSES), ("regimes", args.regime_list, REGIMES),
+                             ("methods", args.method_list, DEFAULT_METHODS)):
     if not got or set(got) - set(allowed):
       ap.error(f"--{name} must be a comma-separated subset of {','.join(allowed)}, got {got}")
   lines = TABLES[args.table](args.workdir, args)

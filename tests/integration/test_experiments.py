@@ -367,3 +367,53 @@ class RegimeStudyTest(chex.TestCase):
     # mean 0.1, sd 0.1, t(0.975, 2) = 4.302653, half-width 4.302653 * 0.1 / sqrt(3)
     self.assertAlmostEqual(d["mean"], 0.1, places=12)
     np.testing.assert_allclose(d["ci95"], [0.1 - 0.2484138, 0.1 + 0.2484138], rtol=1e-6)
+
+
+class LossesTableTest(chex.TestCase):
+
+  def test_losses_table_chooses_rates_on_held_out_classes_pairs_seeds_and_resumes(self):
+    from experiments.studies import cub100_tables
+
+    workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
+    argv = ["--workdir", workdir, "--table", "losses", "--seeds", "0,1", "--num_steps", "2", "--pretrain_steps", "2",
+            "--lrs", "1e-4,3e-4", "--methods", "npair_baseline,npair_hdml,multi_similarity,proxy_anchor",
+            "--config.dataset.resize=20", "--config.dataset.crop=16",
+            "--config.dataset.train_classes=(0, 12)", "--config.dataset.test_classes=(50, 54)",
+            "--config.num_devices=1", f"--config.compilation_cache_dir={cache}", "--config.batch_size=12",
+            "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
+            "--config.model.backbone_kwargs.widths=(4, 8)", "--config.hdml.stats_block_length=2"]
+    try:
+      cub100_tables.main(argv)
+      out = json.load(open(os.path.join(workdir, "losses.json")))
+      self.assertEqual(set(out["methods"]), {"npair_baseline", "npair_hdml", "multi_similarity", "proxy_anchor"})
+      self.assertIn(out["strongest_baseline"], {"npair_baseline", "multi_similarity", "proxy_anchor"})
+      for method in ("npair_baseline", "multi_similarity", "proxy_anchor"):
+        tried = out["lr"][method]["val_recall@1"]
+        self.assertEqual(set(tried), {"0.0001", "0.0003"})
+        vals = {lr: json.load(open(os.path.join(workdir, "pretrained", f"{method}_lr{lr}_seed0", "best.json")))["value"]
+                for lr in ("0.0001", "0.0003")}
+        self.assertEqual(tried, {"0.0001": vals["0.0001"], "0.0003": vals["0.0003"]})   # held-out R@1 only
+        self.assertEqual(out["lr"][method]["lr"], float(max(vals, key=vals.get)))
+      self.assertEqual(out["lr"]["npair_hdml"], {"lr": out["lr"]["npair_baseline"]["lr"], "from": "npair_baseline"})
+      r = json.load(open(os.path.join(workdir, "pretrained",
+                                      f"proxy_anchor_lr{out['lr']['proxy_anchor']['lr']:g}_seed1", "results.json")))
+      self.assertEqual(r["config"]["loss"]["name"], "proxy_anchor")
+      self.assertEqual(r["best"]["selection"], "val/recall@1")
+      self.assertEqual(r["pretrained"]["path"], os.path.join(workdir, "pretrain_seed1", "pretrained.npz"))
+      strongest = out["strongest_baseline"]
+      for method, cell in out["methods"].items():
+        if method == strongest:
+          self.assertIsNone(cell["recall@1_minus_strongest"])
+        else:
+          diffs = np.subtract(cell["recall@1"], out["methods"][strongest]["recall@1"])
+          self.assertAlmostEqual(cell["recall@1_minus_strongest"]["mean"], float(np.mean(diffs)), places=9)
+      text = open(os.path.join(workdir, "table_losses.md")).read()
+      self.assertIn("| proxy_anchor |", text)
+      self.assertIn("table wall time:", text)
+      mtime = os.path.getmtime(os.path.join(workdir, "losses_lr_choice.json"))
+      cub100_tables.main(argv)   # complete runs and choices are read back, not redone
+      self.assertEqual(os.path.getmtime(os.path.join(workdir, "losses_lr_choice.json")), mtime)
+      with self.assertRaises(SystemExit):
+        cub100_tables.main(argv[:-1] + ["--methods", "npair_baseline,multisim"])
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
