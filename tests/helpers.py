@@ -404,3 +404,17 @@ def write_caffemodel(path, layers, *, v1=False, double=False):
         blob.shape.dim.extend(b.shape)
   with open(path, "wb") as f:
     f.write(net.SerializeToString())
+
+
+# --- gradients by central finite differences (for checks against NumPy loops)
+
+
+def numeric_grad(f, x, h=1e-6):
+  """The gradient of the scalar ``f`` at the float64 array ``x`` by central differences, entry by entry."""
+  g = np.zeros_like(x)
+  for idx in np.ndindex(*x.shape):
+    up, down = x.copy(), x.copy()
+    up[idx] += h
+    down[idx] -= h
+    g[idx] = (f(up) - f(down)) / (2 * h)
+  return g

@@ -287,6 +287,15 @@ class StudyScriptTest(chex.TestCase):
     self.assertEqual(os.path.getmtime(os.path.join(workdir, "npair_hdml_seed0", "results.json")), mtime)
 
 
+def toy_study_overrides(cache):
+  """The study tables' overrides at toy size (a tiny CNN on a few cub100 classes)."""
+  return ["--config.dataset.resize=20", "--config.dataset.crop=16",
+          "--config.dataset.train_classes=(0, 12)", "--config.dataset.test_classes=(50, 54)",
+          "--config.num_devices=1", f"--config.compilation_cache_dir={cache}", "--config.batch_size=12",
+          "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
+          "--config.model.backbone_kwargs.widths=(4, 8)", "--config.hdml.stats_block_length=2"]
+
+
 class RegimeStudyTest(chex.TestCase):
 
   def test_regime_tables_run_resume_and_never_select_on_test(self):
@@ -295,11 +304,7 @@ class RegimeStudyTest(chex.TestCase):
     workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
     common = ["--workdir", workdir, "--seeds", "0,1", "--num_steps", "4", "--pretrain_steps", "4",
               "--lrs", "1e-4,3e-4", "--target_w", "0.9", "--losses", "npair",
-              "--config.dataset.resize=20", "--config.dataset.crop=16",
-              "--config.dataset.train_classes=(0, 12)", "--config.dataset.test_classes=(50, 54)",
-              "--config.num_devices=1", f"--config.compilation_cache_dir={cache}", "--config.batch_size=12",
-              "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
-              "--config.model.backbone_kwargs.widths=(4, 8)", "--config.hdml.stats_block_length=2"]
+              *toy_study_overrides(cache)]
     try:
       with self.assertRaisesRegex(FileNotFoundError, "run --table lr first"):
         cub100_tables.main(common + ["--table", "regime", "--regimes", "pretrained"])
@@ -377,11 +382,7 @@ class LossesTableTest(chex.TestCase):
     workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
     argv = ["--workdir", workdir, "--table", "losses", "--seeds", "0,1", "--num_steps", "2", "--pretrain_steps", "2",
             "--lrs", "1e-4,3e-4", "--methods", "npair_baseline,npair_hdml,multi_similarity,proxy_anchor",
-            "--config.dataset.resize=20", "--config.dataset.crop=16",
-            "--config.dataset.train_classes=(0, 12)", "--config.dataset.test_classes=(50, 54)",
-            "--config.num_devices=1", f"--config.compilation_cache_dir={cache}", "--config.batch_size=12",
-            "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
-            "--config.model.backbone_kwargs.widths=(4, 8)", "--config.hdml.stats_block_length=2"]
+            *toy_study_overrides(cache)]
     try:
       cub100_tables.main(argv)
       out = json.load(open(os.path.join(workdir, "losses.json")))
@@ -414,6 +415,6 @@ class LossesTableTest(chex.TestCase):
       cub100_tables.main(argv)   # complete runs and choices are read back, not redone
       self.assertEqual(os.path.getmtime(os.path.join(workdir, "losses_lr_choice.json")), mtime)
       with self.assertRaises(SystemExit):
-        cub100_tables.main(argv[:-1] + ["--methods", "npair_baseline,multisim"])
+        cub100_tables.main(argv + ["--methods", "npair_baseline,multisim"])   # the last --methods counts
     finally:
       jax.config.update("jax_compilation_cache_dir", None)

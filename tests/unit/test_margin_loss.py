@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hdml_jax import pair_losses as pl
+from tests.helpers import numeric_grad
 
 
 def unit(e):
@@ -46,14 +47,6 @@ def batch(seed, classes=4, per_class=3, dim=5, scale=1.0):
   return scale * rng.normal(size=(len(y), dim)), y
 
 
-def numeric_grad(f, x, h=1e-6):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    up, down = x.copy(), x.copy()
-    up[idx] += h
-    down[idx] -= h
-    g[idx] = (f(up) - f(down)) / (2 * h)
-  return g
 
 
 @pytest.mark.parametrize("sampled", [False, True])

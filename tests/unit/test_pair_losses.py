@@ -7,6 +7,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax import pair_losses as pl
+from tests.helpers import numeric_grad
 
 # ---------------------------------------------------------------------------
 # References: loops over anchors and pairs, in float64, written from the papers' formulas.
@@ -116,14 +117,6 @@ def batch(seed, classes=4, per_class=3, dim=5, scale=1.0):
   return (scale * rng.normal(size=(len(y), dim))).astype(np.float64), y.astype(np.int32)
 
 
-def numeric_grad(f, e, h=1e-6):
-  g = np.zeros_like(e)
-  for idx in np.ndindex(*e.shape):
-    up, down = e.copy(), e.copy()
-    up[idx] += h
-    down[idx] -= h
-    g[idx] = (f(up) - f(down)) / (2 * h)
-  return g
 
 
 class AgainstLoopsTest(parameterized.TestCase):

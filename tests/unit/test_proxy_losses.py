@@ -9,6 +9,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax import proxy_losses as xl
+from tests.helpers import numeric_grad
 
 # References in float64, loops written from the papers' formulas.
 
@@ -102,14 +103,6 @@ def batch(seed, classes=4, per_class=3, num_proxies=6, dim=5, scale=1.0):
   return e, y.astype(np.int32), p
 
 
-def numeric_grad(f, x, h=1e-6):
-  g = np.zeros_like(x)
-  for idx in np.ndindex(*x.shape):
-    up, down = x.copy(), x.copy()
-    up[idx] += h
-    down[idx] -= h
-    g[idx] = (f(up) - f(down)) / (2 * h)
-  return g
 
 
 class AgainstLoopsTest(parameterized.TestCase):
