@@ -49,6 +49,7 @@ def batch(seed, classes=4, per_class=3, dim=5, scale=1.0):
 
 
 
+@pytest.mark.slow   # finite differences: about 6 s a case
 @pytest.mark.parametrize("sampled", [False, True])
 @pytest.mark.parametrize("per_class_beta", [False, True])
 def test_value_and_gradients_against_loops(sampled, per_class_beta):

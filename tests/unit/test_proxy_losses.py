@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from hdml_jax import proxy_losses as xl
@@ -108,6 +109,7 @@ def batch(seed, classes=4, per_class=3, num_proxies=6, dim=5, scale=1.0):
 class AgainstLoopsTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*[(n, n) for n in ALL])
+  @pytest.mark.slow   # finite differences over embeddings and proxies: 5-7 s a case
   def test_value_and_gradients(self, name):
     loss, ref, kwargs = loss_and_ref(name)
     with jax.enable_x64(True):
