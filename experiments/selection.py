@@ -31,29 +31,21 @@ def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: i
   results are fetched at the end, so the device is not left waiting on the
   host between batches.
   """
-  params, stats = _eval_variables(state)
   n = len(split)
   if n == 0:
     raise ValueError("embed_split: the split has no images.")
-  starts = list(range(0, n, batch_size))
-
-  def prepared(start: int) -> np.ndarray:
-    idx = np.arange(start, min(start + batch_size, n))
-    x = np.asarray(data.prepare(split.load(idx), False, None))
-    if x.shape[0] < batch_size:
-      x = np.concatenate([x, np.zeros((batch_size - x.shape[0],) + x.shape[1:], x.dtype)])
-    return x
-
+  params, stats = _eval_variables(state)
+  batches = datasets.eval_batches(data, split, batch_size)
   out = []
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending = pool.submit(prepared, starts[0])
-    for i in range(len(starts)):
-      x = pending.result()
-      if i + 1 < len(starts):
-        pending = pool.submit(prepared, starts[i + 1])
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:   # the generator only ever advances in this thread
+    pending = pool.submit(next, batches, None)
+    while (item := pending.result()) is not None:
+      pending = pool.submit(next, batches, None)
+      x = np.asarray(item[1])
+      if x.shape[0] < batch_size:   # the last batch, padded: one compiled shape
+        x = np.concatenate([x, np.zeros((batch_size - x.shape[0],) + x.shape[1:], x.dtype)])
       out.append(state.apply_fn(params, stats, x))   # dispatched, not waited for
-  emb = np.concatenate([np.asarray(o) for o in out])
-  return emb[:n]
+  return np.concatenate([np.asarray(o) for o in out])[:n]
 
 def evaluate_split(cfg, state, data, split, *, clustering: bool = True, embeddings: np.ndarray | None = None) -> dict:
   """The metrics of ``state`` on ``split`` (``embeddings``: the split's, if already computed; ``state`` is then

@@ -87,10 +87,9 @@ def train_and_evaluate(
   results = {"final": {"step": final_step, **final}, "best": None,
              "train_wall_seconds": train_seconds}
   if selected is not None and selected.best is not None:
-    best_step = selected.best["step"]
     # Restored only when its test embeddings are not known already (the final step, or the last evaluations').
-    best_state = state if best_step == final_step else (lambda: selected.restore(run.template))
-    results["best"] = {**selected.best, **evals.metrics(best_step, best_state, "test")}
+    results["best"] = {**selected.best,
+                       **evals.metrics(selected.best["step"], lambda: selected.restore(run.template), "test")}
   results["wall_seconds"] = time.time() - t_start
   results["devices"] = {"count": len(run.devices), "kind": run.devices[0].device_kind,
                         "processes": jax.process_count()}

@@ -99,8 +99,8 @@ class OptimizerConfig:
     clip_value: if set, metric gradients are clipped element-wise to
       ``[-clip_value, clip_value]`` (the reference's SOP runs used 2).
     loss_lr, loss_boundaries, loss_decay: the parameters a library loss owns
-      (the proxies of a proxy loss, the margin loss's per-class ``beta``;
-      :mod:`hdml_jax.loss_step`), with their own Adam. 1e-2 is 100x the
+      (the proxies of a proxy loss; :mod:`hdml_jax.loss_step`), with their
+      own Adam. 1e-2 is 100x the
       backbone's order of magnitude, as Proxy-Anchor's paper trains its
       proxies; unused by HDML and the reference's losses.
 

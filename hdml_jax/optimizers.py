@@ -39,7 +39,7 @@ def make_optimizer(optimizer: OptimizerConfig, *, hdml: bool, loss_params: bool 
   The metric group (``backbone``, ``embedding``) is clipped element-wise
   first when ``optimizer.clip_value`` is set; without HDML there is only
   the metric group. ``loss_params`` adds the ``loss`` group (the
-  ``params["loss"]`` of a library loss: proxies, per-class ``beta``).
+  ``params["loss"]`` of a library loss: its proxies).
   """
   metric = optax.adam(schedule(optimizer, "metric"))
   if optimizer.clip_value is not None:

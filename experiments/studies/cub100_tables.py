@@ -242,12 +242,11 @@ def _losses_lr(root: str, args) -> dict:
   path = os.path.join(root, "losses_lr_choice.json")
   choice = json.load(open(path)) if os.path.exists(path) else {}
   for method in args.method_list:
-    base = METHODS[method][0] + "_baseline" if method.endswith("_hdml") else method
     if method in choice or method.endswith("_hdml"):
       continue
     tried = {}
     for lr in args.lr_list:
-      _, r = regime_run(root, "pretrained", base, args.seed_list[0], args, {"optimizer.metric_lr": lr},
+      _, r = regime_run(root, "pretrained", method, args.seed_list[0], args, {"optimizer.metric_lr": lr},
                         tag=f"_lr{lr:g}")
       tried[f"{lr:g}"] = r["best"]["value"] if r["best"] else float("nan")
     best = max(tried, key=lambda k: (tried[k] if tried[k] == tried[k] else -1.0))
