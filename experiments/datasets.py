@@ -163,7 +163,7 @@ def train_batches(cfg, data: Data, *, start_step: int, rows: slice):
   """
   if cfg.loss.name == "hdml":
     sampler = make_sampler(cfg.hdml.loss, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed,
-                           epochs=cfg.epoch_sampler)
+                           epochs=cfg.epoch_sampler, m_per_class=cfg.loss.m_per_class)
   else:   # a library loss: class-balanced batches, m images of each class
     sampler = MPerClassSampler(data.train.labels, m=cfg.loss.m_per_class, batch_size=cfg.batch_size,
                                seed=cfg.seed)

@@ -65,6 +65,15 @@ def _validate_loss(cfg) -> None:
 
   name, m = cfg.loss.name, cfg.loss.m_per_class
   if name == "hdml":
+    if cfg.hdml.loss == "multi_similarity":   # HDML on Multi-Similarity: M-per-class batches
+      if not isinstance(m, int) or isinstance(m, bool) or m < 2:
+        raise ValueError(f"config.loss.m_per_class={m!r}: config.hdml.loss='multi_similarity' compares samples "
+                         "of one class, so a batch needs at least 2 per class.")
+      if cfg.batch_size % m:
+        raise ValueError(f"config.batch_size={cfg.batch_size} is not a multiple of config.loss.m_per_class={m}.")
+      if cfg.epoch_sampler:
+        raise ValueError("config.epoch_sampler is for N-pair batches; config.hdml.loss='multi_similarity' uses "
+                         "the M-per-class sampler (set config.epoch_sampler=False).")
     return
   if name not in LOSS_NAMES:
     raise ValueError(f"config.loss.name={name!r} is not a loss; choose 'hdml' or one of {', '.join(LOSS_NAMES)}.")

@@ -12,7 +12,7 @@ from typing import Sequence
 __all__ = ["BN1_UPDATES", "LOSSES", "HDMLConfig", "OptimizerConfig"]
 
 #: The metric losses of :class:`HDMLConfig` (``loss=``).
-LOSSES = ("npair", "triplet", "contrastive")
+LOSSES = ("npair", "triplet", "contrastive", "multi_similarity")
 #: Which passes update BN1's moving statistics (:class:`HDMLConfig`'s ``bn1_update``).
 BN1_UPDATES = ("both", "real")
 
@@ -24,7 +24,11 @@ class HDMLConfig:
   Attributes:
     loss: ``"npair"`` (batches ``[anchors; positives]``), ``"triplet"`` or
       ``"contrastive"`` (batches ``[anchors; positives; negatives]``; the
-      contrastive pairs are (a, p) similar and (a, n) dissimilar).
+      contrastive pairs are (a, p) similar and (a, n) dissimilar), or
+      ``"multi_similarity"`` (an extension beyond the reference: any batch
+      with classes repeated, e.g. M-per-class; the Multi-Similarity loss of
+      :func:`hdml_jax.pair_losses.multi_similarity_loss` with its paper's
+      constants, synthesis by :func:`hdml_jax.hardness.expand_label_tuples`).
     hdml: hardness-aware synthesis on; off is the plain baseline (one Adam on
       ``J_m``, no generator, no classifier).
     alpha: hardness temperature in ``exp(-alpha/J_avg)`` (reference 90).

@@ -28,6 +28,7 @@ from hdml_jax.distances import safe_sqrt
 
 __all__ = [
     "NPairTuples",
+    "expand_label_tuples",
     "expand_npair_tuples",
     "hardness_factor",
     "npair_synthetic_labels",
@@ -196,3 +197,60 @@ def npair_synthetic_labels(labels: jax.Array) -> jax.Array:
     )
   p = labels.shape[0]
   return jnp.concatenate([labels, jnp.tile(labels, p)])
+
+
+def expand_label_tuples(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    alpha: float,
+    j_avg: jax.Array | float,
+) -> NPairTuples:
+  """Every sample of a labelled batch as a hardness-augmented negative of every anchor (pair-based losses).
+
+  The construction of :func:`expand_npair_tuples` for a batch with classes
+  repeated (an M-per-class batch), as HDML's synthesis on a pair-based loss
+  such as Multi-Similarity needs it (an extension beyond the reference's
+  N-pair, triplet and contrastive forms). Each row ``i`` is an anchor; for
+  each other-class row ``j``, ``candidates[i, j]`` is ``z_j`` pulled
+  towards ``z_i`` by the rule of :func:`synthesize_negatives` with ``d+`` the
+  distance from ``z_i`` to its *farthest* positive (the one Multi-Similarity's
+  mining measures negatives against), so as the loss falls the negatives
+  approach the hardest positive's distance. Same-class rows, the anchor
+  itself and the rows of an anchor without a positive are left unchanged.
+
+  Args:
+    embeddings: ``[B, E]``.
+    labels: ``[B]`` integer classes.
+    alpha, j_avg: as in :func:`synthesize_negatives`.
+
+  Returns:
+    :class:`NPairTuples` with ``anchors [B, E]`` (the rows) and
+    ``candidates [B, B, E]``; candidate ``(i, j)`` keeps the label of row
+    ``j``.
+
+  >>> import jax.numpy as jnp
+  >>> z = jnp.array([[0., 0.], [1., 0.], [0., 3.]])
+  >>> t = expand_label_tuples(z, jnp.array([0, 0, 1]), alpha=1e9, j_avg=1.0)   # factor 0
+  >>> t.candidates[0].tolist()   # row 2 moved to d+ = 1 from row 0; rows 0, 1 unchanged
+  [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+  """
+  where = "expand_label_tuples"
+  _checks.check_embeddings(embeddings, "embeddings", where)
+  b = embeddings.shape[0]
+  if labels.shape != (b,):
+    raise ValueError(f"{where}: labels must have shape ({b},) for embeddings {tuple(embeddings.shape)}, "
+                     f"got {tuple(labels.shape)}.")
+  if jnp.ndim(j_avg) != 0:
+    raise ValueError(f"{where}: `j_avg` must be a scalar, got shape {jnp.shape(j_avg)}.")
+  factor = hardness_factor(j_avg, alpha=alpha).astype(embeddings.dtype)
+  same = labels[:, None] == labels[None, :]
+  positives = same & ~jnp.eye(b, dtype=bool)
+  direction = embeddings[None, :, :] - embeddings[:, None, :]        # [i, j]: z_j - z_i
+  d = _norm(direction)
+  d_pos = jnp.max(jnp.where(positives, d, 0.0), axis=1, keepdims=True)   # farthest positive, 0 if none
+  harder = (~same) & positives.any(axis=1, keepdims=True) & (d > d_pos)
+  safe_d = jnp.where(harder, d, 1.0)
+  moved = embeddings[:, None, :] + ((d_pos + (d - d_pos) * factor) / safe_d)[..., None] * direction
+  candidates = jnp.where(harder[..., None], moved, jnp.broadcast_to(embeddings[None], (b,) + embeddings.shape))
+  return NPairTuples(embeddings, candidates)

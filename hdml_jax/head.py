@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hdml_jax import hardness, losses, objective
+from hdml_jax import hardness, losses, objective, pair_losses
 from hdml_jax.config import HDMLConfig
+from hdml_jax.distances import safe_sqrt
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from hdml_jax.networks import HDMLHead, build_head, init_head_variables
 from hdml_jax.statistics import AdaptiveStatistics
@@ -70,6 +71,11 @@ def check_batch(config: HDMLConfig, images, labels) -> int:
         f"train_step: labels must have shape ({b},) for images {tuple(images.shape)}, "
         f"got {tuple(labels.shape)}."
     )
+  if config.loss == "multi_similarity":
+    if b < 2:
+      raise ValueError(f"train_step: a multi_similarity batch needs at least 2 samples, got images "
+                       f"{tuple(images.shape)}.")
+    return b
   if config.loss == "npair":
     if b % 2 or b < 4:
       raise ValueError(
@@ -93,6 +99,8 @@ def _contrastive(config, a, p, n):
 
 def real_metric_loss(config: HDMLConfig, z: jax.Array, labels: jax.Array) -> jax.Array:
   """The metric loss on real embeddings (``J_m`` without weight decay)."""
+  if config.loss == "multi_similarity":
+    return pair_losses.multi_similarity_loss(z, labels)
   if config.loss == "npair":
     p = z.shape[0] // 2
     return losses.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=config.l2_reg)
@@ -117,14 +125,20 @@ def effective_beta(config: HDMLConfig, stats: AdaptiveStatistics) -> jax.Array |
 
 
 def synthetic_inputs(config: HDMLConfig, z: jax.Array, j_avg: jax.Array,
-                     alpha: jax.Array | float | None = None) -> jax.Array:
+                     alpha: jax.Array | float | None = None, labels: jax.Array | None = None) -> jax.Array:
   """The synthetic rows of the generator input.
 
   N-pair: ``[P + P^2, E]`` (anchors, then each anchor's P hardness-augmented
-  candidates); triplet/contrastive: ``[3T, E]`` = ``[a; p; n^]``. ``alpha``
+  candidates); Multi-Similarity: ``[B + B^2, E]`` the same way over every
+  row (:func:`hdml_jax.hardness.expand_label_tuples`, which needs
+  ``labels``); triplet/contrastive: ``[3T, E]`` = ``[a; p; n^]``. ``alpha``
   defaults to ``config.alpha`` (see :func:`effective_alpha`).
   """
   alpha = config.alpha if alpha is None else alpha
+  if config.loss == "multi_similarity":
+    if labels is None:
+      raise ValueError("synthetic_inputs: the multi_similarity synthesis needs the batch labels.")
+    return hardness.expand_label_tuples(z, labels, alpha=alpha, j_avg=j_avg).flat()
   if config.loss == "npair":
     p = z.shape[0] // 2
     return hardness.expand_npair_tuples(z[:p], z[p:], alpha=alpha, j_avg=j_avg).flat()
@@ -133,8 +147,25 @@ def synthetic_inputs(config: HDMLConfig, z: jax.Array, j_avg: jax.Array,
   return jnp.concatenate([a, p, n_hat])
 
 
-def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int) -> jax.Array:
-  """``J_syn`` on the re-encoded synthetic rows."""
+def _unit(x: jax.Array) -> jax.Array:
+  """Rows scaled to unit length (a zero row stays zero, with a finite gradient)."""
+  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), 1e-12)
+
+
+def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int,
+                          labels: jax.Array | None = None) -> jax.Array:
+  """``J_syn`` on the re-encoded synthetic rows (Multi-Similarity also needs the batch ``labels``).
+
+  Multi-Similarity: anchor ``i`` against its own candidates ``(i, j)``
+  (cosine similarities), with the pair masks of the real batch.
+  """
+  if config.loss == "multi_similarity":
+    if labels is None:
+      raise ValueError("synthetic_metric_loss: the multi_similarity loss needs the batch labels.")
+    syn = hardness.NPairTuples(z_syn[:num], z_syn[num:].reshape(num, num, -1))
+    s = jnp.einsum("ie,ije->ij", _unit(syn.anchors), _unit(syn.candidates))
+    same = labels[:, None] == labels[None, :]
+    return pair_losses.multi_similarity_from_similarities(s, same & ~jnp.eye(num, dtype=bool), ~same)
   if config.loss == "npair":
     syn = hardness.NPairTuples(z_syn[:num], z_syn[num:].reshape(num, num, -1))
     return losses.synthetic_npair_loss(syn.anchors, syn.candidates, l2_reg=config.l2_reg)
@@ -145,8 +176,8 @@ def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int) -> jax
 
 
 def soft_loss(config: HDMLConfig, logits_syn: jax.Array, labels: jax.Array, num: int) -> jax.Array:
-  """``J_soft`` with the N-pair or the triplet label rule."""
-  if config.loss == "npair":
+  """``J_soft`` with the N-pair (also Multi-Similarity's: candidate ``(i, j)`` keeps ``j``'s label) or triplet rule."""
+  if config.loss in ("npair", "multi_similarity"):
     return objective.soft_loss_npair(
         logits_syn[:num], logits_syn[num:], labels[:num],
         lam=config.lam, softmax_factor=config.softmax_factor)
@@ -244,13 +275,13 @@ def hdml_objective(
     return j_m, HDMLOutput({"embedding": emb_stats}, metrics)
 
   # J_metric: through the synthesis, the generator (its parameters constant) and the re-encoder.
-  gen_in = jnp.concatenate([z, synthetic_inputs(config, z, stats.j_avg, alpha)])
+  gen_in = jnp.concatenate([z, synthetic_inputs(config, z, stats.j_avg, alpha, labels)])
   decoded = head.generator.apply({"params": sg(params["generator"]), "batch_stats": batch_stats["generator"]},
                                  gen_in, train=True, mutable=["batch_stats"])[0]
   second_in = emb_stats if config.bn1_update == "both" else batch_stats["embedding"]
   z_syn, emb_syn = head.embedding.apply({"params": params["embedding"], "batch_stats": second_in},
                                         decoded[z.shape[0]:], train=True, mutable=["batch_stats"])
-  j_syn = synthetic_metric_loss(config, z_syn, num)
+  j_syn = synthetic_metric_loss(config, z_syn, num, labels)
   w = objective.metric_weight(stats.j_gen, beta=beta)
   j_metric = objective.metric_objective(j_m, j_syn, w)
 

@@ -29,6 +29,7 @@ __all__ = [
     "distance_weighted_sampling",
     "lifted_structure_loss",
     "margin_loss",
+    "multi_similarity_from_similarities",
     "multi_similarity_loss",
     "supervised_contrastive_loss",
 ]
@@ -102,8 +103,51 @@ def multi_similarity_loss(
   """
   where = "multi_similarity_loss"
   _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  s = _cosine(embeddings)
   pos, neg = _masks(labels)
+  return _multi_similarity(_cosine(embeddings), pos, neg, alpha, beta, base, epsilon, mining, reduction, where)
+
+
+def multi_similarity_from_similarities(
+    similarities: jax.Array,
+    positives: jax.Array,
+    negatives: jax.Array,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    mining: bool = True,
+    reduction: str = "mean",
+) -> jax.Array:
+  r"""The Multi-Similarity loss of :func:`multi_similarity_loss` on given similarities and pair masks.
+
+  For row ``i`` the pairs are ``similarities[i, j]`` with ``positives[i, j]``
+  or ``negatives[i, j]`` set; the columns need not be the rows' own batch.
+  HDML's synthesis on Multi-Similarity (:func:`hdml_jax.hardness.expand_label_tuples`)
+  compares each anchor with its own synthetic candidates this way. The
+  formula, mining and reduction are those of :func:`multi_similarity_loss`.
+
+  Args:
+    similarities: ``[B, K]`` (cosine similarities for the paper's loss).
+    positives, negatives: ``[B, K]`` boolean masks of the pairs (disjoint).
+    alpha, beta, base, epsilon, mining, reduction: as in :func:`multi_similarity_loss`.
+
+  >>> import jax.numpy as jnp
+  >>> s = jnp.array([[1.0, 0.0]]); p = jnp.array([[True, False]]); n = ~p
+  >>> round(float(multi_similarity_from_similarities(s, p, n, mining=False)), 4)   # as the 4-point example
+  0.1566
+  """
+  where = "multi_similarity_from_similarities"
+  s, pos, neg = similarities, positives, negatives
+  if s.ndim != 2 or pos.shape != s.shape or neg.shape != s.shape:
+    raise ValueError(f"{where}: similarities must be [B, K] with positives and negatives of the same shape, got "
+                     f"{tuple(s.shape)}, {tuple(pos.shape)} and {tuple(neg.shape)}.")
+  if pos.dtype != jnp.bool_ or neg.dtype != jnp.bool_:
+    raise TypeError(f"{where}: positives and negatives must be boolean masks, got {pos.dtype} and {neg.dtype}.")
+  return _multi_similarity(s, pos, neg, alpha, beta, base, epsilon, mining, reduction, where)
+
+
+def _multi_similarity(s, pos, neg, alpha, beta, base, epsilon, mining, reduction, where):
   if mining:
     hardest_pos = jnp.min(jnp.where(pos, s, jnp.inf), axis=1, keepdims=True)
     hardest_neg = jnp.max(jnp.where(neg, s, -jnp.inf), axis=1, keepdims=True)

@@ -38,7 +38,7 @@ def tiny_state(loss="npair", hdml=True, seed=0, optimizer=None, num_classes=10, 
 
 def digits_batch(loss="npair", batch_size=None, step=0, seed=0):
   images, labels = load_digits_split("train")
-  batch_size = batch_size or (8 if loss == "npair" else 9)
+  batch_size = batch_size or (8 if loss in ("npair", "multi_similarity") else 9)
   idx = make_sampler(loss, labels, batch_size=batch_size, seed=seed)(step)
   return {"images": images[idx], "labels": labels[idx]}
 

@@ -58,9 +58,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.name = "hdml"                 # hdml: HDML's step (hdml.loss, hdml.enabled); or a library loss of
                                        # hdml_jax.loss_step.LOSS_NAMES (multi_similarity, proxy_anchor, ...),
                                        # trained without synthesis (hdml.enabled=False) on M-per-class batches
-  c.loss.m_per_class = 4               # library losses: images per class in a batch (pair losses need >= 2)
+  c.loss.m_per_class = 4               # library losses and hdml.loss=multi_similarity: images per class in a
+                                       # batch (pair losses need >= 2)
 
-  c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive
+  c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive, a multiple of
+                                       # loss.m_per_class for multi_similarity and the library losses
   c.epoch_sampler = False              # N-pair: visit every training image once per epoch
   c.num_steps = 8000
   c.seed = 0

@@ -14,8 +14,12 @@ import numpy as np
 __all__ = ["CURVE_KEYS", "KEYS", "METHODS", "check_overrides", "fmt", "fmt_diff", "last_value", "paired_difference", "plot_curves",
            "plot_hardness", "run_one", "selected", "summarise", "wall_minutes"]
 
+#: HDML (``*_hdml``) and its baseline (the same step without synthesis): ``(hdml.loss, hdml.enabled)``.
+#: ``multi_similarity_*`` is the extension beyond the reference's losses (M-per-class batches).
 METHODS = {"npair_baseline": ("npair", False), "npair_hdml": ("npair", True),
-           "triplet_baseline": ("triplet", False), "triplet_hdml": ("triplet", True)}
+           "triplet_baseline": ("triplet", False), "triplet_hdml": ("triplet", True),
+           "multi_similarity_baseline": ("multi_similarity", False),
+           "multi_similarity_hdml": ("multi_similarity", True)}
 
 CURVE_KEYS = ("test/recall@1", "test/map@r")   # the learning curves plot_curves draws
 KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
@@ -38,7 +42,7 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   """Trains (or reads back) one run of ``method`` with ``seed``: its ``results.json``.
 
   ``method`` is one of :data:`METHODS` (HDML or its baseline, with the
-  reference's tuple losses) or a library loss's name
+  reference's tuple losses or Multi-Similarity) or a library loss's name
   (``hdml_jax.loss_step.LOSS_NAMES``).
 
   ``overrides`` (``{key: value or text}``) are applied after the method's

@@ -74,8 +74,10 @@ LOSSES = ("npair", "triplet")
 
 REGIMES = ("pretrained", "scratch")
 
-# --table losses: HDML and its baselines (the reference's tuple losses), then every library loss.
-DEFAULT_METHODS = ("npair_baseline", "triplet_baseline", "npair_hdml", "triplet_hdml") + LOSS_NAMES
+# --table losses: HDML and its baselines (the reference's tuple losses, then the Multi-Similarity extension),
+# then every library loss.
+DEFAULT_METHODS = ("npair_baseline", "triplet_baseline", "npair_hdml", "triplet_hdml",
+                   "multi_similarity_baseline", "multi_similarity_hdml") + LOSS_NAMES
 
 
 def _steps(n: int) -> dict:

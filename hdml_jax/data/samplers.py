@@ -180,12 +180,14 @@ class EpochNPairSampler:
     return self._inner(step).reshape(self.num_pairs, 2).T.reshape(-1)
 
 
-def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0, epochs: bool = False):
+def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0, epochs: bool = False,
+                 m_per_class: int = 4):
   """The sampler whose layout ``loss`` expects, for a global ``batch_size``.
 
   ``epochs=True`` (N-pair only) visits every training image once per epoch
   (:class:`EpochNPairSampler`); the default draws classes afresh each step,
-  as the reference does.
+  as the reference does. ``"multi_similarity"`` gets an
+  :class:`MPerClassSampler` with ``m_per_class`` images of each class.
   """
   if loss == "npair":
     if batch_size % 2:
@@ -195,6 +197,11 @@ def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0, epochs: b
     return NPairSampler(labels, num_pairs=batch_size // 2, seed=seed)
   if epochs:
     raise ValueError(f"make_sampler: epoch coverage is offered for N-pair batches only, not {loss!r}.")
+  if loss == "multi_similarity":
+    if m_per_class < 2:
+      raise ValueError(f"make_sampler: a multi_similarity batch compares samples of one class, so it needs "
+                       f"m_per_class >= 2, got {m_per_class}.")
+    return MPerClassSampler(labels, m=m_per_class, batch_size=batch_size, seed=seed)
   if loss in ("triplet", "contrastive"):
     if batch_size % 3:
       raise ValueError(f"make_sampler: a {loss} batch size must be divisible by 3, got {batch_size}.")

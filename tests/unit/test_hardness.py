@@ -137,6 +137,47 @@ class NPairTuplesTest(chex.TestCase):
       hardness.expand_npair_tuples(jnp.zeros((4, 3)), jnp.zeros((3, 3)), alpha=1.0, j_avg=1.0)
 
 
+class LabelTuplesTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("soft", 45.0), ("hard", 5.0), ("at_d_plus", 1e-9))
+  def test_matches_loops(self, j_avg):
+    z = _rand(0, 9, 3) * 2
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4])   # classes of 3, 2, 2 and two singletons (no positive)
+    alpha = 10.0
+    t = self.variant(lambda e, lab: hardness.expand_label_tuples(e, lab, alpha=alpha, j_avg=j_avg))(z, y)
+    chex.assert_shape(t.candidates, (9, 9, 3))
+    np.testing.assert_array_equal(t.anchors, z)
+    for i in range(9):
+      positives = [j for j in range(9) if j != i and y[j] == y[i]]
+      for j in range(9):
+        if positives and y[j] != y[i]:
+          far = max(positives, key=lambda k: reference.dist(z[i], z[k]))   # d+ of the farthest positive
+          want = reference.synthesize_one(z[i], z[far], z[j], alpha, j_avg)
+        else:   # same class, the anchor itself, or an anchor without a positive: unchanged
+          want = z[j]
+        np.testing.assert_allclose(t.candidates[i, j], want, rtol=1e-5, atol=1e-5, err_msg=f"({i}, {j})")
+
+  def test_flat_layout_keeps_the_source_labels(self):
+    t = hardness.expand_label_tuples(_rand(1, 4, 2), jnp.array([5, 5, 7, 7]), alpha=1.0, j_avg=1.0)
+    chex.assert_shape(t.flat(), (4 + 16, 2))
+    np.testing.assert_array_equal(hardness.npair_synthetic_labels(jnp.array([5, 5, 7, 7]))[4 + 2 * 4 + 1], 5)
+
+  @pytest.mark.slow
+  def test_gradients_finite_at_identical_and_zero_points(self):
+    y = jnp.array([0, 0, 1, 1])
+    fn = lambda e: jnp.sum(hardness.expand_label_tuples(e, y, alpha=90.0, j_avg=10.0).flat() ** 2)
+    for x in (jnp.ones((4, 3)), jnp.zeros((4, 3)), jnp.array([[0., 0.], [0., 0.], [1., 0.], [1., 0.]])):
+      chex.assert_tree_all_finite(jax.grad(fn)(x))
+
+  def test_errors(self):
+    with self.assertRaisesRegex(ValueError, r"^expand_label_tuples: labels must have shape \(4,\) for embeddings "
+                                r"\(4, 3\), got \(3,\)\.$"):
+      hardness.expand_label_tuples(jnp.zeros((4, 3)), jnp.zeros(3, jnp.int32), alpha=1.0, j_avg=1.0)
+    with self.assertRaisesRegex(ValueError, r"`j_avg` must be a scalar"):
+      hardness.expand_label_tuples(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), alpha=1.0, j_avg=jnp.ones(2))
+
+
 class TupleLayoutAndErrorsTest(chex.TestCase):
 
   def test_flat_and_unflatten_are_inverse(self):

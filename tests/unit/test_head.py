@@ -18,6 +18,7 @@ from hdml_jax.config import HDMLConfig
 from hdml_jax.head import check_batch, hdml_objective, init_hdml_head, synthetic_inputs
 from hdml_jax.networks import HDMLHead
 from hdml_jax.statistics import init_statistics
+from tests.unit.test_pair_losses import ref_multi_similarity
 
 F, E, C, HIDDEN = 12, 6, 5, 16
 DISTINCT = dict(alpha=1.5, beta=0.7, lam=0.3, softmax_factor=2.0, l2_reg=0.02, weight_decay=0.01, margin=0.6,
@@ -27,7 +28,9 @@ DISTINCT = dict(alpha=1.5, beta=0.7, lam=0.3, softmax_factor=2.0, l2_reg=0.02, w
 def batch(loss, seed=0):
   """Features and labels in the loss's layout, with distinct classes per tuple."""
   rng = np.random.default_rng(seed)
-  if loss == "npair":
+  if loss == "multi_similarity":   # M-per-class with a singleton class (an anchor without a positive)
+    labels = np.array([0, 0, 3, 3, 1, 1, 4])
+  elif loss == "npair":
     p = 4
     cls = rng.permutation(C)[:p]
     cls[-1] = cls[0]   # a repeated class: the N-pair loss must be told the labels
@@ -55,7 +58,22 @@ def decay_by_hand(trees, wd):
   return wd / 2 * total
 
 
+def ms_by_loop(similarities, labels):
+  """Multi-Similarity (paper constants) of row i against column j, from a NumPy loop over the rows."""
+  y = np.asarray(labels)
+  rows = ref_multi_similarity(None, y, similarities=np.asarray(similarities, np.float64))
+  return np.mean([r for r in rows if r is not None])
+
+
+def unit_rows(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
 def metric_loss(cfg, z, labels):
+  if cfg.loss == "multi_similarity":
+    u = unit_rows(z)
+    return ms_by_loop(u @ u.T, labels)
   if cfg.loss == "npair":
     p = z.shape[0] // 2
     return losses.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=cfg.l2_reg)
@@ -81,7 +99,11 @@ def recompose(head, params, bstats, y, labels, stats, decay_params):
   out = {"loss": j_m, "j_m": j_m, "weight_decay": decay}
   if not cfg.hdml:
     return j_m, out, {"embedding": s1["batch_stats"]}
-  if cfg.loss == "npair":
+  if cfg.loss == "multi_similarity":
+    p = b
+    syn = hardness.expand_label_tuples(z, labels, alpha=alpha, j_avg=stats.j_avg)
+    gen_in = jnp.concatenate([z, syn.anchors, syn.candidates.reshape(p * p, E)])
+  elif cfg.loss == "npair":
     p = b // 2
     syn = hardness.expand_npair_tuples(z[:p], z[p:], alpha=alpha, j_avg=stats.j_avg)
     gen_in = jnp.concatenate([z, syn.anchors, syn.candidates.reshape(p * p, E)])
@@ -93,7 +115,9 @@ def recompose(head, params, bstats, y, labels, stats, decay_params):
                                      train=True, mutable=["batch_stats"])
   second = s1["batch_stats"] if cfg.bn1_update == "both" else bstats["embedding"]
   z_syn, s2 = emb(second, decoded[b:])
-  if cfg.loss == "npair":
+  if cfg.loss == "multi_similarity":   # anchor i against its own candidates (i, j)
+    j_syn = ms_by_loop(np.einsum("ie,ije->ij", unit_rows(z_syn[:p]), unit_rows(z_syn[p:].reshape(p, p, E))), labels)
+  elif cfg.loss == "npair":
     j_syn = losses.synthetic_npair_loss(z_syn[:p], z_syn[p:].reshape(p, p, E), l2_reg=cfg.l2_reg)
   else:
     j_syn = metric_loss(cfg, z_syn, labels)
@@ -101,7 +125,7 @@ def recompose(head, params, bstats, y, labels, stats, decay_params):
   j_metric = w * j_m + (1 - w) * j_syn
   j_recon = objective.reconstruction_loss(decoded[:b], y, lam=cfg.lam)
   logits = head.classifier.apply({"params": params["classifier"]}, decoded[b:])
-  if cfg.loss == "npair":
+  if cfg.loss in ("npair", "multi_similarity"):
     j_soft = objective.soft_loss_npair(logits[:p], logits[p:], labels[:p], lam=cfg.lam,
                                        softmax_factor=cfg.softmax_factor)
   else:
@@ -140,7 +164,7 @@ class HDMLObjectiveTest(parameterized.TestCase):
     assert_trees_close(self, out.batch_stats, want_stats)
     return out
 
-  @parameterized.product(loss=("npair", "triplet", "contrastive"), bn1_update=("both", "real"))
+  @parameterized.product(loss=("npair", "triplet", "contrastive", "multi_similarity"), bn1_update=("both", "real"))
   @pytest.mark.slow
   def test_every_term_equals_the_recomposition(self, loss, bn1_update):
     out = self.check(HDMLConfig(loss=loss, bn1_update=bn1_update, **DISTINCT),
@@ -163,7 +187,7 @@ class HDMLObjectiveTest(parameterized.TestCase):
     np.testing.assert_allclose(out.metrics["hardness"], 1.0)
     np.testing.assert_allclose(out.metrics["w"], 1.0)
 
-  @parameterized.parameters("npair", "triplet", "contrastive")
+  @parameterized.parameters("npair", "triplet", "contrastive", "multi_similarity")
   @pytest.mark.slow
   def test_baseline_is_the_metric_loss_with_decay(self, loss):
     out = self.check(HDMLConfig(loss=loss, hdml=False, **DISTINCT), decay_params={"kernel": jnp.ones(3)})
@@ -237,7 +261,8 @@ class HDMLObjectiveTest(parameterized.TestCase):
       self.assertEqual((out.metrics["alpha"].dtype, out.metrics["beta"].dtype), (jnp.float32, jnp.float32))
 
   def test_check_batch_returns_the_tuple_count(self):
-    for loss, b, want in (("npair", 8, 4), ("npair", 4, 2), ("triplet", 9, 3), ("contrastive", 12, 4)):
+    for loss, b, want in (("npair", 8, 4), ("npair", 4, 2), ("triplet", 9, 3), ("contrastive", 12, 4),
+                          ("multi_similarity", 7, 7), ("multi_similarity", 2, 2)):
       self.assertEqual(check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), want)
       self.assertIsInstance(check_batch(HDMLConfig(loss=loss), jnp.zeros((b, 4)), jnp.zeros(b, jnp.int32)), int)
 

@@ -29,8 +29,9 @@ def pos_neg(y, i):
   return ([j for j in range(len(y)) if j != i and y[j] == y[i]], [j for j in range(len(y)) if y[j] != y[i]])
 
 
-def ref_multi_similarity(e, y, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, mining=True):
-  s = cos(e)
+def ref_multi_similarity(e, y, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1, mining=True, similarities=None):
+  """Per-row values (None without a positive); ``similarities[i, j]`` replaces cos(e_i, e_j) when given."""
+  s = cos(e) if similarities is None else np.asarray(similarities, np.float64)
   rows = []
   for i in range(len(y)):
     p, n = pos_neg(y, i)
@@ -240,3 +241,37 @@ class MiningTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class MultiSimilarityFromSimilaritiesTest(chex.TestCase):
+
+  def test_equals_the_embedding_form_and_a_loop_on_any_columns(self):
+    rng = np.random.default_rng(3)
+    e, y = rng.normal(size=(8, 5)), np.array([0, 0, 1, 1, 2, 2, 3, 4])
+    pos = (y[:, None] == y[None, :]) & ~np.eye(8, dtype=bool)
+    s = cos(e)
+    got = pl.multi_similarity_from_similarities(jnp.asarray(s), jnp.asarray(pos), jnp.asarray(y[:, None] != y[None, :]))
+    np.testing.assert_allclose(got, pl.multi_similarity_loss(jnp.asarray(e, jnp.float32), jnp.asarray(y)), rtol=1e-5)
+    # Columns of another set (here each row against its own 6 candidates), masks given as they are.
+    s2 = rng.uniform(-1, 1, size=(8, 6))
+    p2 = rng.uniform(size=(8, 6)) < 0.3
+    n2 = ~p2 & (rng.uniform(size=(8, 6)) < 0.8)
+    want = []
+    for i in range(8):   # the loop of ref_multi_similarity with row i's own masks
+      p, n = list(np.flatnonzero(p2[i])), list(np.flatnonzero(n2[i]))
+      if not p:
+        continue
+      min_p, max_n = min(s2[i, p]), max(s2[i, n], default=-np.inf)
+      n = [j for j in n if s2[i, j] + 0.1 > min_p]
+      p = [j for j in p if s2[i, j] - 0.1 < max_n]
+      want.append(np.log(1 + sum(np.exp(-2 * (s2[i, j] - 0.5)) for j in p)) / 2
+                  + np.log(1 + sum(np.exp(50 * (s2[i, j] - 0.5)) for j in n)) / 50)
+    got = pl.multi_similarity_from_similarities(jnp.asarray(s2), jnp.asarray(p2), jnp.asarray(n2))
+    np.testing.assert_allclose(got, np.mean(want), rtol=1e-5)
+
+  def test_bad_masks_are_refused(self):
+    s = jnp.zeros((2, 3))
+    with self.assertRaisesRegex(ValueError, r"^multi_similarity_from_similarities: similarities must be \[B, K\]"):
+      pl.multi_similarity_from_similarities(s, jnp.zeros((2, 2), bool), jnp.zeros((2, 3), bool))
+    with self.assertRaisesRegex(TypeError, r"must be boolean masks, got float32"):
+      pl.multi_similarity_from_similarities(s, jnp.zeros((2, 3)), jnp.zeros((2, 3), bool))

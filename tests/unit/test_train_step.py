@@ -69,7 +69,7 @@ class TrainStepTest(chex.TestCase):
     with self.assertRaisesRegex(ValueError, "alpha_relative must be >= 0"):
       tiny_state(alpha_relative=-1.0)
 
-  @parameterized.product(loss=("npair", "triplet", "contrastive"), hdml=(True, False))
+  @parameterized.product(loss=("npair", "triplet", "contrastive", "multi_similarity"), hdml=(True, False))
   @pytest.mark.slow
   def test_every_loss_runs_and_reports(self, loss, hdml):
     state = tiny_state(loss=loss, hdml=hdml)

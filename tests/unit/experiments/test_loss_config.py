@@ -20,6 +20,12 @@ def _cfg(**overrides):
     ({"loss.name": "proxy_anchor", "loss.m_per_class": 0}, r"'proxy_anchor' needs at least 1 image per class"),
     ({"loss.name": "margin", "loss.m_per_class": 3}, r"config.batch_size=20 is not a multiple of config.loss.m_per_class=3"),
     ({"loss.name": "margin", "epoch_sampler": True}, r"config.epoch_sampler is for HDML's N-pair batches"),
+    ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "loss.m_per_class": 1},
+     r"config.hdml.loss='multi_similarity' compares samples of one class, so a batch needs at least 2 per class"),
+    ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "loss.m_per_class": 3},
+     r"config.batch_size=20 is not a multiple of config.loss.m_per_class=3"),
+    ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "epoch_sampler": True},
+     r"config.epoch_sampler is for N-pair batches; config.hdml.loss='multi_similarity' uses the M-per-class"),
 ])
 def test_bad_loss_settings_are_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -29,6 +35,7 @@ def test_bad_loss_settings_are_refused(overrides, message):
 def test_good_settings_pass():
   validate_config(_cfg(**{"loss.name": "proxy_anchor", "loss.m_per_class": 1}))
   validate_config(_cfg(**{"loss.name": "multi_similarity"}))
+  validate_config(_cfg(**{"hdml.loss": "multi_similarity", "hdml.enabled": True}))   # HDML on Multi-Similarity
   validate_config(fast_default())   # loss.name "hdml": HDML's own step, as before
 
 
