@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 
 from hdml_jax.train_state import HDMLTrainState
 
-_FIELDS = ("params", "batch_stats", "opt_state", "stats", "step")
+_FIELDS = ("params", "batch_stats", "opt_state", "stats", "memory", "step")
 
 
 def state_tree(state: HDMLTrainState) -> dict:

@@ -64,6 +64,7 @@ def _validate_loss(cfg) -> None:
   from hdml_jax.loss_step import LOSS_NAMES, PAIR_LOSSES
 
   name, m = cfg.loss.name, cfg.loss.m_per_class
+  _validate_xbm(cfg)
   if name == "hdml":
     if cfg.hdml.loss == "multi_similarity":   # HDML on Multi-Similarity: M-per-class batches
       if not isinstance(m, int) or isinstance(m, bool) or m < 2:
@@ -90,6 +91,24 @@ def _validate_loss(cfg) -> None:
                         if least == 2 else "needs at least 1 image per class."))
   if cfg.batch_size % m:
     raise ValueError(f"config.batch_size={cfg.batch_size} is not a multiple of config.loss.m_per_class={m}.")
+
+def _validate_xbm(cfg) -> None:
+  from hdml_jax.loss_step import PAIR_LOSSES
+
+  size, start, weight = cfg.loss.xbm_size, cfg.loss.xbm_start, cfg.loss.xbm_weight
+  for key, value in (("xbm_size", size), ("xbm_start", start)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ValueError(f"config.loss.{key} must be an integer >= 0, got {value!r}.")
+  if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+    raise ValueError(f"config.loss.xbm_weight must be a number >= 0, got {weight!r}.")
+  if not size:
+    return
+  if cfg.loss.name not in PAIR_LOSSES:
+    raise ValueError(f"config.loss.xbm_size={size}: a cross-batch memory serves the library pair losses "
+                     f"({', '.join(PAIR_LOSSES)}), not config.loss.name={cfg.loss.name!r}.")
+  if size < cfg.batch_size:
+    raise ValueError(f"config.loss.xbm_size={size} is smaller than config.batch_size={cfg.batch_size}: the memory "
+                     "must hold at least one batch.")
 
 def selectable_metrics(cfg) -> list[str]:
   """The names ``evaluate`` reports, hence what ``selection.metric`` may name."""

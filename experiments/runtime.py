@@ -20,7 +20,7 @@ import ml_collections
 
 from experiments import checkpoints, datasets, logs, run_config
 from experiments.config_mapping import hdml_config, optimizer_config
-from hdml_jax import parallel, weights
+from hdml_jax import cross_batch, parallel, weights
 from hdml_jax.loss_step import init_loss_params
 from hdml_jax.train_state import create_train_state
 
@@ -46,13 +46,16 @@ def _fresh_state(cfg, data: datasets.Data):
   if cfg.loss.name != "hdml":   # a library loss: its own parameters (proxies) join the state
     loss_params = init_loss_params(cfg.loss.name, jax.random.fold_in(jax.random.key(cfg.seed), 1),
                                    embedding_dim=cfg.model.embedding_dim, num_classes=data.train.num_classes)
+  memory = None
+  if cfg.loss.xbm_size:          # a library pair loss with a cross-batch memory
+    memory = cross_batch.init_memory(cfg.loss.xbm_size, cfg.model.embedding_dim)
   return create_train_state(
       jax.random.key(cfg.seed), image_shape=data.image_shape, num_classes=data.train.num_classes,
       embedding_dim=cfg.model.embedding_dim, backbone=cfg.model.backbone,
       backbone_kwargs=cfg.model.backbone_kwargs.to_dict(), generator_hidden=cfg.model.generator_hidden,
       config=hdml_config(cfg), optimizer=optimizer_config(cfg),
       stats_block_length=cfg.hdml.stats_block_length, stats_initial_value=cfg.hdml.stats_initial_value,
-      loss_params=loss_params)
+      loss_params=loss_params, memory=memory)
 
 def setup_runtime(cfg) -> None:
   """Multi-host start and the persistent compilation cache (call once, first)."""

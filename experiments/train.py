@@ -57,7 +57,9 @@ def train_and_evaluate(
   run = runtime.prepare_run(cfg, workdir, make_template=runtime.build_state,
                             make_step=lambda state: (make_train_step(state.networks, state.config)
                                                      if cfg.loss.name == "hdml"
-                                                     else make_loss_train_step(state.networks, cfg.loss.name)),
+                                                     else make_loss_train_step(
+                                                         state.networks, cfg.loss.name, xbm_start=cfg.loss.xbm_start,
+                                                         xbm_weight=cfg.loss.xbm_weight)),
                             before_resume=open_selection)
   data, writer = run.data, run.writer
   pretrained = None

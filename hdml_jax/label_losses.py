@@ -15,6 +15,11 @@ When the labels are concrete (outside ``jit``), the inputs are checked on the
 host: wrong length or dtype, non-finite embeddings, and — for the losses that
 need positive pairs — a batch where no class has two samples, or
 (``require_pairs=True``) any class with a single sample, named.
+
+Every loss here takes ``references=`` (:class:`hdml_jax.cross_batch.References`):
+its rows are then compared with those columns (a cross-batch memory) under
+the references' pair mask instead of with their own batch; the batch then
+needs no positive pair of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hdml_jax import _checks
+from hdml_jax.cross_batch import References
 from hdml_jax.distances import pairwise_squared_distances, safe_sqrt
 
 __all__ = [
@@ -41,13 +47,17 @@ REDUCTIONS = ("mean", "sum", "none")
 MININGS = ("all", "batch_hard", "semi_hard")
 
 
-def _check(embeddings, labels, where: str, *, needs_pairs: bool, require_pairs: bool = False):
+def _check(embeddings, labels, where: str, *, needs_pairs: bool, require_pairs: bool = False,
+           references: References | None = None):
   _checks.check_embeddings(embeddings, "embeddings", where)
   if labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
     raise ValueError(f"{where}: labels must have shape ({embeddings.shape[0]},) for embeddings "
                      f"{tuple(embeddings.shape)}, got {tuple(labels.shape)}.")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"{where}: labels must be integers, got dtype {labels.dtype}.")
+  if references is not None:
+    _check_references(references, embeddings, where)
+    needs_pairs = require_pairs = False   # positives may come from the references
   if isinstance(labels, jax.core.Tracer) or isinstance(embeddings, jax.core.Tracer):
     return   # traced: the masks handle every case; nothing to inspect
   e = np.asarray(embeddings)
@@ -66,6 +76,32 @@ def _check(embeddings, labels, where: str, *, needs_pairs: bool, require_pairs: 
                        "needs at least two.")
 
 
+def _check_references(references, embeddings, where: str) -> None:
+  if not isinstance(references, References):
+    raise TypeError(f"{where}: references must be a hdml_jax.cross_batch.References, got {type(references).__name__}.")
+  b, e = embeddings.shape
+  r, lab, mask = references
+  if r.ndim != 2 or r.shape[1] != e:
+    raise ValueError(f"{where}: references.embeddings must be [K, {e}] for embeddings {tuple(embeddings.shape)}, "
+                     f"got {tuple(r.shape)}.")
+  k = r.shape[0]
+  if lab.shape != (k,) or not jnp.issubdtype(lab.dtype, jnp.integer):
+    raise ValueError(f"{where}: references.labels must be [{k}] integers, got {tuple(lab.shape)} {lab.dtype}.")
+  if mask.shape != (b, k) or mask.dtype != jnp.bool_:
+    raise ValueError(f"{where}: references.mask must be a [{b}, {k}] bool array, got {tuple(mask.shape)} "
+                     f"{mask.dtype}.")
+
+
+def _pairs(embeddings, labels, references):
+  """``(columns, positives, negatives, allowed)``: the rows against their own batch, or against the references."""
+  if references is None:
+    pos, neg = _masks(labels)
+    return embeddings, pos, neg, ~jnp.eye(embeddings.shape[0], dtype=bool)
+  same = labels[:, None] == references.labels[None, :]
+  mask = references.mask
+  return references.embeddings.astype(embeddings.dtype), same & mask, ~same & mask, mask
+
+
 def _reduce(per_item: jax.Array, valid: jax.Array, reduction: str, where: str) -> jax.Array:
   if reduction not in REDUCTIONS:
     raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}.")
@@ -77,8 +113,8 @@ def _reduce(per_item: jax.Array, valid: jax.Array, reduction: str, where: str) -
   return jnp.sum(per_item) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def _distances(embeddings, distance: str, where: str) -> jax.Array:
-  d2 = pairwise_squared_distances(embeddings, embeddings)
+def _distances(embeddings, distance: str, where: str, columns=None) -> jax.Array:
+  d2 = pairwise_squared_distances(embeddings, embeddings if columns is None else columns)
   if distance == "squared":
     return d2
   if distance == "euclidean":
@@ -100,6 +136,7 @@ def npair_loss_from_labels(
     l2_reg: float = 0.0,
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""Multi-class N-pair loss: each row against all others, its positives as soft targets.
 
@@ -124,11 +161,11 @@ def npair_loss_from_labels(
   0.5514
   """
   where = "npair_loss_from_labels"
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  pos, _ = _masks(labels)
-  b = embeddings.shape[0]
-  logits = embeddings @ embeddings.T
-  logits = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, logits)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, _, allowed = _pairs(embeddings, labels, references)
+  logits = embeddings @ columns.T
+  # A row with no allowed column (possible with references only) gets zeros: finite, and left out below.
+  logits = jnp.where(allowed, logits, jnp.where(allowed.any(axis=1, keepdims=True), -jnp.inf, 0.0))
   log_p = jax.nn.log_softmax(logits, axis=1)
   n_pos = jnp.sum(pos, axis=1)
   valid = n_pos > 0
@@ -148,6 +185,7 @@ def triplet_loss_from_labels(
     distance: str = "euclidean",
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""Triplet loss over the batch's valid triplets, with in-batch mining.
 
@@ -176,9 +214,9 @@ def triplet_loss_from_labels(
   where = "triplet_loss_from_labels"
   if mining not in MININGS:
     raise ValueError(f"{where}: mining must be one of {MININGS}, got {mining!r}.")
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  d = _distances(embeddings, distance, where)
-  pos, neg = _masks(labels)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, neg, _ = _pairs(embeddings, labels, references)
+  d = _distances(embeddings, distance, where, columns)
   if mining == "batch_hard":
     hardest_pos = jnp.max(jnp.where(pos, d, -jnp.inf), axis=1)
     hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
@@ -212,6 +250,7 @@ def contrastive_loss_from_labels(
     margin: float = 1.0,
     distance: str = "euclidean",
     reduction: str = "mean",
+    references: References | None = None,
 ) -> jax.Array:
   r"""Contrastive loss over all pairs ``i != j`` of the batch.
 
@@ -229,12 +268,10 @@ def contrastive_loss_from_labels(
   0.0833...
   """
   where = "contrastive_loss_from_labels"
-  _check(embeddings, labels, where, needs_pairs=False)
-  d = _distances(embeddings, distance, where)
-  pos, neg = _masks(labels)
+  _check(embeddings, labels, where, needs_pairs=False, references=references)
+  columns, pos, neg, allowed = _pairs(embeddings, labels, references)
+  d = _distances(embeddings, distance, where, columns)
   per_pair = jnp.where(pos, jnp.square(d), 0.0) + jnp.where(neg, jnp.square(jax.nn.relu(margin - d)), 0.0)
-  b = embeddings.shape[0]
-  not_self = ~jnp.eye(b, dtype=bool)
   if reduction == "none":
-    return per_pair.sum(axis=1) / max(b - 1, 1)
-  return _reduce(per_pair.ravel(), not_self.ravel(), reduction, where)
+    return per_pair.sum(axis=1) / jnp.maximum(allowed.sum(axis=1), 1)
+  return _reduce(per_pair.ravel(), allowed.ravel(), reduction, where)

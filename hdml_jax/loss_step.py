@@ -12,6 +12,12 @@ step: backbone and embedding in training mode, the loss on the embeddings
 
 Batches are ``{"images", "labels"}`` with classes repeated for the pair
 losses (an M-per-class sampler, ``m >= 2``); any batch suits a proxy loss.
+
+A pair loss can also compare each batch with a cross-batch memory (XBM,
+:mod:`hdml_jax.cross_batch`): build the state with
+``memory=init_memory(size, E)`` and the step adds ``xbm_weight`` times the
+loss of the batch against the memory, from step ``xbm_start`` on (the memory
+is filled from then on too, as the XBM paper's code does).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hdml_jax import label_losses, pair_losses, proxy_losses
+from hdml_jax import cross_batch, label_losses, pair_losses, proxy_losses
 from hdml_jax.networks import Networks
 from hdml_jax.train_state import HDMLTrainState
 
@@ -34,7 +40,11 @@ __all__ = ["LOSS_NAMES", "PAIR_LOSSES", "PROXY_LOSSES", "LossSpec", "init_loss_p
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-  """A library loss as the step calls it: ``fn(loss_params, embeddings, labels, rng) -> scalar``."""
+  """A library loss as the step calls it: ``fn(loss_params, embeddings, labels, rng, references=None) -> scalar``.
+
+  ``references`` (:class:`hdml_jax.cross_batch.References`) is accepted by
+  the pair losses only (``needs_pairs``).
+  """
 
   name: str
   fn: Callable
@@ -43,15 +53,20 @@ class LossSpec:
 
 
 def _pair(fn, **kwargs):
-  return lambda params, e, y, rng: fn(e, y, **kwargs)
+  return lambda params, e, y, rng, references=None: fn(e, y, references=references, **kwargs)
 
 
 def _proxy(fn, **kwargs):
-  return lambda params, e, y, rng: fn(e, y, params["proxies"], **kwargs)
+  def loss(params, e, y, rng, references=None):
+    if references is not None:
+      raise ValueError(f"{fn.__name__} compares embeddings with proxies, not with a cross-batch memory.")
+    return fn(e, y, params["proxies"], **kwargs)
+  return loss
 
 
-def _margin(params, e, y, rng):
-  return pair_losses.margin_loss(e, y, negatives=pair_losses.distance_weighted_sampling(rng, e, y))
+def _margin(params, e, y, rng, references=None):
+  negatives = pair_losses.distance_weighted_sampling(rng, e, y, references=references)
+  return pair_losses.margin_loss(e, y, negatives=negatives, references=references)
 
 
 _SPECS = {
@@ -105,15 +120,26 @@ def init_loss_params(name: str, key: jax.Array, *, embedding_dim: int, num_class
   return {"proxies": proxy_losses.init_proxies(key, num_classes, embedding_dim)}
 
 
-def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None = None):
+def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None = None, xbm_start: int = 0,
+                         xbm_weight: float = 1.0):
   """``step(state, batch, rng) -> (state, metrics)`` training backbone, embedding and the loss's own parameters.
 
   ``state`` comes from :func:`~hdml_jax.train_state.create_train_state`
   with ``config.hdml`` off and ``loss_params=init_loss_params(name, ...)``.
   ``metrics`` holds ``loss`` (also as ``j_m``), per-group gradient norms and
   ``finite``; ``axis_name`` as for :func:`hdml_jax.train_step.make_train_step`.
+
+  With a cross-batch memory in the state (``create_train_state(...,
+  memory=cross_batch.init_memory(size, E))``, pair losses only), the loss is
+  ``L(batch) + xbm_weight * L(batch against the memory)`` from step
+  ``xbm_start`` on, when the memory also starts to be filled; before, the
+  plain batch loss. ``metrics`` adds ``xbm_loss`` (0 before ``xbm_start``).
+  Under ``pmap`` (``axis_name`` set) a memory is refused: each device would
+  keep its own.
   """
   spec = loss_spec(name)
+  if xbm_start < 0 or xbm_weight < 0:
+    raise ValueError(f"make_loss_train_step: xbm_start and xbm_weight must be >= 0, got {xbm_start} and {xbm_weight}.")
 
   def pmean(tree):
     return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
@@ -131,6 +157,14 @@ def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None
       if not (counts >= 2).any():
         raise ValueError(f"make_loss_train_step: loss {name!r}: no class has two samples in this batch, so "
                          "there is no positive pair (use an M-per-class sampler with m >= 2).")
+    memory = state.memory
+    if memory is not None:
+      if not spec.needs_pairs:
+        raise ValueError(f"make_loss_train_step: loss {name!r} is a proxy loss; a cross-batch memory serves the "
+                         "pair losses only.")
+      if axis_name is not None:
+        raise ValueError("make_loss_train_step: a cross-batch memory is not supported under pmap (axis_name set); "
+                         "use jax.jit over a device mesh, which sees the global batch.")
     bstats = state.batch_stats
 
     def total(params):
@@ -141,14 +175,28 @@ def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None
           {"params": params["embedding"], "batch_stats": bstats["embedding"]}, y, train=True,
           mutable=["batch_stats"])
       value = spec.fn(params.get("loss", {}), z, labels, rng)
-      return value, {"backbone": bb_new.get("batch_stats", {}), "embedding": emb_new.get("batch_stats", {})}
+      aux = {"batch_stats": {"backbone": bb_new.get("batch_stats", {}), "embedding": emb_new.get("batch_stats", {})}}
+      if memory is not None:
+        active = state.step >= xbm_start
+        xbm_value, new_memory = cross_batch.cross_batch_loss(
+            lambda e, y, references: spec.fn(params.get("loss", {}), e, y, jax.random.fold_in(rng, 1), references),
+            memory, z, labels)
+        xbm_value = jnp.where(active, xbm_value, 0.0)
+        value = value + xbm_weight * xbm_value
+        aux["memory"] = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old), new_memory, memory)
+        aux["xbm_loss"] = xbm_value
+      return value, aux
 
-    (value, new_bstats), grads = jax.value_and_grad(total, has_aux=True)(state.params)
-    grads, new_bstats, value = pmean(grads), pmean(new_bstats), pmean(value)
+    (value, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    grads, new_bstats, value = pmean(grads), pmean(aux["batch_stats"]), pmean(value)
     metrics = {"loss": value, "j_m": value, "finite": jnp.isfinite(value)}
+    if memory is not None:
+      metrics["xbm_loss"] = aux["xbm_loss"]
     for key, g in grads.items():
       metrics[f"grad_norm/{key}"] = optax.tree.norm(g)
     new_state = state.apply_gradients(grads=grads).replace(batch_stats={**bstats, **new_bstats})
+    if memory is not None:
+      new_state = new_state.replace(memory=aux["memory"])
     return new_state, metrics
 
   return step

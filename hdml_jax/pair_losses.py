@@ -12,6 +12,10 @@ L2-normalised inside (safely: a zero row stays zero), as their papers do.
 :func:`lifted_structure_loss` uses Euclidean distances on the embeddings as
 given.
 
+Every loss takes ``references=`` (:class:`hdml_jax.cross_batch.References`,
+e.g. a cross-batch memory) to compare its rows with other columns, as in
+:mod:`hdml_jax.label_losses`.
+
 Every masked log-sum-exp here is taken over finite stand-ins for the
 excluded entries, so no ``inf - inf`` or ``0 * inf`` reaches a gradient.
 """
@@ -21,8 +25,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hdml_jax.cross_batch import References
 from hdml_jax.distances import safe_sqrt
-from hdml_jax.label_losses import _check, _distances, _masks, _reduce
+from hdml_jax.label_losses import _check, _distances, _pairs, _reduce
 
 __all__ = [
     "circle_loss",
@@ -35,10 +40,13 @@ __all__ = [
 ]
 
 
-def _cosine(embeddings: jax.Array) -> jax.Array:
-  norms = safe_sqrt(jnp.sum(jnp.square(embeddings), axis=1, keepdims=True))
-  unit = embeddings / jnp.maximum(norms, 1e-12)
-  return unit @ unit.T
+def _unit(x: jax.Array) -> jax.Array:
+  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)), 1e-12)
+
+
+def _cosine(embeddings: jax.Array, columns: jax.Array | None = None) -> jax.Array:
+  unit = _unit(embeddings)
+  return unit @ (unit if columns is None else _unit(columns)).T
 
 
 def _masked_lse(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -71,6 +79,7 @@ def multi_similarity_loss(
     mining: bool = True,
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""Multi-Similarity loss with its pair mining (Wang et al., CVPR 2019).
 
@@ -102,9 +111,9 @@ def multi_similarity_loss(
   0.1566
   """
   where = "multi_similarity_loss"
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  pos, neg = _masks(labels)
-  return _multi_similarity(_cosine(embeddings), pos, neg, alpha, beta, base, epsilon, mining, reduction, where)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, neg, _ = _pairs(embeddings, labels, references)
+  return _multi_similarity(_cosine(embeddings, columns if references is not None else None), pos, neg, alpha, beta, base, epsilon, mining, reduction, where)
 
 
 def multi_similarity_from_similarities(
@@ -169,6 +178,7 @@ def lifted_structure_loss(
     distance: str = "euclidean",
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""The generalised lifted structure loss (Hermans, Beyer and Leibe 2017; Oh Song et al. 2016).
 
@@ -188,9 +198,9 @@ def lifted_structure_loss(
   0.0
   """
   where = "lifted_structure_loss"
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  d = _distances(embeddings, distance, where)
-  pos, neg = _masks(labels)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, neg, _ = _pairs(embeddings, labels, references)
+  d = _distances(embeddings, distance, where, columns)
   pos_lse, has_pos = _masked_lse(d - pos_margin, pos)
   neg_lse, has_neg = _masked_lse(neg_margin - d, neg)
   valid = has_pos & has_neg
@@ -205,6 +215,7 @@ def circle_loss(
     gamma: float = 80.0,
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""Circle loss (Sun et al., CVPR 2020), pair-based form.
 
@@ -227,9 +238,9 @@ def circle_loss(
   True
   """
   where = "circle_loss"
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  s = _cosine(embeddings)
-  pos, neg = _masks(labels)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, neg, _ = _pairs(embeddings, labels, references)
+  s = _cosine(embeddings, columns if references is not None else None)
   a_p = jax.lax.stop_gradient(jax.nn.relu(1.0 + margin - s))
   a_n = jax.lax.stop_gradient(jax.nn.relu(s + margin))
   pos_lse, has_pos = _masked_lse(-gamma * a_p * (s - (1.0 - margin)), pos)
@@ -245,6 +256,7 @@ def supervised_contrastive_loss(
     temperature: float = 0.1,
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""Supervised contrastive loss (Khosla et al., NeurIPS 2020; NT-Xent over labels).
 
@@ -266,21 +278,17 @@ def supervised_contrastive_loss(
   0.5514
   """
   where = "supervised_contrastive_loss"
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
-  b = embeddings.shape[0]
-  logits = _cosine(embeddings) / temperature
-  pos, _ = _masks(labels)
-  others = ~jnp.eye(b, dtype=bool)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, _, others = _pairs(embeddings, labels, references)
+  logits = _cosine(embeddings, columns if references is not None else None) / temperature
   log_norm, _ = _masked_lse(logits, others)
   n_pos = jnp.sum(pos, axis=1)
   per_row = -jnp.sum(jnp.where(pos, logits - log_norm[:, None], 0.0), axis=1) / jnp.maximum(n_pos, 1)
   return _reduce(per_row, n_pos > 0, reduction, where)
 
 
-def _unit_distances(embeddings: jax.Array) -> jax.Array:
-  norms = safe_sqrt(jnp.sum(jnp.square(embeddings), axis=1, keepdims=True))
-  unit = embeddings / jnp.maximum(norms, 1e-12)
-  return safe_sqrt(jnp.maximum(2.0 - 2.0 * (unit @ unit.T), 0.0))
+def _unit_distances(embeddings: jax.Array, columns: jax.Array | None = None) -> jax.Array:
+  return safe_sqrt(jnp.maximum(2.0 - 2.0 * _cosine(embeddings, columns), 0.0))
 
 
 def distance_weighted_sampling(
@@ -290,6 +298,7 @@ def distance_weighted_sampling(
     *,
     cutoff: float = 0.5,
     nonzero_loss_cutoff: float = 1.4,
+    references: References | None = None,
 ) -> jax.Array:
   r"""Distance-weighted negative sampling (Wu et al., ICCV 2017): one negative per (anchor, column).
 
@@ -303,9 +312,10 @@ def distance_weighted_sampling(
   among its negatives, as the paper's code does.
 
   Returns:
-    ``[B, B] int32``: entry ``(i, j)`` is a negative of anchor ``i`` drawn
-    independently for each ``j`` (:func:`margin_loss` pairs it with the
-    positive ``j``). Rows of an anchor without any negative hold ``i``.
+    ``[B, B] int32`` (``[B, K]`` with ``references``, indices into them):
+    entry ``(i, j)`` is a negative of anchor ``i`` drawn independently for
+    each ``j`` (:func:`margin_loss` pairs it with the positive ``j``). Rows of
+    an anchor without any negative hold ``i`` (``min(i, K - 1)``).
 
   >>> import jax, jax.numpy as jnp
   >>> e = jnp.array([[1., 0.], [1., 0.1], [0., 1.], [0.1, 1.]])
@@ -314,10 +324,12 @@ def distance_weighted_sampling(
   True
   """
   where = "distance_weighted_sampling"
-  _check(embeddings, labels, where, needs_pairs=False)
+  _check(embeddings, labels, where, needs_pairs=False, references=references)
   b, n = embeddings.shape
-  d = jax.lax.stop_gradient(jnp.maximum(_unit_distances(embeddings), cutoff))
-  _, neg = _masks(labels)
+  columns, _, neg, _ = _pairs(embeddings, labels, references)
+  k = columns.shape[0]
+  d = jax.lax.stop_gradient(jnp.maximum(_unit_distances(embeddings, columns if references is not None else None),
+                                        cutoff))
   # log(1 / q(d)); 1 - d^2/4 is kept positive (d = 2 is past nonzero_loss_cutoff and weighs 0 anyway)
   log_w = (2.0 - n) * jnp.log(d) - ((n - 3.0) / 2.0) * jnp.log(jnp.maximum(1.0 - 0.25 * jnp.square(d), 1e-12))
   weighted = neg & (d < nonzero_loss_cutoff)
@@ -325,8 +337,8 @@ def distance_weighted_sampling(
   has_neg = neg.any(axis=1, keepdims=True)
   logits = jnp.where(has_weighted, jnp.where(weighted, log_w, -jnp.inf),        # the paper's weights
                      jnp.where(has_neg, jnp.where(neg, 0.0, -jnp.inf), 0.0))    # uniform; no negative: any
-  draws = jax.random.categorical(key, logits[:, None, :], axis=-1, shape=(b, b))
-  return jnp.where(has_neg, draws, jnp.arange(b)[:, None]).astype(jnp.int32)
+  draws = jax.random.categorical(key, logits[:, None, :], axis=-1, shape=(b, k))
+  return jnp.where(has_neg, draws, jnp.minimum(jnp.arange(b), k - 1)[:, None]).astype(jnp.int32)
 
 
 def margin_loss(
@@ -338,6 +350,7 @@ def margin_loss(
     negatives: jax.Array | None = None,
     reduction: str = "mean",
     require_pairs: bool = False,
+    references: References | None = None,
 ) -> jax.Array:
   r"""The margin loss of "Sampling Matters in Deep Embedding Learning" (Wu et al., ICCV 2017).
 
@@ -364,7 +377,7 @@ def margin_loss(
   0.0
   """
   where = "margin_loss"
-  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs)
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
   if reduction not in ("mean", "sum", "none"):
     raise ValueError(f"{where}: reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}.")
   beta = jnp.asarray(beta, embeddings.dtype)
@@ -379,12 +392,12 @@ def margin_loss(
     beta_i = beta
   else:
     raise ValueError(f"{where}: beta must be a number or a [num_classes] array, got shape {beta.shape}.")
-  d = _unit_distances(embeddings)
-  pos, neg = _masks(labels)
+  columns, pos, neg, _ = _pairs(embeddings, labels, references)
+  d = _unit_distances(embeddings, columns if references is not None else None)
   pos_loss = jax.nn.relu(margin + d - beta_i)                                # [B, B], entry (i, p)
   if negatives is not None:
     if negatives.shape != pos.shape:
-      raise ValueError(f"{where}: negatives must be [{pos.shape[0]}, {pos.shape[0]}] (from "
+      raise ValueError(f"{where}: negatives must be [{pos.shape[0]}, {pos.shape[1]}] (from "
                        f"distance_weighted_sampling), got {tuple(negatives.shape)}.")
     d_n = jnp.take_along_axis(d, negatives, axis=1)                          # (i, p) -> D[i, n(i, p)]
     is_neg = jnp.take_along_axis(neg, negatives, axis=1)

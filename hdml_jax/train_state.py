@@ -17,6 +17,7 @@ from flax import struct
 from flax.training import train_state
 
 from hdml_jax.config import HDMLConfig, OptimizerConfig
+from hdml_jax.cross_batch import CrossBatchMemory
 from hdml_jax.inference import make_embed_fn
 from hdml_jax.models import get_backbone
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
@@ -32,11 +33,13 @@ class HDMLTrainState(train_state.TrainState):
 
   ``apply_fn(params, batch_stats, images)`` is the inference embedding
   (BN in inference mode, L2-normalised), see
-  :func:`hdml_jax.inference.make_embed_fn`.
+  :func:`hdml_jax.inference.make_embed_fn`. ``memory`` is a library pair
+  loss's cross-batch memory (:mod:`hdml_jax.cross_batch`), or None.
   """
 
   batch_stats: Any = None
   stats: AdaptiveStatistics | None = None
+  memory: CrossBatchMemory | None = None
   networks: Networks | None = struct.field(pytree_node=False, default=None)
   config: HDMLConfig | None = struct.field(pytree_node=False, default=None)
 
@@ -57,6 +60,7 @@ def create_train_state(
     bn_momentum: float = BN_MOMENTUM,
     bn_epsilon: float = BN_EPSILON,
     loss_params: dict | None = None,
+    memory: CrossBatchMemory | None = None,
 ) -> HDMLTrainState:
   """Initialises every part and the three optimizers.
 
@@ -72,6 +76,9 @@ def create_train_state(
       (:func:`hdml_jax.loss_step.init_loss_params`), kept as
       ``params["loss"]`` with their own optimizer group; needs ``config.hdml``
       off.
+    memory: a cross-batch memory (:func:`hdml_jax.cross_batch.init_memory`)
+      for :func:`hdml_jax.loss_step.make_loss_train_step`; needs
+      ``config.hdml`` off and ``memory.embeddings`` of width ``embedding_dim``.
   """
   if num_classes < 2:
     raise ValueError(f"create_train_state: need at least 2 classes, got {num_classes}.")
@@ -90,6 +97,13 @@ def create_train_state(
       raise ValueError("create_train_state: loss_params belong to a library loss, which trains without HDML's "
                        "synthesis (config.hdml=False).")
     params["loss"] = loss_params
+  if memory is not None:
+    if config.hdml:
+      raise ValueError("create_train_state: a cross-batch memory serves a library pair loss, which trains without "
+                       "HDML's synthesis (config.hdml=False).")
+    if memory.embeddings.shape[1] != embedding_dim:
+      raise ValueError(f"create_train_state: the memory holds embeddings of width {memory.embeddings.shape[1]}, "
+                       f"but embedding_dim is {embedding_dim}.")
   batch_stats = {"backbone": bb_vars.get("batch_stats", {}), **head_stats}
   return HDMLTrainState.create(
       apply_fn=make_embed_fn(networks),
@@ -97,6 +111,7 @@ def create_train_state(
       tx=make_optimizer(optimizer, hdml=config.hdml, loss_params=loss_params is not None),
       batch_stats=batch_stats,
       stats=init_statistics(block_length=stats_block_length, initial_value=stats_initial_value),
+      memory=memory,
       networks=networks,
       config=config,
   )

@@ -62,6 +62,11 @@ are, as the reference does).
   ``DistanceWeightedMiner`` draws (cutoff 0.5, non-zero loss cutoff 1.4),
   next to the distance between two PML runs of the same size.
 
+* Cross-batch memory: ``hdml_jax.cross_batch.cross_batch_loss`` against
+  PML's ``CrossBatchMemory`` wrapping the same loss (and, for
+  Multi-Similarity, its miner), over sequences of batches that fill the
+  memory and wrap around it; value and embedding gradient at every step.
+
     python3 -m experiments.benchmarks.compare_pml                 # prints the table
     python3 -m experiments.benchmarks.compare_pml --out compare_pml.json
 """
@@ -311,10 +316,85 @@ def main(argv=None):
   sampling = _compare_sampling(jax, jnp, torch, miners, pair_losses)
   print(f"distance-weighted sampling, {sampling['draws']} draws per anchor on each side: total-variation distance "
         f"project vs PML {sampling['tv_project_pml']:.3f}, PML vs PML {sampling['tv_pml_pml']:.3f} (sampling noise)")
+  xbm = _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds)
+  print("\ncross-batch memory (cross_batch_loss vs CrossBatchMemory, memory 30 rows, batches of 12, 5 steps a case):")
+  print("| loss | cases | steps | max relative difference, value | max relative difference, gradient |")
+  print("|---|---|---|---|---|")
+  for name, r in xbm.items():
+    print(f"| {name} | {r['cases']} | {r['steps']} | {r['max_rel_value']:.1e} | {r['max_rel_grad']:.1e} |")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows, "sampling": sampling},
-                f, indent=2)
+      json.dump({"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows, "sampling": sampling,
+                 "cross_batch_memory": xbm}, f, indent=2)
+
+
+def _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds, steps: int = 5) -> dict:
+  """Cross-batch memory: ``cross_batch_loss`` against PML's ``CrossBatchMemory``, step by step, value and gradient.
+
+  Each case feeds ``steps`` class-balanced batches of 12 (4 classes x 3)
+  into a memory of 30 rows (filled at step 3, then wrapping); both sides
+  enqueue the batch and compare it with the memory, own copies left out.
+  """
+  from hdml_jax import cross_batch, label_losses, pair_losses
+
+  lp = lambda: distances.LpDistance(normalize_embeddings=False, p=2, power=1)
+
+  def contrastive_theirs():
+    loss = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0, distance=lp(), reducer=reducers.DoNothingReducer())
+
+    # The project's squared contrastive loss, mean over the pairs formed (named so CrossBatchMemory accepts it).
+    class ContrastiveLoss(torch.nn.Module):
+      def forward(self, e, y, indices_tuple, ref_emb, ref_labels):
+        out = loss(e, y, indices_tuple, ref_emb, ref_labels)
+        pos, neg = out["pos_loss"]["losses"], out["neg_loss"]["losses"]
+        return (torch.sum(pos ** 2) + torch.sum(neg ** 2)) / (len(indices_tuple[0]) + len(indices_tuple[2]))
+    return ContrastiveLoss()
+
+  cases = {
+      "multi-similarity": (pair_losses.multi_similarity_loss, {},
+                           lambda: (losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5),
+                                    miners.MultiSimilarityMiner(epsilon=0.1))),
+      "multi-similarity, no mining": (pair_losses.multi_similarity_loss, {"mining": False},
+                                      lambda: (losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), None)),
+      "triplet all": (label_losses.triplet_loss_from_labels, {"margin": 0.5},
+                      lambda: (losses.TripletMarginLoss(margin=0.5, distance=lp(), reducer=reducers.MeanReducer()),
+                               None)),
+      "contrastive": (label_losses.contrastive_loss_from_labels, {"margin": 1.0}, lambda: (contrastive_theirs(), None)),
+      "lifted structure": (pair_losses.lifted_structure_loss, {},
+                           lambda: (losses.GeneralizedLiftedStructureLoss(neg_margin=1.0, pos_margin=0.0,
+                                                                          distance=lp()), None)),
+      "circle": (pair_losses.circle_loss, {}, lambda: (losses.CircleLoss(m=0.4, gamma=80), None)),
+      "supervised contrastive": (pair_losses.supervised_contrastive_loss, {},
+                                 lambda: (losses.SupConLoss(temperature=0.1), None)),
+  }
+  out = {}
+  for name, (ours, kwargs, make) in cases.items():
+    row = {"cases": 0, "steps": 0, "max_rel_value": 0.0, "max_rel_grad": 0.0}
+    for seed in seeds:
+      for scale in (0.3, 1.0):
+        rng = np.random.default_rng(seed)
+        theirs, miner = make()
+        xbm = losses.CrossBatchMemory(theirs, 8, memory_size=30, miner=miner)
+        xbm.embedding_memory = xbm.embedding_memory.double()
+        memory = cross_batch.init_memory(30, 8, jnp.float64)
+        for _ in range(steps):
+          y = np.repeat(rng.choice(10, size=4, replace=False), 3)
+          x = scale * (np.eye(10, 8)[y] * 2 + rng.normal(size=(12, 8)))
+          (v, new_memory), g = jax.value_and_grad(
+              lambda e: cross_batch.cross_batch_loss(ours, memory, e, jnp.asarray(y), **kwargs), has_aux=True)(
+              jnp.asarray(x))
+          memory = new_memory
+          et = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+          vt = xbm(et, torch.as_tensor(y))
+          vt.backward()
+          row["steps"] += 1
+          row["max_rel_value"] = max(row["max_rel_value"], abs(float(v) - vt.item()) / max(abs(vt.item()), 1e-12))
+          gt = et.grad.numpy()
+          row["max_rel_grad"] = max(row["max_rel_grad"],
+                                    float(np.abs(np.asarray(g) - gt).max() / max(np.abs(gt).max(), 1e-12)))
+        row["cases"] += 1
+    out[name] = row
+  return out
 
 
 def _compare_sampling(jax, jnp, torch, miners, pair_losses, draws: int = 400):

@@ -60,6 +60,10 @@ def get_base_config() -> ml_collections.ConfigDict:
                                        # trained without synthesis (hdml.enabled=False) on M-per-class batches
   c.loss.m_per_class = 4               # library losses and hdml.loss=multi_similarity: images per class in a
                                        # batch (pair losses need >= 2)
+  c.loss.xbm_size = 0                  # library pair losses: rows of a cross-batch memory (XBM; 0: none,
+                                       # else >= batch_size); each batch is also compared with the memory
+  c.loss.xbm_start = 0                 # the step from which the memory is filled and its loss added
+  c.loss.xbm_weight = 1.0              # the memory loss's weight beside the batch loss
 
   c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive, a multiple of
                                        # loss.m_per_class for multi_similarity and the library losses

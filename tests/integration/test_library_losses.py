@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -59,3 +60,20 @@ def test_hdml_on_multi_similarity_trains_on_m_per_class_batches():
   assert logged and all(np.isfinite(r["train/j_syn"]) and np.isfinite(r["train/j_gen"]) for r in logged)
   state = restored_latest(cfg, workdir)
   assert int(state.step) == 2 and "generator" in state.params
+
+
+def test_a_cross_batch_memory_is_checkpointed_and_resumed_exactly():
+  from experiments.train import train_and_evaluate
+
+  xbm = {"loss.xbm_size": 50, "loss.xbm_start": 1}
+  straight, split = tempfile.mkdtemp(), tempfile.mkdtemp()
+  train_and_evaluate(_cfg("multi_similarity", num_steps=4, **xbm), straight)
+  train_and_evaluate(_cfg("multi_similarity", num_steps=2, **xbm), split)
+  train_and_evaluate(_cfg("multi_similarity", num_steps=4, **xbm), split)
+  a = restored_latest(_cfg("multi_similarity", num_steps=4, **xbm), straight)
+  b = restored_latest(_cfg("multi_similarity", num_steps=4, **xbm), split)
+  assert int(a.memory.filled.sum()) == 50 and int(a.memory.pointer) == (3 * 20) % 50   # steps 1-3 stored
+  for x, y in zip(a.memory, b.memory):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

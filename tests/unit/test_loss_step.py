@@ -78,3 +78,62 @@ def test_bad_set_ups_are_refused_in_one_line():
     loss_step.make_loss_train_step(state.networks, "multi_similarity")(
         state, {"images": images[one_each].reshape(-1, 8, 8, 1), "labels": labels[one_each]}, jax.random.key(0))
   assert set(loss_step.PROXY_LOSSES) | set(loss_step.PAIR_LOSSES) == set(loss_step.LOSS_NAMES)
+
+
+def _xbm_state(name="multi_similarity", size=48):
+  from hdml_jax.cross_batch import init_memory
+
+  return create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
+                            backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
+                            config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3),
+                            stats_block_length=4, loss_params={}, memory=init_memory(size, 6))
+
+
+def _embed_train(state, images):
+  """The step's embeddings of a batch (training-mode BatchNorm), recomputed outside the step."""
+  n = state.networks
+  y = n.backbone.apply({"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}, images,
+                       train=True, mutable=["batch_stats"])[0]
+  return n.embedding.apply({"params": state.params["embedding"], "batch_stats": state.batch_stats["embedding"]}, y,
+                           train=True, mutable=["batch_stats"])[0]
+
+
+def test_the_cross_batch_memory_adds_its_loss_from_xbm_start_and_fills_from_then():
+  from hdml_jax import cross_batch
+  from hdml_jax.pair_losses import multi_similarity_loss
+
+  state = _xbm_state()
+  step = jax.jit(loss_step.make_loss_train_step(state.networks, "multi_similarity", xbm_start=1, xbm_weight=0.5))
+  state, m0 = step(state, _batch(0), jax.random.key(0))   # step 0: before xbm_start, nothing stored
+  assert float(m0["xbm_loss"]) == 0.0 and not bool(state.memory.filled.any()) and int(state.memory.pointer) == 0
+  for k in (1, 2):
+    batch = _batch(k)
+    z = _embed_train(state, batch["images"].astype(np.float32))
+    plain = multi_similarity_loss(z, batch["labels"])
+    want_xbm, want_memory = cross_batch.cross_batch_loss(multi_similarity_loss, state.memory, z, batch["labels"])
+    state, m = step(state, batch, jax.random.key(k))
+    np.testing.assert_allclose(float(m["xbm_loss"]), float(want_xbm), rtol=1e-4)
+    np.testing.assert_allclose(float(m["loss"]), float(plain + 0.5 * want_xbm), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(state.memory.embeddings), np.asarray(want_memory.embeddings), atol=1e-5)
+  assert int(state.memory.filled.sum()) == 40 and int(state.memory.pointer) == 40
+  np.testing.assert_array_equal(np.asarray(state.memory.labels[20:40]), _batch(2)["labels"])
+
+
+def test_a_memory_is_refused_where_it_cannot_serve():
+  from hdml_jax.cross_batch import init_memory
+
+  proxy = _state("proxy_anchor").replace(memory=init_memory(40, 6))
+  with pytest.raises(ValueError, match="'proxy_anchor' is a proxy loss; a cross-batch memory serves the pair losses"):
+    loss_step.make_loss_train_step(proxy.networks, "proxy_anchor")(proxy, _batch(), jax.random.key(0))
+  state = _xbm_state()
+  with pytest.raises(ValueError, match="a cross-batch memory is not supported under pmap"):
+    loss_step.make_loss_train_step(state.networks, "circle", axis_name="batch")(state, _batch(), jax.random.key(0))
+  with pytest.raises(ValueError, match="xbm_start and xbm_weight must be >= 0"):
+    loss_step.make_loss_train_step(state.networks, "circle", xbm_start=-1)
+  with pytest.raises(ValueError, match="the memory holds embeddings of width 4, but embedding_dim is 6"):
+    create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
+                       backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), config=HDMLConfig(hdml=False),
+                       memory=init_memory(40, 4))
+  with pytest.raises(ValueError, match="a cross-batch memory serves a library pair loss"):
+    create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
+                       backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), memory=init_memory(40, 6))

@@ -63,7 +63,8 @@ class HDMLConfigTest(parameterized.TestCase):
 
   def test_unknown_loss_and_bn1_update_are_refused_with_the_choices(self):
     with self.assertRaisesRegex(
-        ValueError, r"^HDMLConfig\.loss must be one of \('npair', 'triplet', 'contrastive'\), got 'lifted'\.$"):
+        ValueError, r"^HDMLConfig\.loss must be one of \('npair', 'triplet', 'contrastive', 'multi_similarity'\), "
+        r"got 'lifted'\.$"):
       HDMLConfig(loss="lifted")
     with self.assertRaisesRegex(
         ValueError, r"^HDMLConfig\.bn1_update must be one of \('both', 'real'\), got 'none'\.$"):

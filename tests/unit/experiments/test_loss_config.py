@@ -26,6 +26,12 @@ def _cfg(**overrides):
      r"config.batch_size=20 is not a multiple of config.loss.m_per_class=3"),
     ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "epoch_sampler": True},
      r"config.epoch_sampler is for N-pair batches; config.hdml.loss='multi_similarity' uses the M-per-class"),
+    ({"loss.name": "proxy_anchor", "loss.xbm_size": 64},
+     r"config.loss.xbm_size=64: a cross-batch memory serves the library pair losses \(npair_labels"),
+    ({"loss.name": "hdml", "hdml.enabled": True, "loss.xbm_size": 64}, r"not config.loss.name='hdml'"),
+    ({"loss.name": "circle", "loss.xbm_size": 10}, r"config.loss.xbm_size=10 is smaller than config.batch_size=20"),
+    ({"loss.name": "circle", "loss.xbm_size": 64, "loss.xbm_start": -1}, r"config.loss.xbm_start must be an integer >= 0"),
+    ({"loss.name": "circle", "loss.xbm_weight": -0.5}, r"config.loss.xbm_weight must be a number >= 0, got -0.5"),
 ])
 def test_bad_loss_settings_are_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -36,6 +42,7 @@ def test_good_settings_pass():
   validate_config(_cfg(**{"loss.name": "proxy_anchor", "loss.m_per_class": 1}))
   validate_config(_cfg(**{"loss.name": "multi_similarity"}))
   validate_config(_cfg(**{"hdml.loss": "multi_similarity", "hdml.enabled": True}))   # HDML on Multi-Similarity
+  validate_config(_cfg(**{"loss.name": "margin", "loss.xbm_size": 20, "loss.xbm_start": 3}))
   validate_config(fast_default())   # loss.name "hdml": HDML's own step, as before
 
 
