@@ -137,3 +137,14 @@ def test_a_memory_is_refused_where_it_cannot_serve():
   with pytest.raises(ValueError, match="a cross-batch memory serves a library pair loss"):
     create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
                        backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), memory=init_memory(40, 6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", loss_step.PAIR_LOSSES)
+def test_every_pair_loss_trains_with_a_memory(name):
+  state = _xbm_state()
+  step = jax.jit(loss_step.make_loss_train_step(state.networks, name))
+  for k in range(3):
+    state, metrics = step(state, _batch(k), jax.random.key(k))
+    assert bool(metrics["finite"]) and float(metrics["xbm_loss"]) > 0.0, name
+  assert int(state.memory.pointer) == 60 % 48 and bool(state.memory.filled.all())
