@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-__all__ = ["CURVE_KEYS", "KEYS", "METHODS", "check_overrides", "fmt", "fmt_diff", "last_value", "paired_difference", "plot_curves",
+__all__ = ["CURVE_KEYS", "KEYS", "METHODS", "XBM_METHOD", "check_overrides", "fmt", "fmt_diff", "last_value", "paired_difference", "plot_curves",
            "plot_hardness", "run_one", "selected", "summarise", "wall_minutes"]
 
 #: HDML (``*_hdml``) and its baseline (the same step without synthesis): ``(hdml.loss, hdml.enabled)``.
@@ -20,6 +20,9 @@ METHODS = {"npair_baseline": ("npair", False), "npair_hdml": ("npair", True),
            "triplet_baseline": ("triplet", False), "triplet_hdml": ("triplet", True),
            "multi_similarity_baseline": ("multi_similarity", False),
            "multi_similarity_hdml": ("multi_similarity", True)}
+
+#: Library losses with a cross-batch memory: ``<loss>_xbm`` (``loss.xbm_size`` rows, from ``loss.xbm_start``).
+XBM_METHOD = {"suffix": "_xbm", "loss.xbm_size": 512, "loss.xbm_start": 50}
 
 CURVE_KEYS = ("test/recall@1", "test/map@r")   # the learning curves plot_curves draws
 KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
@@ -42,8 +45,9 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   """Trains (or reads back) one run of ``method`` with ``seed``: its ``results.json``.
 
   ``method`` is one of :data:`METHODS` (HDML or its baseline, with the
-  reference's tuple losses or Multi-Similarity) or a library loss's name
-  (``hdml_jax.loss_step.LOSS_NAMES``).
+  reference's tuple losses or Multi-Similarity), a library loss's name
+  (``hdml_jax.loss_step.LOSS_NAMES``), or a library pair loss's name with
+  ``_xbm`` (a cross-batch memory, :data:`XBM_METHOD`).
 
   ``overrides`` (``{key: value or text}``) are applied after the method's
   own settings, text parsed as on the command line
@@ -60,6 +64,9 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   cfg = cub100.get_config()
   if method in METHODS:
     cfg.hdml.loss, cfg.hdml.enabled = METHODS[method]
+  elif method.endswith(XBM_METHOD["suffix"]):   # a library pair loss with a cross-batch memory
+    cfg.loss.name, cfg.hdml.enabled = method[:-len(XBM_METHOD["suffix"])], False
+    cfg.loss.xbm_size, cfg.loss.xbm_start = XBM_METHOD["loss.xbm_size"], XBM_METHOD["loss.xbm_start"]
   else:   # a library loss (hdml_jax.loss_step.LOSS_NAMES), without synthesis, on M-per-class batches
     cfg.loss.name, cfg.hdml.enabled = method, False
   cfg.seed, cfg.num_steps = seed, num_steps

@@ -75,9 +75,9 @@ LOSSES = ("npair", "triplet")
 REGIMES = ("pretrained", "scratch")
 
 # --table losses: HDML and its baselines (the reference's tuple losses, then the Multi-Similarity extension),
-# then every library loss.
+# then every library loss, then Multi-Similarity with a cross-batch memory.
 DEFAULT_METHODS = ("npair_baseline", "triplet_baseline", "npair_hdml", "triplet_hdml",
-                   "multi_similarity_baseline", "multi_similarity_hdml") + LOSS_NAMES
+                   "multi_similarity_baseline", "multi_similarity_hdml") + LOSS_NAMES + ("multi_similarity_xbm",)
 
 
 def _steps(n: int) -> dict:

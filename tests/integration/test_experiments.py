@@ -381,13 +381,18 @@ class LossesTableTest(chex.TestCase):
 
     workdir, cache = tempfile.mkdtemp(), tempfile.mkdtemp()
     argv = ["--workdir", workdir, "--table", "losses", "--seeds", "0,1", "--num_steps", "2", "--pretrain_steps", "2",
-            "--lrs", "1e-4,3e-4", "--methods", "npair_baseline,npair_hdml,multi_similarity,proxy_anchor",
+            "--lrs", "1e-4,3e-4", "--methods", "npair_baseline,npair_hdml,multi_similarity,proxy_anchor,multi_similarity_xbm",
             *toy_study_overrides(cache)]
     try:
       cub100_tables.main(argv)
       out = json.load(open(os.path.join(workdir, "losses.json")))
-      self.assertEqual(set(out["methods"]), {"npair_baseline", "npair_hdml", "multi_similarity", "proxy_anchor"})
-      self.assertIn(out["strongest_baseline"], {"npair_baseline", "multi_similarity", "proxy_anchor"})
+      self.assertEqual(set(out["methods"]), {"npair_baseline", "npair_hdml", "multi_similarity", "proxy_anchor",
+                                             "multi_similarity_xbm"})
+      self.assertIn(out["strongest_baseline"], {"npair_baseline", "multi_similarity", "proxy_anchor",
+                                                "multi_similarity_xbm"})
+      xbm = json.load(open(os.path.join(workdir, "pretrained", f"multi_similarity_xbm_lr"
+                                        f"{out['lr']['multi_similarity_xbm']['lr']:g}_seed1", "results.json")))
+      self.assertEqual((xbm["config"]["loss"]["name"], xbm["config"]["loss"]["xbm_size"]), ("multi_similarity", 512))
       for method in ("npair_baseline", "multi_similarity", "proxy_anchor"):
         tried = out["lr"][method]["val_recall@1"]
         self.assertEqual(set(tried), {"0.0001", "0.0003"})
