@@ -4,11 +4,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from hdml_jax import cross_batch as xb
 from hdml_jax import label_losses as ll
 from hdml_jax import pair_losses as pl
+from tests.helpers import numeric_grad
 
 # Every pair loss that takes references=, with its keyword arguments (reduction "none": one value per row).
 LOSSES = {
@@ -121,6 +123,20 @@ class ReferencesTest(parameterized.TestCase):
     value, g = jax.value_and_grad(lambda e: loss(e, y, references=no_pairs, **kwargs))(x)
     self.assertEqual(float(value), 0.0)
     np.testing.assert_array_equal(g, 0.0)
+
+  # Not the circle loss: its pair weights are held constant (the paper's stop-gradient), so its gradient is
+  # not the finite difference of its value (test_pair_losses checks it against the detached-weight formula).
+  @parameterized.named_parameters(*[(n, n) for n in LOSSES if n != "circle"])
+  @pytest.mark.slow
+  def test_the_gradient_against_references_matches_finite_differences(self, name):
+    loss, kwargs = LOSSES[name]
+    x, y, c, yc, mask = data(3)
+    with jax.enable_x64(True):
+      refs = xb.References(jnp.asarray(c, jnp.float64), jnp.asarray(yc, jnp.int32), jnp.asarray(mask))
+      f = lambda e: loss(e, jnp.asarray(y, jnp.int32), references=refs, **kwargs)
+      got = np.asarray(jax.grad(f)(jnp.asarray(x, jnp.float64)))
+      want = numeric_grad(lambda e: float(f(jnp.asarray(e))), np.asarray(x, np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
   def test_distance_weighted_sampling_draws_negatives_among_the_references(self):
     x, y, c, yc, mask = data(2)
