@@ -61,10 +61,16 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
 
 def _validate_loss(cfg) -> None:
-  from hdml_jax.loss_step import LOSS_NAMES, PAIR_LOSSES
+  from hdml_jax.loss_step import LOSS_NAMES, PAIR_LOSSES, loss_spec
 
   name, m = cfg.loss.name, cfg.loss.m_per_class
   _validate_xbm(cfg)
+  hyper = cfg.loss.kwargs.to_dict() if hasattr(cfg.loss.kwargs, "to_dict") else cfg.loss.kwargs
+  if not isinstance(hyper, dict):
+    raise ValueError(f"config.loss.kwargs must be a dict of hyper-parameters, got {hyper!r}.")
+  if hyper and name == "hdml":
+    raise ValueError(f"config.loss.kwargs={hyper} sets a library loss's hyper-parameters, but config.loss.name is "
+                     "'hdml' (HDML's are config.hdml.*).")
   if name == "hdml":
     if cfg.hdml.loss == "multi_similarity":   # HDML on Multi-Similarity: M-per-class batches
       if not isinstance(m, int) or isinstance(m, bool) or m < 2:
@@ -78,6 +84,10 @@ def _validate_loss(cfg) -> None:
     return
   if name not in LOSS_NAMES:
     raise ValueError(f"config.loss.name={name!r} is not a loss; choose 'hdml' or one of {', '.join(LOSS_NAMES)}.")
+  try:
+    loss_spec(name, hyper)
+  except ValueError as e:
+    raise ValueError(f"config.loss.kwargs: {e}") from None
   if cfg.hdml.enabled:
     raise ValueError(f"config.loss.name={name!r} trains without HDML's synthesis: set config.hdml.enabled=False "
                      "(or config.loss.name='hdml').")
@@ -186,6 +196,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   saved = tuples(json.load(open(path)))
   cfg = get_base_config()
   cfg.model.backbone_kwargs = ml_collections.ConfigDict(saved["model"].pop("backbone_kwargs"))
+  cfg.loss.kwargs = ml_collections.ConfigDict(saved.get("loss", {}).pop("kwargs", {}))   # absent before #27
   for key, value in _flat(saved).items():
     override(cfg, key, value)
   cfg.lock()

@@ -59,7 +59,8 @@ def train_and_evaluate(
                                                      if cfg.loss.name == "hdml"
                                                      else make_loss_train_step(
                                                          state.networks, cfg.loss.name, xbm_start=cfg.loss.xbm_start,
-                                                         xbm_weight=cfg.loss.xbm_weight)),
+                                                         xbm_weight=cfg.loss.xbm_weight,
+                                                         hyper=cfg.loss.kwargs.to_dict())),
                             before_resume=open_selection)
   data, writer = run.data, run.writer
   pretrained = None

@@ -23,6 +23,7 @@ is filled from then on too, as the XBM paper's code does).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import jax
@@ -34,8 +35,8 @@ from hdml_jax import cross_batch, label_losses, pair_losses, proxy_losses
 from hdml_jax.networks import Networks
 from hdml_jax.train_state import HDMLTrainState
 
-__all__ = ["LOSS_NAMES", "PAIR_LOSSES", "PROXY_LOSSES", "LossSpec", "init_loss_params", "loss_spec",
-           "make_loss_train_step"]
+__all__ = ["LOSS_NAMES", "PAIR_LOSSES", "PROXY_LOSSES", "LossSpec", "hyper_parameters", "init_loss_params",
+           "loss_spec", "make_loss_train_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,42 +65,80 @@ def _proxy(fn, **kwargs):
   return loss
 
 
-def _margin(params, e, y, rng, references=None):
-  negatives = pair_losses.distance_weighted_sampling(rng, e, y, references=references)
-  return pair_losses.margin_loss(e, y, negatives=negatives, references=references)
+_SAMPLING = ("cutoff", "nonzero_loss_cutoff")   # the margin loss's keys that go to its sampling
 
 
+def _margin(**kwargs):
+  sampling = {k: kwargs.pop(k) for k in _SAMPLING if k in kwargs}
+
+  def loss(params, e, y, rng, references=None):
+    negatives = pair_losses.distance_weighted_sampling(rng, e, y, references=references, **sampling)
+    return pair_losses.margin_loss(e, y, negatives=negatives, references=references, **kwargs)
+  return loss
+
+
+# name -> (wrapper, the loss functions whose keywords it takes, fixed keywords, owns proxies, needs pairs)
 _SPECS = {
-    "npair_labels": (_pair(label_losses.npair_loss_from_labels), False, True),
-    "triplet_all": (_pair(label_losses.triplet_loss_from_labels, mining="all"), False, True),
-    "triplet_batch_hard": (_pair(label_losses.triplet_loss_from_labels, mining="batch_hard"), False, True),
-    "triplet_semi_hard": (_pair(label_losses.triplet_loss_from_labels, mining="semi_hard"), False, True),
-    "contrastive_labels": (_pair(label_losses.contrastive_loss_from_labels), False, True),
-    "multi_similarity": (_pair(pair_losses.multi_similarity_loss), False, True),
-    "lifted_structure": (_pair(pair_losses.lifted_structure_loss), False, True),
-    "circle": (_pair(pair_losses.circle_loss), False, True),
-    "supervised_contrastive": (_pair(pair_losses.supervised_contrastive_loss), False, True),
-    "margin": (_margin, False, True),
-    "proxy_nca": (_proxy(proxy_losses.proxy_nca_loss), True, False),
-    "proxy_anchor": (_proxy(proxy_losses.proxy_anchor_loss), True, False),
-    "normalized_softmax": (_proxy(proxy_losses.normalized_softmax_loss), True, False),
-    "cosface": (_proxy(proxy_losses.cosface_loss), True, False),
-    "arcface": (_proxy(proxy_losses.arcface_loss), True, False),
+    "npair_labels": (_pair, (label_losses.npair_loss_from_labels,), {}, False, True),
+    "triplet_all": (_pair, (label_losses.triplet_loss_from_labels,), {"mining": "all"}, False, True),
+    "triplet_batch_hard": (_pair, (label_losses.triplet_loss_from_labels,), {"mining": "batch_hard"}, False, True),
+    "triplet_semi_hard": (_pair, (label_losses.triplet_loss_from_labels,), {"mining": "semi_hard"}, False, True),
+    "contrastive_labels": (_pair, (label_losses.contrastive_loss_from_labels,), {}, False, True),
+    "multi_similarity": (_pair, (pair_losses.multi_similarity_loss,), {}, False, True),
+    "lifted_structure": (_pair, (pair_losses.lifted_structure_loss,), {}, False, True),
+    "circle": (_pair, (pair_losses.circle_loss,), {}, False, True),
+    "supervised_contrastive": (_pair, (pair_losses.supervised_contrastive_loss,), {}, False, True),
+    "margin": (None, (pair_losses.margin_loss, pair_losses.distance_weighted_sampling), {}, False, True),
+    "proxy_nca": (_proxy, (proxy_losses.proxy_nca_loss,), {}, True, False),
+    "proxy_anchor": (_proxy, (proxy_losses.proxy_anchor_loss,), {}, True, False),
+    "normalized_softmax": (_proxy, (proxy_losses.normalized_softmax_loss,), {}, True, False),
+    "cosface": (_proxy, (proxy_losses.cosface_loss,), {}, True, False),
+    "arcface": (_proxy, (proxy_losses.arcface_loss,), {}, True, False),
 }
+# Keywords the step sets itself (or that change what a loss returns): never hyper-parameters.
+_RESERVED = ("reduction", "require_pairs", "references", "negatives", "key")
 
 #: Every loss :func:`make_loss_train_step` trains, by name.
 LOSS_NAMES = tuple(_SPECS)
 #: The losses that own proxies (and need the number of training classes).
-PROXY_LOSSES = tuple(n for n, (_, p, _) in _SPECS.items() if p)
+PROXY_LOSSES = tuple(n for n, spec in _SPECS.items() if spec[3])
 #: The losses that need classes repeated within a batch.
-PAIR_LOSSES = tuple(n for n, (_, _, pairs) in _SPECS.items() if pairs)
+PAIR_LOSSES = tuple(n for n, spec in _SPECS.items() if spec[4])
 
 
-def loss_spec(name: str) -> LossSpec:
-  """The :class:`LossSpec` of ``name``; an unknown name is refused with the list of names."""
+def hyper_parameters(name: str) -> dict:
+  """The hyper-parameters loss ``name`` takes, with their defaults (its paper's).
+
+  >>> hyper_parameters("multi_similarity")
+  {'alpha': 2.0, 'beta': 50.0, 'base': 0.5, 'epsilon': 0.1, 'mining': True}
+  >>> sorted(hyper_parameters("margin"))
+  ['beta', 'cutoff', 'margin', 'nonzero_loss_cutoff']
+  """
   if name not in _SPECS:
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}.")
-  fn, proxies, needs_pairs = _SPECS[name]
+  _, fns, fixed, _, _ = _SPECS[name]
+  out = {}
+  for fn in fns:
+    for p in inspect.signature(fn).parameters.values():
+      if p.kind is p.KEYWORD_ONLY and p.name not in _RESERVED and p.name not in fixed:
+        out[p.name] = p.default
+  return out
+
+
+def loss_spec(name: str, hyper: dict | None = None) -> LossSpec:
+  """The :class:`LossSpec` of ``name``, with ``hyper`` (a subset of :func:`hyper_parameters`) replacing defaults.
+
+  An unknown name, or a hyper-parameter the loss does not take, is refused
+  with the list of choices.
+  """
+  allowed = hyper_parameters(name)
+  hyper = dict(hyper or {})
+  unknown = sorted(set(hyper) - set(allowed))
+  if unknown:
+    raise ValueError(f"loss {name!r} takes no hyper-parameter {', '.join(map(repr, unknown))}; its "
+                     f"hyper-parameters are {', '.join(f'{k}={v!r}' for k, v in allowed.items())}.")
+  wrap, fns, fixed, proxies, needs_pairs = _SPECS[name]
+  fn = _margin(**hyper) if wrap is None else wrap(fns[0], **fixed, **hyper)
   return LossSpec(name, fn, proxies, needs_pairs)
 
 
@@ -121,13 +160,15 @@ def init_loss_params(name: str, key: jax.Array, *, embedding_dim: int, num_class
 
 
 def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None = None, xbm_start: int = 0,
-                         xbm_weight: float = 1.0):
+                         xbm_weight: float = 1.0, hyper: dict | None = None):
   """``step(state, batch, rng) -> (state, metrics)`` training backbone, embedding and the loss's own parameters.
 
   ``state`` comes from :func:`~hdml_jax.train_state.create_train_state`
   with ``config.hdml`` off and ``loss_params=init_loss_params(name, ...)``.
   ``metrics`` holds ``loss`` (also as ``j_m``), per-group gradient norms and
   ``finite``; ``axis_name`` as for :func:`hdml_jax.train_step.make_train_step`.
+  ``hyper`` replaces the loss's default hyper-parameters
+  (:func:`hyper_parameters`).
 
   With a cross-batch memory in the state (``create_train_state(...,
   memory=cross_batch.init_memory(size, E))``, pair losses only), the loss is
@@ -137,7 +178,7 @@ def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None
   Under ``pmap`` (``axis_name`` set) a memory is refused: each device would
   keep its own.
   """
-  spec = loss_spec(name)
+  spec = loss_spec(name, hyper)
   if xbm_start < 0 or xbm_weight < 0:
     raise ValueError(f"make_loss_train_step: xbm_start and xbm_weight must be >= 0, got {xbm_start} and {xbm_weight}.")
 

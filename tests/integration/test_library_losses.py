@@ -77,3 +77,16 @@ def test_a_cross_batch_memory_is_checkpointed_and_resumed_exactly():
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_hyper_parameters_reach_the_loss_and_the_saved_config():
+  from experiments.run_config import load_run_config
+  from experiments.train import train_and_evaluate
+
+  workdir, default = tempfile.mkdtemp(), tempfile.mkdtemp()
+  train_and_evaluate(_cfg("supervised_contrastive", num_steps=1, **{"loss.kwargs": {'temperature': 0.5}}), workdir)
+  train_and_evaluate(_cfg("supervised_contrastive", num_steps=1), default)
+  first = lambda d: next(json.loads(line)["train/loss"] for line in open(os.path.join(d, "metrics.jsonl"))
+                         if "train/loss" in line)
+  assert first(workdir) != first(default)   # same batch and weights, another temperature
+  assert load_run_config(workdir).loss.kwargs.to_dict() == {"temperature": 0.5}

@@ -148,3 +148,26 @@ def test_every_pair_loss_trains_with_a_memory(name):
     state, metrics = step(state, _batch(k), jax.random.key(k))
     assert bool(metrics["finite"]) and float(metrics["xbm_loss"]) > 0.0, name
   assert int(state.memory.pointer) == 60 % 48 and bool(state.memory.filled.all())
+
+
+def test_hyper_parameters_replace_the_papers_defaults_and_unknown_ones_are_refused():
+  from hdml_jax.pair_losses import multi_similarity_loss
+
+  e = jax.random.normal(jax.random.key(0), (8, 6))
+  y = jax.numpy.array([0, 0, 1, 1, 2, 2, 3, 3])
+  default = loss_step.loss_spec("multi_similarity").fn({}, e, y, None)
+  tuned = loss_step.loss_spec("multi_similarity", {"alpha": 1.0, "mining": False}).fn({}, e, y, None)
+  np.testing.assert_allclose(default, multi_similarity_loss(e, y), rtol=1e-6)
+  np.testing.assert_allclose(tuned, multi_similarity_loss(e, y, alpha=1.0, mining=False), rtol=1e-6)
+  assert float(tuned) != float(default)
+  margin = loss_step.loss_spec("margin", {"beta": 0.9, "cutoff": 0.3}).fn({}, e, y, jax.random.key(1))
+  from hdml_jax.pair_losses import distance_weighted_sampling, margin_loss
+  neg = distance_weighted_sampling(jax.random.key(1), e, y, cutoff=0.3)
+  np.testing.assert_allclose(margin, margin_loss(e, y, beta=0.9, negatives=neg), rtol=1e-6)
+  assert loss_step.hyper_parameters("triplet_semi_hard") == {"margin": 0.2, "distance": "euclidean"}   # mining fixed
+  assert set(loss_step.hyper_parameters("proxy_nca")) >= {"include_positive"}
+  with pytest.raises(ValueError, match=r"loss 'triplet_all' takes no hyper-parameter 'mining'; its hyper-parameters "
+                                       r"are margin=0.2, distance='euclidean'\."):
+    loss_step.loss_spec("triplet_all", {"mining": "batch_hard"})
+  with pytest.raises(ValueError, match=r"takes no hyper-parameter 'reduction'"):
+    loss_step.loss_spec("circle", {"reduction": "sum"})

@@ -32,6 +32,10 @@ def _cfg(**overrides):
     ({"loss.name": "circle", "loss.xbm_size": 10}, r"config.loss.xbm_size=10 is smaller than config.batch_size=20"),
     ({"loss.name": "circle", "loss.xbm_size": 64, "loss.xbm_start": -1}, r"config.loss.xbm_start must be an integer >= 0"),
     ({"loss.name": "circle", "loss.xbm_weight": -0.5}, r"config.loss.xbm_weight must be a number >= 0, got -0.5"),
+    ({"loss.name": "circle", "loss.kwargs": {'gama': 60.0}},
+     r"config.loss.kwargs: loss 'circle' takes no hyper-parameter 'gama'; its hyper-parameters are margin=0.4, gamma=80.0"),
+    ({"loss.kwargs": {'alpha': 1.0}, "hdml.enabled": True},
+     r"config.loss.kwargs=\{'alpha': 1.0\} sets a library loss's hyper-parameters, but config.loss.name is 'hdml'"),
 ])
 def test_bad_loss_settings_are_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
