@@ -38,7 +38,6 @@ import jax.numpy as jnp
 
 from hdml_jax import hardness, losses, objective, pair_losses
 from hdml_jax.config import HDMLConfig
-from hdml_jax.distances import safe_sqrt
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from hdml_jax.networks import HDMLHead, build_head, init_head_variables
 from hdml_jax.statistics import AdaptiveStatistics
@@ -147,11 +146,6 @@ def synthetic_inputs(config: HDMLConfig, z: jax.Array, j_avg: jax.Array,
   return jnp.concatenate([a, p, n_hat])
 
 
-def _unit(x: jax.Array) -> jax.Array:
-  """Rows scaled to unit length (a zero row stays zero, with a finite gradient)."""
-  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), 1e-12)
-
-
 def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int,
                           labels: jax.Array | None = None) -> jax.Array:
   """``J_syn`` on the re-encoded synthetic rows (Multi-Similarity also needs the batch ``labels``).
@@ -163,7 +157,7 @@ def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int,
     if labels is None:
       raise ValueError("synthetic_metric_loss: the multi_similarity loss needs the batch labels.")
     syn = hardness.NPairTuples(z_syn[:num], z_syn[num:].reshape(num, num, -1))
-    s = jnp.einsum("ie,ije->ij", _unit(syn.anchors), _unit(syn.candidates))
+    s = jnp.einsum("ie,ije->ij", pair_losses._unit(syn.anchors), pair_losses._unit(syn.candidates))
     same = labels[:, None] == labels[None, :]
     return pair_losses.multi_similarity_from_similarities(s, same & ~jnp.eye(num, dtype=bool), ~same)
   if config.loss == "npair":

@@ -41,7 +41,8 @@ __all__ = [
 
 
 def _unit(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)), 1e-12)
+  """Rows (the last axis) scaled to unit length; a zero row stays zero, with a finite gradient."""
+  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), 1e-12)
 
 
 def _cosine(embeddings: jax.Array, columns: jax.Array | None = None) -> jax.Array:
