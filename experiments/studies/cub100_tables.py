@@ -39,6 +39,7 @@ the held-out training classes; test curves are logged for the plots only.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -92,26 +93,58 @@ def pretrained_file(root: str, seed: int, args) -> str:
 
   workdir = os.path.join(root, f"pretrain_seed{seed}")
   path = os.path.join(workdir, pretrain.PRETRAINED_FILE)
-  if os.path.exists(os.path.join(workdir, "results.json")) and os.path.exists(path):
-    return path
-  cfg = cub100.get_config()
-  apply_overrides(cfg, {**STUDY_SET, **_steps(args.pretrain_steps), "eval.test_curves": False,
-                        "pretrain.lr": args.pretrain_lr, "seed": seed, **args.common})
-  pretrain.pretrain(cfg, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  # Tables on disjoint --methods may share a workdir: one process pretrains, the others wait for its file.
+  with open(os.path.join(workdir, ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(workdir, "results.json")) and os.path.exists(path):
+      return path
+    cfg = cub100.get_config()
+    apply_overrides(cfg, {**STUDY_SET, **_steps(args.pretrain_steps), "eval.test_curves": False,
+                          "pretrain.lr": args.pretrain_lr, "seed": seed, **args.common})
+    pretrain.pretrain(cfg, workdir)
   return path
+
+def _record_path(root: str, args, run: str) -> str | None:
+  return os.path.join(args.record, run + ".json") if getattr(args, "record", None) else None
 
 def regime_run(root: str, regime: str, method: str, seed: int, args, extra: dict | None = None,
                tag: str = "") -> tuple[str, dict]:
-  """One run of the study: ``(workdir, results)``; skipped when already complete."""
+  """One run of the study: ``(workdir, results)``; skipped when already complete.
+
+  With ``--record DIR``, every finished run's results are also kept in
+  ``DIR/<regime>/<run>.json`` with the settings that define it (method,
+  seed, steps, overrides, pretraining); a run found there is read back
+  without training or pretraining, so a table resumes from a checkout that
+  holds only the records (the run directories do not land). A record made
+  with other settings is refused with both.
+  """
   extra = dict(extra or {})
   overrides = {**STUDY_SET, **_steps(args.num_steps), **args.common}
   if regime == "pretrained":
-    overrides["model.pretrained"] = pretrained_file(root, seed, args)
     overrides.setdefault("optimizer.metric_lr", extra.pop("optimizer.metric_lr", None)
                          or args.metric_lr or chosen_lr(root, METHODS[method][0]))
   overrides.update(extra)
-  workdir = os.path.join(root, regime, f"{method}{tag}_seed{seed}")
-  return workdir, run_one(workdir, method, seed, args.num_steps, overrides)
+  name = f"{method}{tag}_seed{seed}"
+  workdir = os.path.join(root, regime, name)
+  spec = {"method": method, "seed": seed, "num_steps": args.num_steps, "overrides": dict(sorted(overrides.items()))}
+  if regime == "pretrained":
+    spec["pretrain"] = {"seed": seed, "steps": args.pretrain_steps, "lr": args.pretrain_lr}
+  spec = json.loads(json.dumps(spec))   # as it reads back
+  record = _record_path(root, args, os.path.join(regime, name))
+  if record and os.path.exists(record):
+    kept = json.load(open(record))
+    if kept["run"] != spec:
+      raise ValueError(f"{record} records a run with other settings: {kept['run']}, asked for {spec}; "
+                       "remove the record or give another --record directory.")
+    return workdir, kept["results"]
+  if regime == "pretrained":
+    overrides["model.pretrained"] = pretrained_file(root, seed, args)
+  results = run_one(workdir, method, seed, args.num_steps, overrides)
+  if record:
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    write_json_atomic(record, {"run": spec, "results": results})
+  return workdir, results
 
 def chosen_lr(root: str, loss: str) -> float:
   path = os.path.join(root, "lr_choice.json")
@@ -253,7 +286,10 @@ def _losses_lr(root: str, args) -> dict:
       tried[f"{lr:g}"] = r["best"]["value"] if r["best"] else float("nan")
     best = max(tried, key=lambda k: (tried[k] if tried[k] == tried[k] else -1.0))
     choice[method] = {"lr": float(best), "val_recall@1": tried}
-    write_json_atomic(path, choice)   # after every method: an interrupted table keeps its choices
+    # After every method, merged with what another table process wrote meanwhile: an interrupted table keeps its
+    # choices, and tables on disjoint --methods can share a workdir.
+    kept = json.load(open(path)) if os.path.exists(path) else {}
+    write_json_atomic(path, {**kept, method: choice[method]})
   for method in args.method_list:     # HDML uses the rate chosen for its own baseline
     if method.endswith("_hdml"):
       base = METHODS[method][0] + "_baseline"
@@ -265,11 +301,11 @@ def _losses_lr(root: str, args) -> dict:
 def table_losses(root: str, args) -> list[str]:
   """Every method at the pretrained start with its own held-out-chosen rate, paired seeds, against the best baseline."""
   choice = _losses_lr(root, args)
-  results, dirs = {}, []
+  results, wall = {}, 0.0
   for method in args.method_list:
     runs = [regime_run(root, "pretrained", method, s, args, {"optimizer.metric_lr": choice[method]["lr"]},
                        tag=f"_lr{choice[method]['lr']:g}") for s in args.seed_list]
-    dirs += [d for d, _ in runs]
+    wall += sum(r.get("wall_seconds", 0.0) for _, r in runs)
     results[method] = [selected(r) for _, r in runs]
   baselines = [m for m in args.method_list if not m.endswith("_hdml")]
   strongest = max(baselines, key=lambda m: np.mean([r["recall@1"] for r in results[m]]))
@@ -291,7 +327,7 @@ def table_losses(root: str, args) -> list[str]:
                "mean ± std over seeds; the last column is the mean per-seed difference in R@1 with a 95 % t "
                f"interval. Strongest baseline by mean R@1: {strongest}. Learning rates chosen per method on the "
                "held-out training classes (first seed); HDML uses its baseline's.")
-  lines.append(f"table wall time: {wall_minutes(dirs):.1f} min (pretraining and the learning-rate runs not included)")
+  lines.append(f"table wall time: {wall / 60:.1f} min (pretraining and the learning-rate runs not included)")
   return lines
 
 
@@ -316,6 +352,10 @@ def main(argv=None):
   ap.add_argument("--regimes", default="pretrained,scratch", help="--table regime: the regimes")
   ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                   help="--table losses: HDML and baseline methods and library losses (default: all)")
+  ap.add_argument("--record", default=None,
+                  help="a directory where every finished run's results and settings are kept, and read back "
+                       "instead of running again (the losses table resumes from it alone; the other tables' plots "
+                       "and wall times read the run directories)")
   ap.add_argument("--metric_lr", type=float, default=None,
                   help="the pretrained start's metric lr, given instead of the lr table's choice")
   argv, common = split_overrides(sys.argv[1:] if argv is None else argv)

@@ -423,3 +423,25 @@ class LossesTableTest(chex.TestCase):
         cub100_tables.main(argv + ["--methods", "npair_baseline,multisim"])   # the last --methods counts
     finally:
       jax.config.update("jax_compilation_cache_dir", None)
+
+  def test_losses_table_resumes_from_its_records_alone_and_refuses_a_record_of_other_settings(self):
+    from experiments.studies import cub100_tables
+
+    workdir, record, cache = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    argv = ["--workdir", workdir, "--table", "losses", "--seeds", "0,1", "--num_steps", "2", "--pretrain_steps", "2",
+            "--lrs", "1e-4", "--methods", "proxy_anchor", "--record", record, *toy_study_overrides(cache)]
+    try:
+      cub100_tables.main(argv)
+      first = json.load(open(os.path.join(workdir, "losses.json")))
+      kept = json.load(open(os.path.join(record, "pretrained", "proxy_anchor_lr0.0001_seed1.json")))
+      self.assertEqual(kept["results"], json.load(open(os.path.join(workdir, "pretrained",
+                                                                    "proxy_anchor_lr0.0001_seed1", "results.json"))))
+      self.assertEqual((kept["run"]["seed"], kept["run"]["overrides"]["optimizer.metric_lr"]), (1, 1e-4))
+      fresh = tempfile.mkdtemp()   # the records only: no run directory, pretrained file or learning-rate choice
+      cub100_tables.main(["--workdir", fresh, *argv[2:]])
+      self.assertEqual(json.load(open(os.path.join(fresh, "losses.json"))), first)
+      self.assertEqual(sorted(os.listdir(fresh)), ["losses.json", "losses_lr_choice.json", "table_losses.md"])
+      with self.assertRaisesRegex(ValueError, "records a run with other settings"):
+        cub100_tables.main(["--workdir", fresh, *argv[2:6], "--num_steps", "3", *argv[8:]])
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
