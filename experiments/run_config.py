@@ -63,7 +63,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
 def _validate_loss(cfg) -> None:
   from hdml_jax.loss_step import LOSS_NAMES, PAIR_LOSSES, loss_spec
 
-  name, m = cfg.loss.name, cfg.loss.m_per_class
+  name = cfg.loss.name
   _validate_xbm(cfg)
   hyper = cfg.loss.kwargs.to_dict() if hasattr(cfg.loss.kwargs, "to_dict") else cfg.loss.kwargs
   if not isinstance(hyper, dict):
@@ -73,11 +73,7 @@ def _validate_loss(cfg) -> None:
                      "'hdml' (HDML's are config.hdml.*).")
   if name == "hdml":
     if cfg.hdml.loss == "multi_similarity":   # HDML on Multi-Similarity: M-per-class batches
-      if not isinstance(m, int) or isinstance(m, bool) or m < 2:
-        raise ValueError(f"config.loss.m_per_class={m!r}: config.hdml.loss='multi_similarity' compares samples "
-                         "of one class, so a batch needs at least 2 per class.")
-      if cfg.batch_size % m:
-        raise ValueError(f"config.batch_size={cfg.batch_size} is not a multiple of config.loss.m_per_class={m}.")
+      _validate_m_per_class(cfg, "config.hdml.loss='multi_similarity'", least=2)
       if cfg.epoch_sampler:
         raise ValueError("config.epoch_sampler is for N-pair batches; config.hdml.loss='multi_similarity' uses "
                          "the M-per-class sampler (set config.epoch_sampler=False).")
@@ -94,9 +90,13 @@ def _validate_loss(cfg) -> None:
   if cfg.epoch_sampler:
     raise ValueError("config.epoch_sampler is for HDML's N-pair batches; library losses use the M-per-class "
                      "sampler (set config.epoch_sampler=False).")
-  least = 2 if name in PAIR_LOSSES else 1
+  _validate_m_per_class(cfg, repr(name), least=2 if name in PAIR_LOSSES else 1)
+
+def _validate_m_per_class(cfg, who: str, least: int) -> None:
+  """M-per-class batches for ``who``: ``least`` images of each class, the batch a whole number of classes."""
+  m = cfg.loss.m_per_class
   if not isinstance(m, int) or isinstance(m, bool) or m < least:
-    raise ValueError(f"config.loss.m_per_class={m!r}: {name!r} "
+    raise ValueError(f"config.loss.m_per_class={m!r}: {who} "
                      + ("compares samples of one class, so a batch needs at least 2 per class."
                         if least == 2 else "needs at least 1 image per class."))
   if cfg.batch_size % m:
