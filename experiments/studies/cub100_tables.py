@@ -4,7 +4,8 @@
     python -m experiments.studies.cub100_tables --workdir runs/regime --table regime  # scratch vs pretrained
     python -m experiments.studies.cub100_tables --workdir runs/regime --table beta    # beta sensitivity
     python -m experiments.studies.cub100_tables --workdir runs/regime --table alpha   # alpha transfer
-    python -m experiments.studies.cub100_tables --workdir runs/regime --table losses  # HDML vs today's losses
+    # HDML against today's losses (the runs' records committed under docs/losses/runs):
+    python -m experiments.studies.cub100_tables --workdir runs/losses --table losses --record docs/losses/runs
 
 Every run gets the same fixed budget, ``--num_steps`` (default 500) after
 ``--pretrain_steps`` of pretraining (default 800); ``--config.<key>=<value>``
@@ -31,6 +32,13 @@ applies to every run and every pretraining (the syntax of
   baseline's; then every seed, paired (same pretrained file, same data
   order); mean ± std and each method's paired R@1 difference against the
   strongest baseline with a 95 % t interval.
+
+``--record DIR`` keeps each finished run's results, with the settings that
+define it, in ``DIR`` (one small JSON per run): the losses table's records
+are committed under ``docs/losses/runs``, so the table resumes, and is
+rebuilt, from a checkout without its run directories. Tables on disjoint
+``--methods`` may run at once in one workdir (one process pretrains each
+seed's file while the others wait for it).
 
 Nothing selects on test classes: checkpoints and learning rates are chosen on
 the held-out training classes; test curves are logged for the plots only.
