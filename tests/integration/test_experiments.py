@@ -413,6 +413,12 @@ class LossesTableTest(chex.TestCase):
         else:
           diffs = np.subtract(cell["recall@1"], out["methods"][strongest]["recall@1"])
           self.assertAlmostEqual(cell["recall@1_minus_strongest"]["mean"], float(np.mean(diffs)), places=9)
+      for method, base in (("npair_hdml", "npair_baseline"), ("multi_similarity_xbm", "multi_similarity")):
+        own = out["methods"][method]["recall@1_minus_own_baseline"]
+        diffs = np.subtract(out["methods"][method]["recall@1"], out["methods"][base]["recall@1"])
+        self.assertEqual(own["baseline"], base)
+        self.assertAlmostEqual(own["mean"], float(np.mean(diffs)), places=9)
+      self.assertIsNone(out["methods"]["proxy_anchor"]["recall@1_minus_own_baseline"])
       text = open(os.path.join(workdir, "table_losses.md")).read()
       self.assertIn("| proxy_anchor |", text)
       self.assertIn("table wall time:", text)
