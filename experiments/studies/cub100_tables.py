@@ -114,9 +114,6 @@ def pretrained_file(root: str, seed: int, args) -> str:
     pretrain.pretrain(cfg, workdir)
   return path
 
-def _record_path(root: str, args, run: str) -> str | None:
-  return os.path.join(args.record, run + ".json") if getattr(args, "record", None) else None
-
 def regime_run(root: str, regime: str, method: str, seed: int, args, extra: dict | None = None,
                tag: str = "") -> tuple[str, dict]:
   """One run of the study: ``(workdir, results)``; skipped when already complete.
@@ -140,7 +137,7 @@ def regime_run(root: str, regime: str, method: str, seed: int, args, extra: dict
   if regime == "pretrained":
     spec["pretrain"] = {"seed": seed, "steps": args.pretrain_steps, "lr": args.pretrain_lr}
   spec = json.loads(json.dumps(spec))   # as it reads back
-  record = _record_path(root, args, os.path.join(regime, name))
+  record = os.path.join(args.record, regime, name + ".json") if args.record else None
   if record and os.path.exists(record):
     kept = json.load(open(record))
     if kept["run"] != spec:
@@ -301,7 +298,7 @@ def _losses_lr(root: str, args) -> dict:
     write_json_atomic(path, {**kept, method: choice[method]})
   for method in args.method_list:     # HDML uses the rate chosen for its own baseline
     if method.endswith("_hdml"):
-      base = METHODS[method][0] + "_baseline"
+      base = own_baseline(method)
       if base not in choice:
         raise ValueError(f"--methods names {method} without {base}, whose learning rate it uses.")
       choice[method] = {"lr": choice[base]["lr"], "from": base}

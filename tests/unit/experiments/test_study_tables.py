@@ -36,8 +36,9 @@ class PretrainedFileTest(absltest.TestCase):
         time.sleep(0.5)
         self.assertTrue(waiting.is_alive())
         self.assertEqual(calls, [])
-        fake_pretrain(argparse.Namespace(seed=3), os.path.join(root, "pretrain_seed3"))   # ... and finishes
-        calls.clear()
+        for name in (pretrain.PRETRAINED_FILE, "results.json"):   # ... and finishes
+          with open(os.path.join(root, "pretrain_seed3", name), "w") as f:
+            f.write("{}")
       waiting.join(10)
       self.assertEqual(got, [os.path.join(root, "pretrain_seed3", pretrain.PRETRAINED_FILE)])
       self.assertEqual(calls, [])   # found the other table's file
