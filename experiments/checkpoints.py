@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -61,31 +65,176 @@ def restore(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int 
   return template.replace(**tree)
 
 
+class DamagedCheckpointError(ValueError):
+  """A checkpoint's files cannot be read back (a full disk, a killed copy, a damaged file)."""
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _root_cause(e: BaseException) -> str:
+  """The first line of the innermost cause (TensorStore's own words: which array, which file)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  text = str(e).strip()
+  return text.splitlines()[0][:320] if text else type(e).__name__
+
+
+def _shapes(tree) -> list:
+  """The arrays' shapes, sorted (a scalar saved as a Python number has shape ``()``)."""
+  return sorted(tuple(getattr(x, "shape", ())) for x in jax.tree_util.tree_leaves(tree))
+
+
+def mismatch(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int) -> str | None:
+  """How checkpoint ``step`` differs from ``template``'s arrays, from its metadata alone.
+
+  ``None`` when its arrays have the template's shapes; raises
+  :class:`DamagedCheckpointError` when its metadata cannot be read.
+  """
+  item = os.path.join(str(manager.directory), str(step), "default")
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)   # orbax warns of every step-level file an item directory lacks
+  try:
+    saved = ocp.StandardCheckpointer().metadata(item).item_metadata
+    if saved is None:   # orbax's answer when the metadata file does not parse
+      raise ValueError(f"no array metadata could be parsed from {item}")
+    saved = _shapes(saved)
+  except Exception as e:   # any unreadable metadata: a missing, truncated or overwritten file
+    raise DamagedCheckpointError(f"checkpoint {step} in {manager.directory} cannot be read: its metadata "
+                                 f"is damaged ({_root_cause(e)}).") from e
+  finally:
+    absl_logger.setLevel(level)
+  wanted = _shapes(state_tree(template))
+  if saved == wanted:
+    return None
+  extra = sorted(set(saved) - set(wanted))[:3]
+  missing = sorted(set(wanted) - set(saved))[:3]
+  return (f"{len(saved)} arrays saved against {len(wanted)} in this config; shapes only in the checkpoint "
+          f"{extra}, only in this config {missing}")
+
+
+@contextlib.contextmanager
+def _orbax_read_echoes_logged():
+  """After a failed read, orbax leaves one pending coroutine per array whose error is printed when it is
+  collected ("Exception ignored in ..."): the same failure as the one raised. Collect them here and log
+  them at DEBUG level instead of printing them."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if "_read_array_index_and_device_put" in repr(unraisable.object) or unraisable.object is None:
+      logging.debug("orbax read: %s", unraisable.exc_value)
+    else:
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+
+
+def restore_readable(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int) -> HDMLTrainState:
+  """Restores ``step``, telling a damaged checkpoint from one of another model.
+
+  Raises :class:`DamagedCheckpointError` when the checkpoint's arrays have
+  this config's shapes (or its metadata is unreadable) but its files cannot
+  be read, and ``ValueError`` naming the mismatch when it holds another
+  model's arrays.
+  """
+  try:
+    with _orbax_read_echoes_logged():
+      return restore(manager, template, step)
+  except Exception as e:
+    try:
+      why = mismatch(manager, template, step)
+    except DamagedCheckpointError as damaged:
+      raise damaged from e
+    if why is None:
+      raise DamagedCheckpointError(f"checkpoint {step} in {manager.directory} cannot be read: its arrays are "
+                                   f"damaged ({_root_cause(e)}).") from e
+    raise ValueError(
+        f"{manager.directory} holds checkpoints of a different model (another embedding or hidden "
+        f"size, backbone or hdml.enabled): step {step} does not fit this config ({_first_line(e)}). "
+        "Use a fresh --workdir for this config.") from e
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves damaged checkpoint ``step`` out of the manager's directory (nothing is deleted); returns where."""
+  directory = str(manager.directory)
+  target = os.path.join(os.path.dirname(directory), f"{os.path.basename(directory)}_damaged", str(step))
+  suffix = 0
+  while os.path.exists(target if not suffix else f"{target}.{suffix}"):
+    suffix += 1
+  target = target if not suffix else f"{target}.{suffix}"
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  if jax.process_index() == 0:
+    os.replace(os.path.join(directory, str(step)), target)
+  manager.reload()
+  return target
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, template: HDMLTrainState,
+                            steps: list[int] | None = None) -> HDMLTrainState:
+  """The newest of ``steps`` (default: all) that reads back; each damaged newer one is named in a warning.
+
+  Raises :class:`DamagedCheckpointError` when none does, ``FileNotFoundError``
+  when there is none.
+  """
+  steps = sorted(manager.all_steps() if steps is None else steps, reverse=True)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
+  damaged = []
+  for step in steps:
+    try:
+      state = restore_readable(manager, template, step)
+    except DamagedCheckpointError as e:
+      logging.warning("%s", e)
+      damaged.append(step)
+      continue
+    if damaged:
+      logging.warning("using checkpoint %d in %s instead of the damaged %s", step, manager.directory, damaged)
+    return state
+  raise DamagedCheckpointError(f"every checkpoint in {manager.directory} is damaged (steps {damaged}); "
+                               "nothing can be read back.")
+
+
 def restore_latest_finite(manager: ocp.CheckpointManager, template: HDMLTrainState):
-  """The newest checkpoint whose state is entirely finite, and the steps skipped.
+  """The newest checkpoint that reads back and whose state is entirely finite, and the steps skipped.
 
   Checkpoints newer than it hold a NaN or an infinity (written by a version
   that checked only the loss): they are deleted, so the resumed run can
   write those steps again, and returned as ``[(step, leaves), ...]``.
+  A damaged newer checkpoint (files that no longer read back) is named in
+  a warning and moved to ``<checkpoints>_damaged/<step>`` (nothing is
+  deleted), so the run resumes from the newest readable one and writes
+  that step again.
   Returns ``(None, skipped)`` when the manager holds no checkpoint; raises
-  when every checkpoint is non-finite.
+  when none can be resumed (each damaged or non-finite), touching nothing.
   """
-  skipped = []
+  skipped, damaged = [], []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      state = restore(manager, template, step)
-    except (ValueError, KeyError, TypeError) as e:
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise ValueError(
-          f"{manager.directory} holds checkpoints of a different model (another embedding or hidden "
-          f"size, backbone or hdml.enabled): step {step} does not fit this config ({first[:200]}). "
-          "Use a fresh --workdir for this config.") from e
+      state = restore_readable(manager, template, step)
+    except DamagedCheckpointError as e:
+      damaged.append((step, e))
+      continue
     bad = non_finite_leaves(state)
     if not bad:
+      for s, e in damaged:
+        logging.warning("%s Moved to %s; resuming from an earlier checkpoint.", e, set_aside(manager, s))
       for s, _ in skipped:
         manager.delete(s)
       return state, skipped
     skipped.append((step, bad))
+  if damaged:
+    raise DamagedCheckpointError(
+        f"no checkpoint in {manager.directory} can be resumed: steps {[s for s, _ in damaged]} are damaged"
+        + (f" and steps {[s for s, _ in skipped]} hold non-finite values" if skipped else "")
+        + f" (e.g. {damaged[0][1]}). Start again with a fresh --workdir.")
   if skipped:
     raise FloatingPointError(
         f"every checkpoint in {manager.directory} holds non-finite values "

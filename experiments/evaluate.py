@@ -6,7 +6,8 @@
 The model and data are rebuilt from the config the run saved in
 ``<workdir>/config.json`` (its command-line overrides included); ``--config``
 replaces it (e.g. for a run of an older version, which saved none).
-``--which`` is ``latest`` (the last periodic checkpoint), ``best`` (the
+``--which`` is ``latest`` (the last periodic checkpoint that reads back: a
+damaged newer one is named in a warning and passed over), ``best`` (the
 selected one) or a step number. Prints the metrics as JSON and writes them
 to ``<workdir>/eval_<split>_<which>.json``.
 """
@@ -68,7 +69,11 @@ def evaluate_checkpoint(cfg, workdir: str, *, split: str = "test", which: str = 
   if step is not None and step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint at step {step} in {manager.directory}; "
                             f"saved steps: {list(manager.all_steps())}.")
-  state = checkpoints.restore(manager, build_state(cfg, data), step)
+  template = build_state(cfg, data)
+  if step is None:   # the newest checkpoint that reads back; a damaged newer one is named in a warning
+    state = checkpoints.restore_newest_readable(manager, template)
+  else:
+    state = checkpoints.restore_readable(manager, template, step)
   metrics = evaluate_split(cfg, state, data, chosen)
   manager.close()
   return {"split": split, "which": which, "step": int(state.step), **metrics}

@@ -432,7 +432,9 @@ class ResumeTest(CheckpointDirTest):
 
   def test_an_error_without_a_message_is_named_by_its_type(self):
     self.save(2, 2.0)
-    with mock.patch.object(checkpoints, "restore", side_effect=KeyError()):
+    # A checkpoint whose arrays do not fit (else a failed read is a damaged checkpoint: DamagedCheckpointTest).
+    with mock.patch.object(checkpoints, "restore", side_effect=KeyError()), \
+         mock.patch.object(checkpoints, "mismatch", return_value="3 arrays saved against 4"):
       with self.assertRaises(ValueError) as cm:
         checkpoints.restore_latest_finite(self.ckpt, toy_state())
     self.assertIn("step 2 does not fit this config (KeyError). Use a fresh --workdir", str(cm.exception))
@@ -710,3 +712,125 @@ class RunConfigTest(chex.TestCase):
 if __name__ == "__main__":
   from absl.testing import absltest
   absltest.main()
+
+
+def _largest_array_file(step_dir):
+  data = os.path.join(step_dir, "default", "ocdbt.process_0", "d")   # the arrays' data files
+  return max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
+
+
+def _overwrite_half(path):   # a damaged copy: the second half of one array file is zeros
+  n = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.seek(n // 2)
+    f.write(b"\0" * (n - n // 2))
+
+
+def _truncate_half(path):    # a full disk: the file stops halfway
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+# How a checkpoint's files get damaged: (name, what to do to the step's directory).
+DAMAGES = (
+    ("an array file half overwritten", lambda d: _overwrite_half(_largest_array_file(d))),
+    ("an array file cut short (full disk)", lambda d: _truncate_half(_largest_array_file(d))),
+    ("an array file missing (killed copy)", lambda d: os.remove(_largest_array_file(d))),
+    ("the arrays' index empty (full disk)", lambda d: open(os.path.join(d, "default", "manifest.ocdbt"), "w").close()),
+    ("the metadata cut short", lambda d: _truncate_half(os.path.join(d, "default", "_METADATA"))),
+)
+
+
+def big_state(step=0, w=0.0):
+  """A toy state with one array too large to be stored inline in the checkpoint's index (over 1 KiB)."""
+  noise = np.random.default_rng(step).normal(size=(32, 64)).astype(np.float32)
+  return toy_state(step=step, w=w).replace(batch_stats={"noise": jnp.asarray(noise)})
+
+
+class DamagedCheckpointTest(CheckpointDirTest):
+  """A checkpoint whose files no longer read back costs only the steps since the one before it."""
+
+  def save(self, step, w):
+    checkpoints.save(self.ckpt, step, big_state(step=step, w=w))
+    self.ckpt.wait_until_finished()
+
+  def damage(self, step, how):
+    how(os.path.join(self.workdir, "checkpoints", str(step)))
+
+  def test_resume_uses_the_newest_readable_checkpoint_and_keeps_the_damaged_one_aside(self):
+    for name, how in DAMAGES:
+      with self.subTest(name):
+        for s in saved(self.ckpt):
+          self.ckpt.delete(s)
+        shutil.rmtree(os.path.join(self.workdir, "checkpoints_damaged"), ignore_errors=True)
+        self.save(2, 2.0)
+        self.save(4, 4.0)
+        self.damage(4, how)
+        with self.assertLogs(level="WARNING") as logged:
+          state, last = runtime.resume(self.ckpt, big_state(), self.workdir)
+        self.assertEqual((int(state.step), last), (2, 2))
+        np.testing.assert_array_equal(state.params["w"], [2.0] * 3)
+        aside = os.path.join(self.workdir, "checkpoints_damaged", "4")
+        self.assertEqual(len(logged.output), 1, logged.output)
+        self.assertRegex(logged.output[0], f"checkpoint 4 in {self.ckpt.directory} cannot be read: its "
+                         r"(arrays are|metadata is) damaged \(\w+")
+        self.assertIn(f"Moved to {aside}; resuming from an earlier checkpoint.", logged.output[0])
+        self.assertEqual(saved(self.ckpt), [2])
+        self.assertTrue(os.path.isdir(aside))      # nothing deleted
+        self.save(4, 5.0)                          # the resumed run writes step 4 again
+        np.testing.assert_array_equal(checkpoints.restore(self.ckpt, big_state(), 4).params["w"], [5.0] * 3)
+
+  def test_a_second_damaged_copy_of_a_step_is_kept_beside_the_first(self):
+    for w in (4.0, 6.0):
+      self.save(2, 2.0) if not saved(self.ckpt) else None
+      self.save(4, w)
+      self.damage(4, DAMAGES[0][1])
+      with self.assertLogs(level="WARNING"):
+        runtime.resume(self.ckpt, big_state(), self.workdir)
+    self.assertEqual(sorted(os.listdir(os.path.join(self.workdir, "checkpoints_damaged"))), ["4", "4.1"])
+
+  def test_nothing_readable_is_an_error_that_moves_nothing(self):
+    self.save(2, 2.0)
+    self.save(4, np.nan)
+    self.save(6, 6.0)
+    self.damage(2, DAMAGES[0][1])
+    self.damage(6, DAMAGES[2][1])
+    with self.assertRaises(checkpoints.DamagedCheckpointError) as cm:
+      checkpoints.restore_latest_finite(self.ckpt, big_state())
+    self.assertTrue(str(cm.exception).startswith(
+        f"no checkpoint in {self.ckpt.directory} can be resumed: steps [6, 2] are damaged and steps [4] hold "
+        f"non-finite values (e.g. checkpoint 6 in {self.ckpt.directory} cannot be read"), str(cm.exception))
+    self.assertTrue(str(cm.exception).endswith("Start again with a fresh --workdir."), str(cm.exception))
+    self.assertEqual(saved(self.ckpt), [2, 4, 6])
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, "checkpoints_damaged")))
+
+  def test_a_damaged_newest_checkpoint_is_passed_over_by_evaluation_with_a_warning(self):
+    self.save(2, 2.0)
+    self.save(4, 4.0)
+    self.save(6, 6.0)
+    self.damage(6, DAMAGES[0][1])
+    self.damage(4, DAMAGES[4][1])
+    with self.assertLogs(level="WARNING") as logged:
+      state = checkpoints.restore_newest_readable(self.ckpt, big_state())
+    self.assertEqual(int(state.step), 2)
+    self.assertIn("checkpoint 6 in", logged.output[0])
+    self.assertIn("checkpoint 4 in", logged.output[1])
+    self.assertIn(f"using checkpoint 2 in {self.ckpt.directory} instead of the damaged [6, 4]", logged.output[2])
+    self.assertEqual(saved(self.ckpt), [2, 4, 6])   # evaluation reads only
+    with self.assertRaisesRegex(checkpoints.DamagedCheckpointError, "^checkpoint 6 in .* cannot be read"):
+      checkpoints.restore_readable(self.ckpt, big_state(), 6)
+    self.damage(2, DAMAGES[1][1])
+    with self.assertLogs(level="WARNING"), self.assertRaisesRegex(
+        checkpoints.DamagedCheckpointError, r"every checkpoint in .* is damaged \(steps \[6, 4, 2\]\)"):
+      checkpoints.restore_newest_readable(self.ckpt, big_state())
+
+  def test_a_readable_checkpoint_of_another_model_is_not_called_damaged(self):
+    self.save(2, 2.0)
+    other = big_state().replace(params={"w": jnp.zeros((5,), jnp.float32)})
+    self.assertIsNone(checkpoints.mismatch(self.ckpt, big_state(), 2))
+    self.assertEqual(checkpoints.mismatch(self.ckpt, other, 2),
+                     "5 arrays saved against 5 in this config; shapes only in the checkpoint [(3,)], only in this "
+                     "config [(5,)]")
+    with self.assertRaisesRegex(ValueError, "holds checkpoints of a different model") as cm:
+      checkpoints.restore_readable(self.ckpt, other, 2)
+    self.assertNotIsInstance(cm.exception, checkpoints.DamagedCheckpointError)
