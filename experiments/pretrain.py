@@ -39,7 +39,7 @@ from flax.training import train_state
 
 from experiments import checkpoints, datasets, loop, run_config, runtime, selection
 from hdml_jax import weights
-from hdml_jax.inference import l2_normalize
+from hdml_jax.distances import l2_normalize
 from hdml_jax.losses import cross_entropy
 from hdml_jax.models import Classifier, get_backbone
 from hdml_jax.networks import init_backbone

@@ -61,7 +61,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
 
 def _validate_loss(cfg) -> None:
-  from hdml_jax.loss_step import LOSS_NAMES, PAIR_LOSSES, loss_spec
+  from hdml_jax.losses import LOSS_NAMES, PAIR_LOSSES, loss_spec
 
   name = cfg.loss.name
   _validate_xbm(cfg)
@@ -103,7 +103,7 @@ def _validate_m_per_class(cfg, who: str, least: int) -> None:
     raise ValueError(f"config.batch_size={cfg.batch_size} is not a multiple of config.loss.m_per_class={m}.")
 
 def _validate_xbm(cfg) -> None:
-  from hdml_jax.loss_step import PAIR_LOSSES
+  from hdml_jax.losses import PAIR_LOSSES
 
   size, start, weight = cfg.loss.xbm_size, cfg.loss.xbm_start, cfg.loss.xbm_weight
   for key, value in (("xbm_size", size), ("xbm_start", start)):

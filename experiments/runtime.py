@@ -20,8 +20,8 @@ import ml_collections
 
 from experiments import checkpoints, datasets, logs, run_config
 from experiments.config_mapping import hdml_config, optimizer_config
-from hdml_jax import cross_batch, parallel, weights
-from hdml_jax.loss_step import init_loss_params
+from hdml_jax import losses, parallel, weights
+from hdml_jax.losses import init_loss_params
 from hdml_jax.train_state import create_train_state
 
 __all__ = ["Run", "build_state", "file_sha256", "jit_step_with_rng", "local_copy", "make_mesh", "prepare_run",
@@ -48,7 +48,7 @@ def _fresh_state(cfg, data: datasets.Data):
                                    embedding_dim=cfg.model.embedding_dim, num_classes=data.train.num_classes)
   memory = None
   if cfg.loss.xbm_size:          # a library pair loss with a cross-batch memory
-    memory = cross_batch.init_memory(cfg.loss.xbm_size, cfg.model.embedding_dim)
+    memory = losses.init_memory(cfg.loss.xbm_size, cfg.model.embedding_dim)
   return create_train_state(
       jax.random.key(cfg.seed), image_shape=data.image_shape, num_classes=data.train.num_classes,
       embedding_dim=cfg.model.embedding_dim, backbone=cfg.model.backbone,

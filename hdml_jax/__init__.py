@@ -8,6 +8,7 @@ re-exports.
 
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.distances import (
+    l2_normalize,
     pairwise_distances,
     pairwise_squared_distances,
     rowwise_distances,
@@ -23,19 +24,29 @@ from hdml_jax.hardness import (
     synthesize_negatives,
 )
 from hdml_jax.head import HDMLOutput, hdml_objective, init_hdml_head
-from hdml_jax.inference import embed_in_batches, l2_normalize, make_embed_fn
-from hdml_jax.label_losses import (
-    contrastive_loss_from_labels,
-    npair_loss_from_labels,
-    triplet_loss_from_labels,
-)
+from hdml_jax.inference import embed_in_batches, make_embed_fn
 from hdml_jax.losses import (
+    arcface_loss,
+    circle_loss,
     contrastive_loss,
+    contrastive_loss_from_labels,
+    cosface_loss,
     cross_entropy,
+    distance_weighted_sampling,
+    init_proxies,
+    lifted_structure_loss,
+    margin_loss,
+    multi_similarity_loss,
+    normalized_softmax_loss,
     npair_loss,
+    npair_loss_from_labels,
+    proxy_anchor_loss,
+    proxy_nca_loss,
     split_triplets,
+    supervised_contrastive_loss,
     synthetic_npair_loss,
     triplet_loss,
+    triplet_loss_from_labels,
 )
 from hdml_jax.networks import HDMLHead, Networks, build_networks
 from hdml_jax.objective import (
@@ -48,22 +59,6 @@ from hdml_jax.objective import (
     weight_decay,
 )
 from hdml_jax.optimizers import make_optimizer
-from hdml_jax.pair_losses import (
-    circle_loss,
-    distance_weighted_sampling,
-    lifted_structure_loss,
-    margin_loss,
-    multi_similarity_loss,
-    supervised_contrastive_loss,
-)
-from hdml_jax.proxy_losses import (
-    arcface_loss,
-    cosface_loss,
-    init_proxies,
-    normalized_softmax_loss,
-    proxy_anchor_loss,
-    proxy_nca_loss,
-)
 from hdml_jax.statistics import AdaptiveStatistics, init_statistics, update_statistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
 from hdml_jax.train_step import make_train_step

@@ -27,7 +27,7 @@ class HDMLConfig:
       contrastive pairs are (a, p) similar and (a, n) dissimilar), or
       ``"multi_similarity"`` (an extension beyond the reference: any batch
       with classes repeated, e.g. M-per-class; the Multi-Similarity loss of
-      :func:`hdml_jax.pair_losses.multi_similarity_loss` with its paper's
+      :func:`hdml_jax.losses.multi_similarity_loss` with its paper's
       constants, synthesis by :func:`hdml_jax.hardness.expand_label_tuples`).
     hdml: hardness-aware synthesis on; off is the plain baseline (one Adam on
       ``J_m``, no generator, no classifier).

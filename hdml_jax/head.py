@@ -36,8 +36,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hdml_jax import hardness, losses, objective, pair_losses
+from hdml_jax import hardness, losses, objective
 from hdml_jax.config import HDMLConfig
+from hdml_jax.distances import l2_normalize
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from hdml_jax.networks import HDMLHead, build_head, init_head_variables
 from hdml_jax.statistics import AdaptiveStatistics
@@ -99,7 +100,7 @@ def _contrastive(config, a, p, n):
 def real_metric_loss(config: HDMLConfig, z: jax.Array, labels: jax.Array) -> jax.Array:
   """The metric loss on real embeddings (``J_m`` without weight decay)."""
   if config.loss == "multi_similarity":
-    return pair_losses.multi_similarity_loss(z, labels)
+    return losses.multi_similarity_loss(z, labels)
   if config.loss == "npair":
     p = z.shape[0] // 2
     return losses.npair_loss(z[:p], z[p:], labels=labels[:p], l2_reg=config.l2_reg)
@@ -157,9 +158,9 @@ def synthetic_metric_loss(config: HDMLConfig, z_syn: jax.Array, num: int,
     if labels is None:
       raise ValueError("synthetic_metric_loss: the multi_similarity loss needs the batch labels.")
     syn = hardness.NPairTuples(z_syn[:num], z_syn[num:].reshape(num, num, -1))
-    s = jnp.einsum("ie,ije->ij", pair_losses._unit(syn.anchors), pair_losses._unit(syn.candidates))
+    s = jnp.einsum("ie,ije->ij", l2_normalize(syn.anchors), l2_normalize(syn.candidates))
     same = labels[:, None] == labels[None, :]
-    return pair_losses.multi_similarity_from_similarities(s, same & ~jnp.eye(num, dtype=bool), ~same)
+    return losses.multi_similarity_from_similarities(s, same & ~jnp.eye(num, dtype=bool), ~same)
   if config.loss == "npair":
     syn = hardness.NPairTuples(z_syn[:num], z_syn[num:].reshape(num, num, -1))
     return losses.synthetic_npair_loss(syn.anchors, syn.candidates, l2_reg=config.l2_reg)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hdml_jax.distances import safe_sqrt
+from hdml_jax.distances import l2_normalize
 from hdml_jax.networks import Networks
 
-__all__ = ["embed_in_batches", "l2_normalize", "make_embed_fn"]
+__all__ = ["embed_in_batches", "make_embed_fn"]
 
 
 class EmbeddingState(Protocol):
@@ -25,16 +24,6 @@ class EmbeddingState(Protocol):
   apply_fn: Any
   params: Any
   batch_stats: Any
-
-
-def l2_normalize(x: jax.Array, *, epsilon: float = 1e-12) -> jax.Array:
-  """Rows of ``x`` (``[B, D]``) divided by their norm, at least ``epsilon`` (a zero row stays zero).
-
-  >>> import jax.numpy as jnp
-  >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
-  [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
-  """
-  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)), epsilon)
 
 
 def make_embed_fn(networks: Networks, *, normalize: bool = True):

@@ -17,8 +17,8 @@ from flax import struct
 from flax.training import train_state
 
 from hdml_jax.config import HDMLConfig, OptimizerConfig
-from hdml_jax.cross_batch import CrossBatchMemory
 from hdml_jax.inference import make_embed_fn
+from hdml_jax.losses import CrossBatchMemory
 from hdml_jax.models import get_backbone
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from hdml_jax.networks import Networks, build_head, init_backbone, init_head_variables
@@ -34,7 +34,7 @@ class HDMLTrainState(train_state.TrainState):
   ``apply_fn(params, batch_stats, images)`` is the inference embedding
   (BN in inference mode, L2-normalised), see
   :func:`hdml_jax.inference.make_embed_fn`. ``memory`` is a library pair
-  loss's cross-batch memory (:mod:`hdml_jax.cross_batch`), or None.
+  loss's cross-batch memory (a :class:`~hdml_jax.losses.CrossBatchMemory`), or None.
   """
 
   batch_stats: Any = None
@@ -76,7 +76,7 @@ def create_train_state(
       (:func:`hdml_jax.loss_step.init_loss_params`), kept as
       ``params["loss"]`` with their own optimizer group; needs ``config.hdml``
       off.
-    memory: a cross-batch memory (:func:`hdml_jax.cross_batch.init_memory`)
+    memory: a cross-batch memory (:func:`hdml_jax.losses.init_memory`)
       for :func:`hdml_jax.loss_step.make_loss_train_step`; needs
       ``config.hdml`` off and ``memory.embeddings`` of width ``embedding_dim``.
   """

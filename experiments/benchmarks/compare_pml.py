@@ -36,7 +36,7 @@ are, as the reference does).
   positives and negatives apart. PML's per-pair losses
   (``DoNothingReducer``) are squared and averaged over all pairs.
 * Multi-Similarity, lifted structure, circle, supervised contrastive
-  (``hdml_jax.pair_losses``): PML's ``MultiSimilarityMiner`` +
+  (``hdml_jax.losses``): PML's ``MultiSimilarityMiner`` +
   ``MultiSimilarityLoss``, ``GeneralizedLiftedStructureLoss`` (unnormalised
   ``LpDistance``), ``CircleLoss`` and ``SupConLoss``, each with the same
   constants (the papers' defaults: alpha 2, beta 50, base 0.5, epsilon 0.1;
@@ -44,7 +44,7 @@ are, as the reference does).
   reducer: in these class-balanced batches every anchor has a valid pair, so
   PML's mean over anchors (or over non-zero anchors) is the project's.
 
-* Proxy losses (``hdml_jax.proxy_losses``): the proxies (PML's ``proxies``,
+* Proxy losses (``hdml_jax.losses``): the proxies (PML's ``proxies``,
   or the class weights ``W`` transposed, for the softmax family) are set to
   the same random ``[classes + 2, dim]`` array, so two proxies have no row in
   the batch, and the gradient is compared for the embeddings and the
@@ -62,7 +62,7 @@ are, as the reference does).
   ``DistanceWeightedMiner`` draws (cutoff 0.5, non-zero loss cutoff 1.4),
   next to the distance between two PML runs of the same size.
 
-* Cross-batch memory: ``hdml_jax.cross_batch.cross_batch_loss`` against
+* Cross-batch memory: ``hdml_jax.losses.cross_batch_loss`` against
   PML's ``CrossBatchMemory`` wrapping the same loss (and, for
   Multi-Similarity, its miner), over sequences of batches that fill the
   memory and wrap around it; value and embedding gradient at every step.
@@ -110,7 +110,6 @@ def main(argv=None):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp
 
-  from hdml_jax import label_losses, pair_losses, proxy_losses
   from hdml_jax import losses as hl
 
   m = args.margin
@@ -119,28 +118,28 @@ def main(argv=None):
   def ours(name):
     return {
         "npair (a, p layout)": lambda e, y: hl.npair_loss(e[: e.shape[0] // 2], e[e.shape[0] // 2:]),
-        "triplet all": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m, mining="all"),
-        "triplet all, sum": lambda e, y: label_losses.triplet_loss_from_labels(
+        "triplet all": lambda e, y: hl.triplet_loss_from_labels(e, y, margin=m, mining="all"),
+        "triplet all, sum": lambda e, y: hl.triplet_loss_from_labels(
             e, y, margin=m, mining="all", reduction="sum"),
-        "triplet batch_hard": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m,
+        "triplet batch_hard": lambda e, y: hl.triplet_loss_from_labels(e, y, margin=m,
                                                                                  mining="batch_hard"),
-        "triplet semi_hard": lambda e, y: label_losses.triplet_loss_from_labels(e, y, margin=m,
+        "triplet semi_hard": lambda e, y: hl.triplet_loss_from_labels(e, y, margin=m,
                                                                                 mining="semi_hard"),
-        "contrastive": lambda e, y: label_losses.contrastive_loss_from_labels(e, y, margin=m),
-        "multi-similarity": lambda e, y: pair_losses.multi_similarity_loss(e, y),
-        "multi-similarity, no mining": lambda e, y: pair_losses.multi_similarity_loss(e, y, mining=False),
-        "lifted structure": lambda e, y: pair_losses.lifted_structure_loss(e, y),
-        "circle": lambda e, y: pair_losses.circle_loss(e, y),
-        "supervised contrastive": lambda e, y: pair_losses.supervised_contrastive_loss(e, y),
-        "margin, all triplets": lambda e, y: pair_losses.margin_loss(e, y),
+        "contrastive": lambda e, y: hl.contrastive_loss_from_labels(e, y, margin=m),
+        "multi-similarity": lambda e, y: hl.multi_similarity_loss(e, y),
+        "multi-similarity, no mining": lambda e, y: hl.multi_similarity_loss(e, y, mining=False),
+        "lifted structure": lambda e, y: hl.lifted_structure_loss(e, y),
+        "circle": lambda e, y: hl.circle_loss(e, y),
+        "supervised contrastive": lambda e, y: hl.supervised_contrastive_loss(e, y),
+        "margin, all triplets": lambda e, y: hl.margin_loss(e, y),
     }[name]
 
   proxy_ours = {
-      "proxy-anchor": lambda e, y, p: proxy_losses.proxy_anchor_loss(e, y, p),
-      "proxy-NCA (positive in the softmax)": lambda e, y, p: proxy_losses.proxy_nca_loss(e, y, p, include_positive=True),
-      "normalized softmax": lambda e, y, p: proxy_losses.normalized_softmax_loss(e, y, p),
-      "CosFace": lambda e, y, p: proxy_losses.cosface_loss(e, y, p),
-      "ArcFace": lambda e, y, p: proxy_losses.arcface_loss(e, y, p),
+      "proxy-anchor": lambda e, y, p: hl.proxy_anchor_loss(e, y, p),
+      "proxy-NCA (positive in the softmax)": lambda e, y, p: hl.proxy_nca_loss(e, y, p, include_positive=True),
+      "normalized softmax": lambda e, y, p: hl.normalized_softmax_loss(e, y, p),
+      "CosFace": lambda e, y, p: hl.cosface_loss(e, y, p),
+      "ArcFace": lambda e, y, p: hl.arcface_loss(e, y, p),
       # the per-class beta plays the proxies' part: compared value, embedding and beta gradients
       "margin, sampled triplets, per-class beta": None,
   }
@@ -271,10 +270,10 @@ def main(argv=None):
       et = torch.tensor(x, dtype=torch.float64, requires_grad=True)
       if f is None:   # the margin loss on sampled triplets, one beta per class
         beta = 1.0 + 0.1 * np.arange(num_classes)
-        neg = np.asarray(pair_losses.distance_weighted_sampling(jax.random.key(case["seed"]), jnp.asarray(x),
+        neg = np.asarray(hl.distance_weighted_sampling(jax.random.key(case["seed"]), jnp.asarray(x),
                                                                 jnp.asarray(y)))
         (v_ours, (g_ours, gp_ours)) = jax.value_and_grad(
-            lambda e, b: pair_losses.margin_loss(e, jnp.asarray(y), beta=b, negatives=jnp.asarray(neg)),
+            lambda e, b: hl.margin_loss(e, jnp.asarray(y), beta=b, negatives=jnp.asarray(neg)),
             argnums=(0, 1))(jnp.asarray(x), jnp.asarray(beta))
         loss = losses.MarginLoss(margin=0.2, nu=0.0, beta=1.0, learn_beta=True, num_classes=num_classes).double()
         loss.beta.data = torch.tensor(beta, dtype=torch.float64)
@@ -313,7 +312,7 @@ def main(argv=None):
     extra = f" (proxies / beta: {r['max_rel_grad_proxies']:.1e})" if "max_rel_grad_proxies" in r else ""
     print(f"| {name} | {pml_side[name]} | {r['cases']} | {lo:.3g} to {hi:.3g} | {r['max_rel_value']:.1e} | "
           f"{r['max_rel_grad']:.1e}{extra} |")
-  sampling = _compare_sampling(jax, jnp, torch, miners, pair_losses)
+  sampling = _compare_sampling(jax, jnp, torch, miners, hl)
   print(f"distance-weighted sampling, {sampling['draws']} draws per anchor on each side: total-variation distance "
         f"project vs PML {sampling['tv_project_pml']:.3f}, PML vs PML {sampling['tv_pml_pml']:.3f} (sampling noise)")
   xbm = _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds)
@@ -335,7 +334,7 @@ def _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds, st
   into a memory of 30 rows (filled at step 3, then wrapping); both sides
   enqueue the batch and compare it with the memory, own copies left out.
   """
-  from hdml_jax import cross_batch, label_losses, pair_losses
+  from hdml_jax import losses as hl
 
   lp = lambda: distances.LpDistance(normalize_embeddings=False, p=2, power=1)
 
@@ -351,20 +350,20 @@ def _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds, st
     return ContrastiveLoss()
 
   cases = {
-      "multi-similarity": (pair_losses.multi_similarity_loss, {},
+      "multi-similarity": (hl.multi_similarity_loss, {},
                            lambda: (losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5),
                                     miners.MultiSimilarityMiner(epsilon=0.1))),
-      "multi-similarity, no mining": (pair_losses.multi_similarity_loss, {"mining": False},
+      "multi-similarity, no mining": (hl.multi_similarity_loss, {"mining": False},
                                       lambda: (losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5), None)),
-      "triplet all": (label_losses.triplet_loss_from_labels, {"margin": 0.5},
+      "triplet all": (hl.triplet_loss_from_labels, {"margin": 0.5},
                       lambda: (losses.TripletMarginLoss(margin=0.5, distance=lp(), reducer=reducers.MeanReducer()),
                                None)),
-      "contrastive": (label_losses.contrastive_loss_from_labels, {"margin": 1.0}, lambda: (contrastive_theirs(), None)),
-      "lifted structure": (pair_losses.lifted_structure_loss, {},
+      "contrastive": (hl.contrastive_loss_from_labels, {"margin": 1.0}, lambda: (contrastive_theirs(), None)),
+      "lifted structure": (hl.lifted_structure_loss, {},
                            lambda: (losses.GeneralizedLiftedStructureLoss(neg_margin=1.0, pos_margin=0.0,
                                                                           distance=lp()), None)),
-      "circle": (pair_losses.circle_loss, {}, lambda: (losses.CircleLoss(m=0.4, gamma=80), None)),
-      "supervised contrastive": (pair_losses.supervised_contrastive_loss, {},
+      "circle": (hl.circle_loss, {}, lambda: (losses.CircleLoss(m=0.4, gamma=80), None)),
+      "supervised contrastive": (hl.supervised_contrastive_loss, {},
                                  lambda: (losses.SupConLoss(temperature=0.1), None)),
   }
   out = {}
@@ -376,12 +375,12 @@ def _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds, st
         theirs, miner = make()
         xbm = losses.CrossBatchMemory(theirs, 8, memory_size=30, miner=miner)
         xbm.embedding_memory = xbm.embedding_memory.double()
-        memory = cross_batch.init_memory(30, 8, jnp.float64)
+        memory = hl.init_memory(30, 8, jnp.float64)
         for _ in range(steps):
           y = np.repeat(rng.choice(10, size=4, replace=False), 3)
           x = scale * (np.eye(10, 8)[y] * 2 + rng.normal(size=(12, 8)))
           (v, new_memory), g = jax.value_and_grad(
-              lambda e: cross_batch.cross_batch_loss(ours, memory, e, jnp.asarray(y), **kwargs), has_aux=True)(
+              lambda e: hl.cross_batch_loss(ours, memory, e, jnp.asarray(y), **kwargs), has_aux=True)(
               jnp.asarray(x))
           memory = new_memory
           et = torch.tensor(x, dtype=torch.float64, requires_grad=True)
@@ -397,7 +396,7 @@ def _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds, st
   return out
 
 
-def _compare_sampling(jax, jnp, torch, miners, pair_losses, draws: int = 400):
+def _compare_sampling(jax, jnp, torch, miners, hl, draws: int = 400):
   """Mean over anchors of the total-variation distance between sampled-negative frequencies."""
   rng = np.random.default_rng(0)
   y = np.repeat(np.arange(4), 4)
@@ -416,7 +415,7 @@ def _compare_sampling(jax, jnp, torch, miners, pair_losses, draws: int = 400):
 
   counts = np.zeros((b, b))
   for k in range(draws):
-    neg = np.asarray(pair_losses.distance_weighted_sampling(jax.random.key(k), jnp.asarray(x), jnp.asarray(y)))
+    neg = np.asarray(hl.distance_weighted_sampling(jax.random.key(k), jnp.asarray(x), jnp.asarray(y)))
     pos = (y[:, None] == y[None, :]) & ~np.eye(b, dtype=bool)
     for a in range(b):
       np.add.at(counts[a], neg[a][pos[a]], 1)

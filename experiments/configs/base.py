@@ -56,12 +56,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "hdml"                 # hdml: HDML's step (hdml.loss, hdml.enabled); or a library loss of
-                                       # hdml_jax.loss_step.LOSS_NAMES (multi_similarity, proxy_anchor, ...),
+                                       # hdml_jax.losses.LOSS_NAMES (multi_similarity, proxy_anchor, ...),
                                        # trained without synthesis (hdml.enabled=False) on M-per-class batches
   c.loss.m_per_class = 4               # library losses and hdml.loss=multi_similarity: images per class in a
                                        # batch (pair losses need >= 2)
   c.loss.kwargs = ml_collections.ConfigDict()   # library losses: hyper-parameters replacing the paper's defaults,
-                                       # e.g. "{'alpha': 1.0}" (hdml_jax.loss_step.hyper_parameters lists them)
+                                       # e.g. "{'alpha': 1.0}" (hdml_jax.losses.hyper_parameters lists them)
   c.loss.xbm_size = 0                  # library pair losses: rows of a cross-batch memory (XBM; 0: none,
                                        # else >= batch_size); each batch is also compared with the memory
   c.loss.xbm_start = 0                 # the step from which the memory is filled and its loss added

@@ -46,7 +46,7 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
 
   ``method`` is one of :data:`METHODS` (HDML or its baseline, with the
   reference's tuple losses or Multi-Similarity), a library loss's name
-  (``hdml_jax.loss_step.LOSS_NAMES``), or a library pair loss's name with
+  (``hdml_jax.losses.LOSS_NAMES``), or a library pair loss's name with
   ``_xbm`` (a cross-batch memory, :data:`XBM_METHOD`).
 
   ``overrides`` (``{key: value or text}``) are applied after the method's
@@ -67,7 +67,7 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   elif method.endswith(XBM_METHOD["suffix"]):   # a library pair loss with a cross-batch memory
     cfg.loss.name, cfg.hdml.enabled = method[:-len(XBM_METHOD["suffix"])], False
     cfg.loss.xbm_size, cfg.loss.xbm_start = XBM_METHOD["loss.xbm_size"], XBM_METHOD["loss.xbm_start"]
-  else:   # a library loss (hdml_jax.loss_step.LOSS_NAMES), without synthesis, on M-per-class batches
+  else:   # a library loss (hdml_jax.losses.LOSS_NAMES), without synthesis, on M-per-class batches
     cfg.loss.name, cfg.hdml.enabled = method, False
   cfg.seed, cfg.num_steps = seed, num_steps
   if cfg.hdml.loss == "triplet" and method in METHODS:

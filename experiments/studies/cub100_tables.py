@@ -71,7 +71,7 @@ from experiments.studies.common import (
   selected,
   wall_minutes,
 )
-from hdml_jax.loss_step import LOSS_NAMES
+from hdml_jax.losses import LOSS_NAMES
 
 __all__ = ["TABLES", "chosen_lr", "main", "own_baseline", "pretrained_file", "regime_run"]
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from hdml_jax.loss_step import LOSS_NAMES, PROXY_LOSSES
+from hdml_jax.losses import LOSS_NAMES, PROXY_LOSSES
 from tests.helpers import fast_default, restored_latest
 
 pytestmark = pytest.mark.slow

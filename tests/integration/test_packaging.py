@@ -65,7 +65,7 @@ class WheelTest(unittest.TestCase):
     self.assertNotIn("console_scripts", self.entry_points)   # the CLI runs from the checkout
     # Every sub-package of the library is there.
     for pkg in ("hdml_jax/__init__.py", "hdml_jax/models/__init__.py", "hdml_jax/data/__init__.py",
-                "hdml_jax/head.py", "hdml_jax/label_losses.py"):
+                "hdml_jax/head.py", "hdml_jax/losses/__init__.py", "hdml_jax/losses/_label.py"):
       self.assertIn(pkg, self.names)
 
   def test_typed_and_described(self):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
 
-from hdml_jax import cross_batch as xb
-from hdml_jax import label_losses as ll
-from hdml_jax import pair_losses as pl
+from hdml_jax import losses as ll
+from hdml_jax import losses as pl
+from hdml_jax import losses as xb
 from tests.helpers import numeric_grad
 
 # Every pair loss that takes references=, with its keyword arguments (reduction "none": one value per row).
@@ -83,7 +83,7 @@ class MemoryTest(chex.TestCase):
     refs = xb.References(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), jnp.ones((2, 4), bool))
     with self.assertRaisesRegex(ValueError, r"^circle_loss: references.mask must be a \[3, 4\] bool array"):
       pl.circle_loss(jnp.zeros((3, 3)), jnp.zeros(3, jnp.int32), references=refs)
-    with self.assertRaisesRegex(TypeError, r"references must be a hdml_jax.cross_batch.References, got tuple"):
+    with self.assertRaisesRegex(TypeError, r"references must be a hdml_jax.losses.References, got tuple"):
       ll.triplet_loss_from_labels(jnp.zeros((3, 3)), jnp.zeros(3, jnp.int32), references=(1, 2, 3))
 
 

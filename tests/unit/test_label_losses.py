@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from hdml_jax import label_losses as ll
+from hdml_jax import losses as ll
 
 
 def dist(a, b, kind):

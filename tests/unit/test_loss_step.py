@@ -4,14 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from hdml_jax import loss_step
+from hdml_jax import loss_step, losses
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.data import MPerClassSampler, load_digits_split
 from hdml_jax.train_state import create_train_state
 
 
 def _state(name, num_classes=5, seed=0):
-  params = loss_step.init_loss_params(name, jax.random.key(seed + 1), embedding_dim=6, num_classes=num_classes)
+  params = losses.init_loss_params(name, jax.random.key(seed + 1), embedding_dim=6, num_classes=num_classes)
   return create_train_state(jax.random.key(seed), image_shape=(8, 8, 1), num_classes=num_classes, embedding_dim=6,
                             backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
                             config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=1e-2),
@@ -25,7 +25,7 @@ def _batch(step=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", loss_step.LOSS_NAMES)
+@pytest.mark.parametrize("name", losses.LOSS_NAMES)
 def test_every_loss_steps_with_finite_values_and_moves_its_parameters(name):
   state = _state(name)
   step = jax.jit(loss_step.make_loss_train_step(state.networks, name))
@@ -35,7 +35,7 @@ def test_every_loss_steps_with_finite_values_and_moves_its_parameters(name):
     assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"])), name
   moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
   assert any(jax.tree_util.tree_leaves(moved["backbone"])) and any(jax.tree_util.tree_leaves(moved["embedding"]))
-  if name in loss_step.PROXY_LOSSES:
+  if name in losses.PROXY_LOSSES:
     assert state.params["loss"]["proxies"].shape == (5, 6) and moved["loss"]["proxies"]
     assert "grad_norm/loss" in metrics
   else:
@@ -61,9 +61,9 @@ def test_the_loss_group_has_its_own_learning_rate():
 
 def test_bad_set_ups_are_refused_in_one_line():
   with pytest.raises(ValueError, match=r"^unknown loss 'multisim'; choose one of npair_labels, .*arcface\.$"):
-    loss_step.loss_spec("multisim")
+    losses.loss_spec("multisim")
   with pytest.raises(ValueError, match=r"^loss 'proxy_anchor' learns one proxy per training class: it needs num_classes >= 2"):
-    loss_step.init_loss_params("proxy_anchor", jax.random.key(0), embedding_dim=4)
+    losses.init_loss_params("proxy_anchor", jax.random.key(0), embedding_dim=4)
   with pytest.raises(ValueError, match="loss_params belong to a library loss"):
     create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
                        backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), config=HDMLConfig(hdml=True),
@@ -77,11 +77,11 @@ def test_bad_set_ups_are_refused_in_one_line():
   with pytest.raises(ValueError, match="no class has two samples in this batch"):
     loss_step.make_loss_train_step(state.networks, "multi_similarity")(
         state, {"images": images[one_each].reshape(-1, 8, 8, 1), "labels": labels[one_each]}, jax.random.key(0))
-  assert set(loss_step.PROXY_LOSSES) | set(loss_step.PAIR_LOSSES) == set(loss_step.LOSS_NAMES)
+  assert set(losses.PROXY_LOSSES) | set(losses.PAIR_LOSSES) == set(losses.LOSS_NAMES)
 
 
 def _xbm_state(name="multi_similarity", size=48):
-  from hdml_jax.cross_batch import init_memory
+  from hdml_jax.losses import init_memory
 
   return create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
                             backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
@@ -99,8 +99,7 @@ def _embed_train(state, images):
 
 
 def test_the_cross_batch_memory_adds_its_loss_from_xbm_start_and_fills_from_then():
-  from hdml_jax import cross_batch
-  from hdml_jax.pair_losses import multi_similarity_loss
+  from hdml_jax.losses import multi_similarity_loss
 
   state = _xbm_state()
   step = jax.jit(loss_step.make_loss_train_step(state.networks, "multi_similarity", xbm_start=1, xbm_weight=0.5))
@@ -110,7 +109,7 @@ def test_the_cross_batch_memory_adds_its_loss_from_xbm_start_and_fills_from_then
     batch = _batch(k)
     z = _embed_train(state, batch["images"].astype(np.float32))
     plain = multi_similarity_loss(z, batch["labels"])
-    want_xbm, want_memory = cross_batch.cross_batch_loss(multi_similarity_loss, state.memory, z, batch["labels"])
+    want_xbm, want_memory = losses.cross_batch_loss(multi_similarity_loss, state.memory, z, batch["labels"])
     state, m = step(state, batch, jax.random.key(k))
     np.testing.assert_allclose(float(m["xbm_loss"]), float(want_xbm), rtol=1e-4)
     np.testing.assert_allclose(float(m["loss"]), float(plain + 0.5 * want_xbm), rtol=1e-4)
@@ -120,7 +119,7 @@ def test_the_cross_batch_memory_adds_its_loss_from_xbm_start_and_fills_from_then
 
 
 def test_a_memory_is_refused_where_it_cannot_serve():
-  from hdml_jax.cross_batch import init_memory
+  from hdml_jax.losses import init_memory
 
   proxy = _state("proxy_anchor").replace(memory=init_memory(40, 6))
   with pytest.raises(ValueError, match="'proxy_anchor' is a proxy loss; a cross-batch memory serves the pair losses"):
@@ -140,7 +139,7 @@ def test_a_memory_is_refused_where_it_cannot_serve():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", loss_step.PAIR_LOSSES)
+@pytest.mark.parametrize("name", losses.PAIR_LOSSES)
 def test_every_pair_loss_trains_with_a_memory(name):
   state = _xbm_state()
   step = jax.jit(loss_step.make_loss_train_step(state.networks, name))
@@ -151,23 +150,23 @@ def test_every_pair_loss_trains_with_a_memory(name):
 
 
 def test_hyper_parameters_replace_the_papers_defaults_and_unknown_ones_are_refused():
-  from hdml_jax.pair_losses import multi_similarity_loss
+  from hdml_jax.losses import multi_similarity_loss
 
   e = jax.random.normal(jax.random.key(0), (8, 6))
   y = jax.numpy.array([0, 0, 1, 1, 2, 2, 3, 3])
-  default = loss_step.loss_spec("multi_similarity").fn({}, e, y, None)
-  tuned = loss_step.loss_spec("multi_similarity", {"alpha": 1.0, "mining": False}).fn({}, e, y, None)
+  default = losses.loss_spec("multi_similarity").fn({}, e, y, None)
+  tuned = losses.loss_spec("multi_similarity", {"alpha": 1.0, "mining": False}).fn({}, e, y, None)
   np.testing.assert_allclose(default, multi_similarity_loss(e, y), rtol=1e-6)
   np.testing.assert_allclose(tuned, multi_similarity_loss(e, y, alpha=1.0, mining=False), rtol=1e-6)
   assert float(tuned) != float(default)
-  margin = loss_step.loss_spec("margin", {"beta": 0.9, "cutoff": 0.3}).fn({}, e, y, jax.random.key(1))
-  from hdml_jax.pair_losses import distance_weighted_sampling, margin_loss
+  margin = losses.loss_spec("margin", {"beta": 0.9, "cutoff": 0.3}).fn({}, e, y, jax.random.key(1))
+  from hdml_jax.losses import distance_weighted_sampling, margin_loss
   neg = distance_weighted_sampling(jax.random.key(1), e, y, cutoff=0.3)
   np.testing.assert_allclose(margin, margin_loss(e, y, beta=0.9, negatives=neg), rtol=1e-6)
-  assert loss_step.hyper_parameters("triplet_semi_hard") == {"margin": 0.2, "distance": "euclidean"}   # mining fixed
-  assert set(loss_step.hyper_parameters("proxy_nca")) >= {"include_positive"}
+  assert losses.hyper_parameters("triplet_semi_hard") == {"margin": 0.2, "distance": "euclidean"}   # mining fixed
+  assert set(losses.hyper_parameters("proxy_nca")) >= {"include_positive"}
   with pytest.raises(ValueError, match=r"loss 'triplet_all' takes no hyper-parameter 'mining'; its hyper-parameters "
                                        r"are margin=0.2, distance='euclidean'\."):
-    loss_step.loss_spec("triplet_all", {"mining": "batch_hard"})
+    losses.loss_spec("triplet_all", {"mining": "batch_hard"})
   with pytest.raises(ValueError, match=r"takes no hyper-parameter 'reduction'"):
-    loss_step.loss_spec("circle", {"reduction": "sum"})
+    losses.loss_spec("circle", {"reduction": "sum"})

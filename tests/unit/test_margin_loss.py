@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hdml_jax import pair_losses as pl
+from hdml_jax import losses as pl
 from tests.helpers import numeric_grad
 
 

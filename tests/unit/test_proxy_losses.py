@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl.testing import absltest, parameterized
 
-from hdml_jax import proxy_losses as xl
+from hdml_jax import losses as xl
 from tests.helpers import numeric_grad
 
 # References in float64, loops written from the papers' formulas.

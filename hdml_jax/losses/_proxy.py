@@ -5,7 +5,7 @@ Every loss here is ``loss(embeddings, labels, proxies)``: ``proxies`` is a
 weights, for the softmax family), a parameter the caller owns, initialises
 (:func:`init_proxies`), optimises (usually with its own learning rate) and
 checkpoints with the rest of the model; ``labels`` index its rows. The
-conventions of :mod:`hdml_jax.label_losses` hold otherwise: pure, jit-able,
+conventions of the label-based losses hold otherwise: pure, jit-able,
 static shapes, ``reduction`` ``"mean"``, ``"sum"`` or ``"none"``, concrete
 inputs checked on the host (labels outside ``[0, C)`` are refused), a row
 without a valid term contributes nothing with a finite, zero gradient.
@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hdml_jax import _checks
-from hdml_jax.distances import safe_sqrt
-from hdml_jax.label_losses import REDUCTIONS, _check, _reduce
+from hdml_jax.distances import l2_normalize, safe_sqrt
+from hdml_jax.losses._common import REDUCTIONS
+from hdml_jax.losses._common import check_batch as _check
+from hdml_jax.losses._common import reduce as _reduce
 
 __all__ = [
     "arcface_loss",
@@ -45,10 +47,6 @@ def init_proxies(key: jax.Array, num_classes: int, embedding_dim: int, dtype=jnp
   if num_classes < 2 or embedding_dim < 1:
     raise ValueError(f"init_proxies: need at least 2 classes and 1 dimension, got {num_classes} and {embedding_dim}.")
   return jax.random.normal(key, (num_classes, embedding_dim), dtype)
-
-
-def _unit(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=1, keepdims=True)), 1e-12)
 
 
 def _check_proxies(embeddings, labels, proxies, where: str) -> None:
@@ -73,7 +71,7 @@ def _check_proxies(embeddings, labels, proxies, where: str) -> None:
 def _cosines(embeddings, labels, proxies):
   """``(cos [B, C], one-hot [B, C] bool, label in range [B] bool)``."""
   c = proxies.shape[0]
-  cos = _unit(embeddings) @ _unit(proxies).T
+  cos = l2_normalize(embeddings) @ l2_normalize(proxies).T
   onehot = labels[:, None] == jnp.arange(c)[None, :]
   return cos, onehot, onehot.any(axis=1)
 

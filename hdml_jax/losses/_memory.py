@@ -19,8 +19,7 @@ row's own copy (as pytorch-metric-learning's ``CrossBatchMemory`` does). The
 XBM paper's code adds the plain batch loss to it:
 ``loss(e, y) + cross_batch_loss(loss, memory, e, y)[0]``.
 
-Every pair loss of :mod:`hdml_jax.label_losses` and
-:mod:`hdml_jax.pair_losses` takes the :class:`References` this builds
+Every label-based loss of :mod:`hdml_jax.losses` takes the :class:`References` this builds
 (``references=``): the columns its rows are compared with and a ``[B, K]``
 mask of the pairs that may be formed.
 """
@@ -134,13 +133,13 @@ def cross_batch_loss(loss_fn: Callable, memory: CrossBatchMemory, embeddings: ja
 
   Args:
     loss_fn: a pair loss taking ``references=`` (any of
-      :mod:`hdml_jax.label_losses` or :mod:`hdml_jax.pair_losses`).
+      the label-based losses of :mod:`hdml_jax.losses`).
     memory: from :func:`init_memory` (or the previous step).
     embeddings, labels: the batch ``[B, E]`` and ``[B]``; gradients reach
       the embeddings through the rows of the loss only.
     kwargs: passed to ``loss_fn``.
 
-  >>> from hdml_jax.pair_losses import multi_similarity_loss
+  >>> from hdml_jax.losses import multi_similarity_loss
   >>> e, y = jnp.eye(4), jnp.array([0, 0, 1, 1])
   >>> value, memory = cross_batch_loss(multi_similarity_loss, init_memory(8, 4), e, y)
   >>> int(memory.pointer), bool(jnp.isfinite(value))

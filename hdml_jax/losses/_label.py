@@ -1,23 +1,36 @@
-"""Pair-based losses of the current literature, in the ``loss(embeddings, labels)`` convention.
+"""The label-based losses, ``loss(embeddings, labels)``, with their mining.
 
-The conventions of :mod:`hdml_jax.label_losses` hold here too: pure,
-jit-able, static shapes; pairs are chosen with label masks; a row without a
-valid pair contributes nothing, with a finite, zero gradient; ``reduction``
-is ``"mean"`` (over the rows that have a valid pair), ``"sum"`` or ``"none"``
-(``[B]``, 0 for the other rows); concrete inputs are checked on the host.
+N-pair, triplet (every, batch-hard or semi-hard triplets) and contrastive
+losses over the labels of a batch, and the pair losses of the current
+literature: Multi-Similarity, lifted structure, circle, supervised
+contrastive and margin (with distance-weighted sampling).
 
+Any batch in which a class may appear several times works (a class-balanced
+sampler giving at least two samples per class is the usual source). Every
+function is pure, jit-able and shape-static: tuples are selected with label
+masks (``labels[:, None] == labels[None, :]``), never with Python loops or
+data-dependent shapes, and a row without a valid tuple (an anchor whose class
+appears once, or no negative in the batch) contributes nothing — with a
+finite, zero gradient, never NaN. ``reduction`` is ``"mean"`` (over the rows
+that have a valid tuple), ``"sum"`` or ``"none"``.
+
+Distances are Euclidean, computed with a safe square root (finite gradients
+at coincident points); ``distance="squared"`` uses squared distances.
 Similarity-based losses (:func:`multi_similarity_loss`, :func:`circle_loss`,
 :func:`supervised_contrastive_loss`) use the cosine similarity: the rows are
 L2-normalised inside (safely: a zero row stays zero), as their papers do.
-:func:`lifted_structure_loss` uses Euclidean distances on the embeddings as
-given.
+Every masked log-sum-exp is taken over finite stand-ins for the excluded
+entries, so no ``inf - inf`` or ``0 * inf`` reaches a gradient.
 
-Every loss takes ``references=`` (:class:`hdml_jax.cross_batch.References`,
-e.g. a cross-batch memory) to compare its rows with other columns, as in
-:mod:`hdml_jax.label_losses`.
+When the labels are concrete (outside ``jit``), the inputs are checked on the
+host: wrong length or dtype, non-finite embeddings, and — for the losses that
+need positive pairs — a batch where no class has two samples, or
+(``require_pairs=True``) any class with a single sample, named.
 
-Every masked log-sum-exp here is taken over finite stand-ins for the
-excluded entries, so no ``inf - inf`` or ``0 * inf`` reaches a gradient.
+Every loss here takes ``references=`` (:class:`~hdml_jax.losses.References`):
+its rows are then compared with those columns (a cross-batch memory) under
+the references' pair mask instead of with their own batch; the batch then
+needs no positive pair of its own.
 """
 
 from __future__ import annotations
@@ -25,48 +38,181 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hdml_jax.cross_batch import References
 from hdml_jax.distances import safe_sqrt
-from hdml_jax.label_losses import _check, _distances, _pairs, _reduce
+from hdml_jax.losses._common import check_batch as _check
+from hdml_jax.losses._common import cosine as _cosine
+from hdml_jax.losses._common import distances as _distances
+from hdml_jax.losses._common import log1p_sum_exp as _log1p_sum_exp
+from hdml_jax.losses._common import masked_lse as _masked_lse
+from hdml_jax.losses._common import pairs as _pairs
+from hdml_jax.losses._common import reduce as _reduce
+from hdml_jax.losses._memory import References
 
 __all__ = [
+    "MININGS",
     "circle_loss",
+    "contrastive_loss_from_labels",
     "distance_weighted_sampling",
     "lifted_structure_loss",
     "margin_loss",
     "multi_similarity_from_similarities",
     "multi_similarity_loss",
+    "npair_loss_from_labels",
     "supervised_contrastive_loss",
+    "triplet_loss_from_labels",
 ]
 
 
-def _unit(x: jax.Array) -> jax.Array:
-  """Rows (the last axis) scaled to unit length; a zero row stays zero, with a finite gradient."""
-  return x / jnp.maximum(safe_sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True)), 1e-12)
+#: The ``mining=`` values of :func:`triplet_loss_from_labels`.
+MININGS = ("all", "batch_hard", "semi_hard")
 
 
-def _cosine(embeddings: jax.Array, columns: jax.Array | None = None) -> jax.Array:
-  unit = _unit(embeddings)
-  return unit @ (unit if columns is None else _unit(columns)).T
+def npair_loss_from_labels(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    l2_reg: float = 0.0,
+    reduction: str = "mean",
+    require_pairs: bool = False,
+    references: References | None = None,
+) -> jax.Array:
+  r"""Multi-class N-pair loss: each row against all others, its positives as soft targets.
+
+  .. math::
+
+     \ell_i = -\sum_{j \in P(i)} \frac{1}{|P(i)|}
+              \log \frac{e^{e_i \cdot e_j}}{\sum_{k \ne i} e^{e_i \cdot e_k}}
+
+  with ``P(i)`` the other rows of ``i``'s class; rows with ``P(i)`` empty
+  are left out. ``l2_reg`` adds ``l2_reg * mean_i |e_i|^2`` (to the mean;
+  to every row for ``"none"``).
+
+  Args:
+    embeddings: ``[B, E]``.
+    labels: ``[B]`` integer classes.
+    reduction: ``"mean"`` over rows with a positive, ``"sum"``, or
+      ``"none"`` (``[B]``, 0 for rows without a positive).
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[1., 0.], [1., 0.], [0., 1.], [0., 1.]])
+  >>> round(float(npair_loss_from_labels(e, jnp.array([0, 0, 1, 1]))), 4)   # log(1 + 2/e)
+  0.5514
+  """
+  where = "npair_loss_from_labels"
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, _, allowed = _pairs(embeddings, labels, references)
+  logits = embeddings @ columns.T
+  # A row with no allowed column (possible with references only) gets zeros: finite, and left out below.
+  logits = jnp.where(allowed, logits, jnp.where(allowed.any(axis=1, keepdims=True), -jnp.inf, 0.0))
+  log_p = jax.nn.log_softmax(logits, axis=1)
+  n_pos = jnp.sum(pos, axis=1)
+  valid = n_pos > 0
+  targets = pos / jnp.maximum(n_pos, 1)[:, None]
+  per_row = -jnp.sum(jnp.where(pos, targets * log_p, 0.0), axis=1)
+  reg = l2_reg * jnp.mean(jnp.sum(jnp.square(embeddings), axis=1))
+  out = _reduce(per_row, valid, reduction, where)
+  return out + (jnp.where(valid, reg, 0.0) if reduction == "none" else reg)
 
 
-def _masked_lse(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(log sum_{mask} exp(x), any(mask))`` per row; rows with an empty mask get 0 (and ``False``)."""
-  any_ = mask.any(axis=1)
-  peak = jnp.max(jnp.where(mask, x, -jnp.inf), axis=1)
-  peak = jax.lax.stop_gradient(jnp.where(any_, peak, 0.0))
-  safe = jnp.where(mask, x, peak[:, None])          # excluded entries: a finite stand-in
-  total = jnp.sum(jnp.where(mask, jnp.exp(safe - peak[:, None]), 0.0), axis=1)
-  return jnp.where(any_, jnp.log(jnp.where(any_, total, 1.0)) + peak, 0.0), any_
+def triplet_loss_from_labels(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float = 0.2,
+    mining: str = "all",
+    distance: str = "euclidean",
+    reduction: str = "mean",
+    require_pairs: bool = False,
+    references: References | None = None,
+) -> jax.Array:
+  r"""Triplet loss over the batch's valid triplets, with in-batch mining.
+
+  .. math::
+
+     \ell(a, p, n) = \max(0,\; d(a, p) - d(a, n) + m)
+
+  over (a, p) of one class (a != p) and n of another. ``mining``:
+
+  * ``"all"``: every valid triplet; ``"mean"`` averages over them;
+  * ``"batch_hard"``: per anchor, its farthest positive and nearest
+    negative; ``"mean"`` averages over anchors that have both;
+  * ``"semi_hard"``: per positive pair, the nearest negative with
+    ``d(a, p) < d(a, n) < d(a, p) + m``; pairs without one are left out;
+    ``"mean"`` averages over the pairs kept.
+
+  ``reduction="none"`` returns ``[B]`` per-anchor means (0 where an anchor
+  has no valid triplet).
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[0., 0.], [0., 1.], [0., 1.5], [3., 0.]])
+  >>> # anchors' (hardest positive, nearest negative): (1, 1.5), (1, 0.5), (3.354, 0.5), (3.354, 3)
+  >>> round(float(triplet_loss_from_labels(e, jnp.array([0, 0, 1, 1]), margin=1.0, mining="batch_hard")), 4)
+  1.8021
+  """
+  where = "triplet_loss_from_labels"
+  if mining not in MININGS:
+    raise ValueError(f"{where}: mining must be one of {MININGS}, got {mining!r}.")
+  _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
+  columns, pos, neg, _ = _pairs(embeddings, labels, references)
+  d = _distances(embeddings, distance, where, columns)
+  if mining == "batch_hard":
+    hardest_pos = jnp.max(jnp.where(pos, d, -jnp.inf), axis=1)
+    hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
+    valid = pos.any(axis=1) & neg.any(axis=1)
+    per_anchor = jax.nn.relu(jnp.where(valid, hardest_pos - hardest_neg, 0.0) + margin)
+    return _reduce(per_anchor, valid, reduction, where)
+  # [a, p, n] margins of every candidate triplet.
+  m = d[:, :, None] - d[:, None, :] + margin
+  trip = pos[:, :, None] & neg[:, None, :]
+  if mining == "semi_hard":
+    d_ap, d_an = d[:, :, None], d[:, None, :]
+    semi = trip & (d_an > d_ap) & (d_an < d_ap + margin)
+    chosen_d = jnp.min(jnp.where(semi, d_an, jnp.inf), axis=2)       # [a, p]
+    pair_ok = semi.any(axis=2)
+    per_pair = jnp.where(pair_ok, d - jnp.where(pair_ok, chosen_d, 0.0) + margin, 0.0)
+    counts = pair_ok.sum(axis=1)
+    if reduction == "none":
+      return jnp.where(counts > 0, per_pair.sum(axis=1) / jnp.maximum(counts, 1), 0.0)
+    return _reduce(per_pair.ravel(), pair_ok.ravel(), reduction, where)
+  losses = jax.nn.relu(jnp.where(trip, m, 0.0))
+  counts = trip.sum(axis=(1, 2))
+  if reduction == "none":
+    return jnp.where(counts > 0, jnp.where(trip, losses, 0.0).sum(axis=(1, 2)) / jnp.maximum(counts, 1), 0.0)
+  return _reduce(losses.ravel(), trip.ravel(), reduction, where)
 
 
-def _log1p_sum_exp(x: jax.Array, mask: jax.Array) -> jax.Array:
-  """``log(1 + sum_{mask} exp(x))`` per row (0 for an empty mask): a log-sum-exp with a 0 term added."""
-  b = x.shape[0]
-  ones = jnp.ones((b, 1), bool)
-  value, _ = _masked_lse(jnp.concatenate([jnp.zeros((b, 1), x.dtype), x], axis=1),
-                         jnp.concatenate([ones, mask], axis=1))
-  return value
+def contrastive_loss_from_labels(
+    embeddings: jax.Array,
+    labels: jax.Array,
+    *,
+    margin: float = 1.0,
+    distance: str = "euclidean",
+    reduction: str = "mean",
+    references: References | None = None,
+) -> jax.Array:
+  r"""Contrastive loss over all pairs ``i != j`` of the batch.
+
+  .. math::
+
+     \ell_{ij} = [y_i = y_j]\, d_{ij}^2 + [y_i \ne y_j] \max(0, m - d_{ij})^2
+
+  (``distance="squared"`` puts ``d^2`` in place of ``d``). ``"mean"`` is
+  over the ``B (B - 1)`` ordered pairs; ``"none"`` gives ``[B]`` per-row
+  means over the other rows.
+
+  >>> import jax.numpy as jnp
+  >>> e = jnp.array([[0., 0.], [0., 0.5], [0., 2.]])
+  >>> float(contrastive_loss_from_labels(e, jnp.array([0, 0, 1])))   # (0.25 * 2) / 6
+  0.0833...
+  """
+  where = "contrastive_loss_from_labels"
+  _check(embeddings, labels, where, needs_pairs=False, references=references)
+  columns, pos, neg, allowed = _pairs(embeddings, labels, references)
+  d = _distances(embeddings, distance, where, columns)
+  per_pair = jnp.where(pos, jnp.square(d), 0.0) + jnp.where(neg, jnp.square(jax.nn.relu(margin - d)), 0.0)
+  if reduction == "none":
+    return per_pair.sum(axis=1) / jnp.maximum(allowed.sum(axis=1), 1)
+  return _reduce(per_pair.ravel(), allowed.ravel(), reduction, where)
 
 
 def multi_similarity_loss(
