@@ -646,7 +646,7 @@ def _count_import_failures(workdir: str, status: dict[str, str], targets: dict[s
     tests = targets.get(module_path)
     if not tests:
       continue
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *tests],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *tests],
                           cwd=os.path.join(workdir, "mutants"), capture_output=True, text=True,
                           env={**os.environ, "MUTANT_UNDER_TEST": name})
     if proc.returncode == 2 and "error" in proc.stdout.lower():

@@ -71,7 +71,7 @@ class InputMessagesTest(chex.TestCase):
     x, y = eval_data()
     want = ev.evaluate(x, y, clustering=False)
     for dtype in (np.float16, np.float64):
-      with self.subTest(dtype=dtype):
+      with self.subTest(dtype=np.dtype(dtype).name):
         x_cast = x.astype(dtype)
         np.testing.assert_array_equal(ev_checks._as_embeddings(x_cast, "x", "here"), x_cast.astype(np.float32))
         self.assertEqual(ev_checks._as_embeddings(x_cast, "x", "here").dtype, np.float32)
