@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import math
 import os
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -116,25 +115,39 @@ def mismatch(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int
           f"{extra}, only in this config {missing}")
 
 
-@contextlib.contextmanager
-def _orbax_read_echoes_logged():
-  """After a failed read, orbax leaves one pending coroutine per array whose error is printed when it is
-  collected ("Exception ignored in ..."): the same failure as the one raised. Collect them here and log
-  them at DEBUG level instead of printing them."""
-  previous = sys.unraisablehook
-
+def _drop_orbax_read_echoes(previous):
+  """After a failed read, orbax leaves one pending coroutine per array whose error Python prints when it is
+  collected ("Exception ignored in ..."), often at exit: the same failure as the one raised and reported.
+  They are logged at DEBUG level instead; every other unraisable exception goes to ``previous``."""
   def hook(unraisable):
-    if "_read_array_index_and_device_put" in repr(unraisable.object) or unraisable.object is None:
+    closed = (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+              and str(unraisable.exc_value) == "Event loop is closed")   # its reader threads, after the failure
+    if closed or "_read_array_index_and_device_put" in repr(unraisable.object):
       logging.debug("orbax read: %s", unraisable.exc_value)
     else:
       previous(unraisable)
 
-  sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    gc.collect()
-    sys.unraisablehook = previous
+  hook.drops_orbax_read_echoes = True
+  return hook
+
+
+def _not_an_orbax_read_echo(record) -> bool:
+  """asyncio's "exception was never retrieved" for an orbax read task: the failure already raised."""
+  if "never retrieved" not in str(record.msg) or not record.exc_info or record.exc_info[2] is None:
+    return True
+  tb = record.exc_info[2]
+  while tb is not None:
+    if "orbax" in tb.tb_frame.f_code.co_filename:
+      return False
+    tb = tb.tb_next
+  return True
+
+
+if not getattr(sys.unraisablehook, "drops_orbax_read_echoes", False):
+  sys.unraisablehook = _drop_orbax_read_echoes(sys.unraisablehook)
+  logging.getLogger("asyncio").addFilter(_not_an_orbax_read_echo)
+  warnings.filterwarnings("ignore", message="coroutine '_read_array_index_and_device_put' was never awaited",
+                          category=RuntimeWarning)
 
 
 def restore_readable(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int) -> HDMLTrainState:
@@ -146,8 +159,7 @@ def restore_readable(manager: ocp.CheckpointManager, template: HDMLTrainState, s
   model's arrays.
   """
   try:
-    with _orbax_read_echoes_logged():
-      return restore(manager, template, step)
+    return restore(manager, template, step)
   except Exception as e:
     try:
       why = mismatch(manager, template, step)

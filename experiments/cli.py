@@ -1,4 +1,11 @@
-"""What every command line of experiments/ shares: help, usage and override-key checks.
+"""What every command line of experiments/ shares: help, usage, override-key checks and error delivery.
+
+A user error — a bad value, a missing or damaged file, an unwritable
+workdir, a diverging run: the exceptions in :data:`USER_ERRORS` — is printed
+as one line, ``<command>: error: <what is wrong and where>``, and the command
+exits 2; a traceback is printed only for a bug (any other exception), or for
+every error with ``--verbose`` or ``HDML_VERBOSE=1``. Ctrl-C exits 130 with
+one line naming the newest checkpoint in the workdir.
 
 absl's ``--help`` lists only the flags of the script's own ``__main__``
 module, which is not the module defining the flags when ``run()`` is
@@ -10,13 +17,19 @@ before absl parses anything.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import sys
 from typing import Callable
 
-from experiments.overrides import config_keys
+from experiments.overrides import closest_keys, config_keys
+
+#: The exceptions a user's input or machine causes (a bad config value, a file that is missing, damaged or
+#: unwritable, a diverging run): printed as one line, exit status 2. Any other exception is a bug and keeps
+#: its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+#: Set to 1 (or pass ``--verbose``) to see the traceback of a user error too.
+VERBOSE_ENV = "HDML_VERBOSE"
 
 
 def _config_path(argv: list[str], default: str | None) -> str | None:
@@ -56,9 +69,7 @@ def unknown_override(argv: list[str], default_config: str | None) -> str | None:
   known = config_keys(cfg)
   for key in overrides:
     if key not in known:
-      close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-      hint = f"; did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
-      return f"unknown config key --config.{key} (not in {spec}){hint}"
+      return f"unknown config key --config.{key} (not in {spec}){closest_keys(key, known)}"
   return None
 
 
@@ -80,16 +91,90 @@ def exit_on_unknown_override(default_config: str | None, argv: list[str] | None 
     sys.exit(2)
 
 
+def _verbose() -> bool:
+  return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def one_line(e: BaseException) -> str:
+  """The exception's message on one line (its lines joined with "; "), or its type's name when it has none."""
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  text = "; ".join(lines)
+  if isinstance(e, KeyError) and len(e.args) == 1:
+    text = str(e.args[0])
+  return text or type(e).__name__
+
+
+def newest_checkpoint(workdir: str | None) -> str:
+  """A phrase naming the newest checkpoint under ``workdir``/checkpoints, or saying there is none."""
+  if not workdir:
+    return "no workdir"
+  folder = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+  if not steps:
+    return f"no checkpoint was written in {folder}"
+  return f"the newest checkpoint is step {steps[-1]} in {folder}; run the same command to resume from it"
+
+
+def _not_an_interrupt(record) -> bool:
+  """A library's log of a Ctrl-C that reached it (orbax's checkpoint thread): the one line of
+  :func:`deliver_errors` says it instead."""
+  return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+def deliver_errors(main: Callable, prog: str, *, workdir: Callable[[], str | None] | None = None) -> Callable:
+  """``main`` that prints a user error as one line and exits 2, and Ctrl-C as one line and exits 130.
+
+  ``workdir``: called on Ctrl-C for the run's workdir (its newest checkpoint is named).
+  """
+  import logging
+
+  if not _verbose():
+    for name in ("absl", ""):
+      if _not_an_interrupt not in logging.getLogger(name).filters:
+        logging.getLogger(name).addFilter(_not_an_interrupt)
+
+  def guarded(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except KeyboardInterrupt:
+      if _verbose():
+        raise
+      where = newest_checkpoint(workdir() if workdir else None) if workdir else "nothing was lost"
+      print(f"{prog}: interrupted: {where}.", file=sys.stderr)
+      sys.exit(130)
+    except USER_ERRORS as e:
+      if _verbose():
+        raise
+      print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+      sys.exit(2)
+
+  return guarded
+
+
+def strip_verbose(argv: list[str]) -> list[str]:
+  """``argv`` without ``--verbose``, which sets :data:`VERBOSE_ENV` for this process."""
+  if "--verbose" in argv[1:]:
+    os.environ[VERBOSE_ENV] = "1"
+  return [a for i, a in enumerate(argv) if i == 0 or a != "--verbose"]
+
+
+def run_main(main: Callable, prog: str, argv: list[str] | None = None, **kwargs):
+  """Runs a script's ``main(argv)`` (the studies and benchmarks, argparse) with :func:`deliver_errors`."""
+  argv = strip_verbose(list(sys.argv if argv is None else argv))
+  return deliver_errors(main, prog, **kwargs)(argv[1:])
+
+
 def run_app(main: Callable, *, module: str, summary: str, default_config: str | None,
-            argv: list[str] | None = None) -> None:
-  """``app.run(main)`` with a real ``--help``, usage on no arguments, and one-line key errors."""
+            argv: list[str] | None = None, workdir: Callable[[], str | None] | None = None) -> None:
+  """``app.run(main)`` with a real ``--help``, usage on no arguments, one-line key errors, and
+  :func:`deliver_errors` (``workdir``: where a Ctrl-C looks for the newest checkpoint)."""
   from absl import app, flags
 
-  argv = list(sys.argv if argv is None else argv)
+  argv = strip_verbose(list(sys.argv if argv is None else argv))
   prog = prog_name(argv[0]) if argv else module
   usage = f"usage: {prog} [--config=<config.py>] --workdir=<dir> [--config.<key>=<value> ...]\n\n{summary}\n"
   if len(argv) == 1 or any(a in ("--help", "-h", "--helpshort") for a in argv[1:]):
     print(usage + flags.FLAGS.module_help(module), file=sys.stdout if len(argv) > 1 else sys.stderr)
     sys.exit(0 if len(argv) > 1 else 2)
   exit_on_unknown_override(default_config, argv)
-  app.run(main, argv=argv)
+  app.run(deliver_errors(main, prog, workdir=workdir), argv=argv)

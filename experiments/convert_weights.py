@@ -56,5 +56,15 @@ def main(argv):
   print(f"wrote {FLAGS.output}")
 
 
+def run():
+  """Command-line entry point (``python3 -m experiments.convert_weights``, from the checkout)."""
+  import sys
+
+  from experiments.cli import run_app
+
+  run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),
+          default_config=None)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -83,11 +83,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  try:
-    out = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, which=FLAGS.which)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"python3 -m experiments.evaluate: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  out = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, which=FLAGS.which)
   print(json.dumps(out, indent=2))
   with open(os.path.join(FLAGS.workdir, f"eval_{FLAGS.split}_{FLAGS.which}.json"), "w") as f:
     json.dump(out, f, indent=2)

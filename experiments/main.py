@@ -37,11 +37,7 @@ def main(argv):
   from experiments.run_config import validate_config
   from experiments.train import train_and_evaluate
 
-  try:   # a bad config is refused in one line, before anything starts
-    validate_config(FLAGS.config)
-  except ValueError as e:
-    print(f"python3 -m experiments.main: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  validate_config(FLAGS.config)   # a bad config is refused in one line, before anything starts
 
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   summary = {"final (test)": {k: v for k, v in results["final"].items() if k != "num_queries_map@r"}}
@@ -58,7 +54,7 @@ def run():
   from experiments.cli import run_app
 
   run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),
-          default_config=_DEFAULT_CONFIG)
+          default_config=_DEFAULT_CONFIG, workdir=lambda: FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,13 @@ import ast
 import difflib
 from typing import Any, Mapping, Sequence
 
-__all__ = ["PREFIX", "apply_overrides", "config_keys", "parse_value", "split_overrides"]
+__all__ = ["PREFIX", "UnknownKeyError", "apply_overrides", "closest_keys", "config_keys", "parse_value", "split_overrides"]
 
 PREFIX = "--config."
+
+
+class UnknownKeyError(KeyError, ValueError):
+  """A ``--config.<key>`` the config does not have (a user error: the command line prints it as one line)."""
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -61,6 +65,12 @@ def config_keys(cfg, prefix: str = "") -> list[str]:
   return out
 
 
+def closest_keys(key: str, known: Sequence[str]) -> str:
+  """The one "did you mean": ``"; did you mean --config.a, --config.b?"`` for the keys closest to ``key``, or ``""``."""
+  close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+  return f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
+
+
 def _node(cfg, key: str):
   node = cfg
   for part in key.split("."):
@@ -89,21 +99,20 @@ def parse_value(current: Any, text: str) -> Any:
                      "write numbers, booleans, tuples or dicts as Python literals.") from None
 
 
-def apply_overrides(cfg, overrides: Mapping[str, Any]) -> None:
-  """Sets each ``key`` of ``overrides`` in ``cfg`` (text values parsed as :func:`parse_value` does).
+def apply_overrides(cfg, overrides: Mapping[str, Any], *, parse_text: bool = True) -> None:
+  """Sets each ``key`` of ``overrides`` in ``cfg`` (text values parsed as :func:`parse_value` does, unless
+  ``parse_text`` is False: then every value is set as it is).
 
-  Raises ``KeyError`` for a key the config does not have, naming the closest
+  Raises :class:`UnknownKeyError` (a ``KeyError``) for a key the config does not have, naming the closest
   keys, and ``ValueError`` for a value that does not parse.
   """
   known = config_keys(cfg)
   for key, value in overrides.items():
     if key not in known:
-      close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-      hint = f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
-      raise KeyError(f"unknown config key {PREFIX}{key}{hint}")
+      raise UnknownKeyError(f"unknown config key {PREFIX}{key}{closest_keys(key, known)}")
     *parents, leaf = key.split(".")
     node = _node(cfg, ".".join(parents)) if parents else cfg
-    if isinstance(value, str):
+    if parse_text and isinstance(value, str):
       try:
         value = parse_value(node[leaf], value)
       except ValueError as e:

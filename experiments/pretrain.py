@@ -188,7 +188,7 @@ def run():
   config_flags.DEFINE_config_file("config", default, "Config file (ml_collections).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, logs and pretrained.npz go.", required=True)
   run_app(main, module=__name__ if __name__ != "__main__" else sys.argv[0], summary=__doc__.strip(),
-          default_config=default)
+          default_config=default, workdir=lambda: flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,15 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
   positive = {"batch_size": cfg.batch_size, "num_steps": cfg.num_steps, "log_every": cfg.log_every,
               "eval_every": cfg.eval_every, "checkpoint_every": cfg.checkpoint_every,
               "keep_checkpoints": cfg.keep_checkpoints, "eval.batch_size": cfg.eval.batch_size,
-              "model.embedding_dim": cfg.model.embedding_dim, "data_threads": cfg.data_threads}
+              "model.embedding_dim": cfg.model.embedding_dim, "model.generator_hidden": cfg.model.generator_hidden,
+              "data_threads": cfg.data_threads}
   for name, value in positive.items():
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"config.{name} must be a positive integer, got {value!r}.")
+  ks = cfg.eval.recall_ks
+  if not (isinstance(ks, (tuple, list)) and ks and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                                                         for k in ks)):
+    raise ValueError(f"config.eval.recall_ks must be positive integers, e.g. '(1, 2, 4, 8)'; got {ks!r}.")
   if cfg.selection.split not in SELECTION_SPLITS:
     raise ValueError(f"config.selection.split must be one of {SELECTION_SPLITS}, got {cfg.selection.split!r}.")
   if cfg.selection.split == "val" and cfg.dataset.num_val_classes < 2:
@@ -131,6 +136,16 @@ RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "k
 
 CONFIG_FILE = "config.json"
 
+
+def _read_json(path: str):
+  """A run's saved config; a damaged file is named in a ``ValueError``."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}): the run's saved config is damaged; give the run's "
+                     "config with --config, or use a fresh --workdir.") from None
+
 def _flat(tree: dict, prefix: str = "") -> dict:
   out = {}
   for k, v in tree.items():
@@ -153,7 +168,7 @@ def check_run_config(cfg, workdir: str, *, resuming: bool) -> list[dict]:
   now = json.loads(cfg.to_json_best_effort(sort_keys=True))
   changes = []
   if resuming and os.path.exists(path):
-    run = json.load(open(path))
+    run = _read_json(path)
     a, b = _flat(run), _flat(now)
     diffs = [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
              if a.get(k, "<absent>") != b.get(k, "<absent>")]
@@ -193,7 +208,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
   from experiments.configs.base import get_base_config, override
 
-  saved = tuples(json.load(open(path)))
+  saved = tuples(_read_json(path))
   cfg = get_base_config()
   cfg.model.backbone_kwargs = ml_collections.ConfigDict(saved["model"].pop("backbone_kwargs"))
   cfg.loss.kwargs = ml_collections.ConfigDict(saved.get("loss", {}).pop("kwargs", {}))   # absent before #27

@@ -426,4 +426,6 @@ def _compare_sampling(jax, jnp, torch, miners, hl, draws: int = 400):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments.cli import run_main
+
+  run_main(main, "python3 -m experiments.benchmarks.compare_pml")

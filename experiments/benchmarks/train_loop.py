@@ -126,6 +126,7 @@ def main(argv=None):
     print(_loop_seconds(args) if args._one == "loop" else _step_seconds(args))
     return
 
+  _config(args.config, args.overrides, args.long)   # a bad key or value is refused here, before any round
   here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the checkout
   checkouts = {"this": here}
   if args.other_checkout:
@@ -160,4 +161,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments.cli import run_main
+
+  run_main(main, "python3 -m experiments.benchmarks.train_loop")

@@ -8,16 +8,14 @@ fails instead of being ignored.
 import ml_collections
 
 from experiments.config_mapping import HDML_KEYS, config_section
+from experiments.overrides import apply_overrides
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 
 
 def override(cfg: ml_collections.ConfigDict, key: str, value) -> None:
-  """Sets the dotted ``key`` (``"dataset.resize"``); a missing key raises KeyError."""
-  node = cfg
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+  """Sets the dotted ``key`` (``"dataset.resize"``) as ``--config.<key>`` would (one setter:
+  :func:`experiments.overrides.apply_overrides`); a missing key raises ``KeyError`` naming the closest ones."""
+  apply_overrides(cfg, {key: value}, parse_text=False)
 
 
 def get_base_config() -> ml_collections.ConfigDict:

@@ -400,4 +400,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from experiments.cli import run_main
+
+  run_main(main, "python3 -m experiments.studies.cub100_tables")

@@ -176,7 +176,7 @@ class EvaluateRunTest(chex.TestCase):
     train_and_evaluate(fast_default(num_steps=4), workdir)
     out = subprocess.run([sys.executable, "-m", "experiments.evaluate", "--workdir", workdir, "--which", "best"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    self.assertEqual(out.returncode, 1)
+    self.assertEqual(out.returncode, 2)   # a user error: one line, exit 2 (experiments.cli)
     errors = [l for l in out.stderr.splitlines() if "error" in l.lower()]
     self.assertEqual(len(errors), 1, out.stderr)
     self.assertIn("no best checkpoint", errors[0])
