@@ -38,7 +38,7 @@ from flax import struct
 from flax.training import train_state
 
 from experiments import checkpoints, datasets, loop, run_config, runtime, selection
-from hdml_jax import weights
+from hdml_jax import _checks, weights
 from hdml_jax.distances import l2_normalize
 from hdml_jax.losses import cross_entropy
 from hdml_jax.models import Classifier, get_backbone
@@ -105,7 +105,8 @@ def pretrain_step(state: PretrainState, batch, rng):
     logits = state.classifier.apply({"params": params["classifier"]}, y)
     return cross_entropy(logits, labels), (logits, new.get("batch_stats", {}))
 
-  (loss, (logits, bb_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  with _checks.inputs_checked_by_the_caller():   # the loop checks every loss and the state itself
+    (loss, (logits, bb_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
              "grad_norm": optax.tree.norm(grads), "finite": jnp.isfinite(loss)}
   state = state.apply_gradients(grads=grads).replace(batch_stats={"backbone": bb_stats})

@@ -6,6 +6,8 @@ same inside and outside ``jax.jit`` and never inspects a traced value.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -17,6 +19,8 @@ __all__ = [
     "check_rank",
     "check_reduction",
     "check_same_shape",
+    "inputs_checked_by_the_caller",
+    "nan_unless_finite",
     "reduce",
 ]
 
@@ -41,9 +45,43 @@ def check_rank(x, rank: int, name: str, where: str) -> None:
 
 
 def check_embeddings(x, name: str, where: str) -> None:
-  """A floating ``[N, D]`` array."""
+  """A floating ``[N, D]`` array with at least one row."""
   check_rank(x, 2, name, where)
   check_float(x, name, where)
+  if jnp.shape(x)[0] == 0:
+    raise ValueError(f"{where}: `{name}` has no rows (shape {tuple(jnp.shape(x))}); a loss needs at least one.")
+
+
+def nan_unless_finite(value, *inputs):
+  """``value`` unchanged when every entry of ``inputs`` is finite, else NaN everywhere.
+
+  A loss whose masks, maxima or ReLUs pass over a NaN or infinite input would
+  otherwise return a finite number; adding 0 changes no finite value, and
+  no gradient (the test on the inputs has none).
+  """
+  if _UNGUARDED.get():
+    return value
+  ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in inputs]))
+  return value + jnp.where(ok, 0.0, jnp.nan).astype(jnp.result_type(value))
+
+
+_UNGUARDED = contextvars.ContextVar("hdml_jax_losses_unguarded", default=False)
+
+
+@contextlib.contextmanager
+def inputs_checked_by_the_caller():
+  """Within it (at trace time), :func:`nan_unless_finite` returns the value as it is.
+
+  The train steps trace their losses inside it: the training loop checks
+  every loss and the whole state for NaN and infinities itself, and the
+  step then compiles to the same program as before the guard existed, so
+  its results are bit-identical to earlier runs.
+  """
+  token = _UNGUARDED.set(True)
+  try:
+    yield
+  finally:
+    _UNGUARDED.reset(token)
 
 
 def check_same_shape(arrays: Sequence, names: Sequence[str], where: str) -> None:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hdml_jax import _checks
 from hdml_jax import losses as _losses
 from hdml_jax.networks import Networks
 from hdml_jax.train_state import HDMLTrainState
@@ -101,7 +102,8 @@ def make_loss_train_step(networks: Networks, name: str, *, axis_name: str | None
         aux["xbm_loss"] = xbm_value
       return value, aux
 
-    (value, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    with _checks.inputs_checked_by_the_caller():   # the loop checks every loss and the state itself
+      (value, aux), grads = jax.value_and_grad(total, has_aux=True)(state.params)
     grads, new_bstats, value = pmean(grads), pmean(aux["batch_stats"]), pmean(value)
     metrics = {"loss": value, "j_m": value, "finite": jnp.isfinite(value)}
     if memory is not None:

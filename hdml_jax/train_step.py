@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hdml_jax import _checks
 from hdml_jax.config import HDMLConfig
 from hdml_jax.head import check_batch, hdml_objective
 from hdml_jax.networks import Networks
@@ -88,7 +89,8 @@ def make_train_step(
       return value, (bb_new.get("batch_stats", {}), out)
 
     # One gradient of J_metric + J_gen + J_cls: each term reaches only its own group.
-    (_, (bb_stats, out)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+    with _checks.inputs_checked_by_the_caller():   # the loop checks every loss and the state itself
+      (_, (bb_stats, out)), grads = jax.value_and_grad(total, has_aux=True)(state.params)
     grads = pmean(grads)
     new_bstats = pmean({"backbone": bb_stats, **out.batch_stats})
     metrics = pmean(out.metrics)

@@ -112,6 +112,9 @@ def evaluate_query_gallery(
   where = "evaluate_query_gallery"
   q = _as_embeddings(queries, "queries", where)
   g = _as_embeddings(gallery, "gallery", where)
+  if q.shape[1] != g.shape[1]:
+    raise ValueError(f"{where}: queries and gallery must have the same width, got queries {q.shape} and "
+                     f"gallery {g.shape}.")
   ql = _as_labels(query_labels, q.shape[0], "query_labels", where)
   gl = _as_labels(gallery_labels, g.shape[0], "gallery_labels", where)
   resolve_knn_engine(knn_engine)

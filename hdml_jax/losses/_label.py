@@ -38,6 +38,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hdml_jax import _checks
 from hdml_jax.distances import safe_sqrt
 from hdml_jax.losses._common import check_batch as _check
 from hdml_jax.losses._common import cosine as _cosine
@@ -111,7 +112,7 @@ def npair_loss_from_labels(
   per_row = -jnp.sum(jnp.where(pos, targets * log_p, 0.0), axis=1)
   reg = l2_reg * jnp.mean(jnp.sum(jnp.square(embeddings), axis=1))
   out = _reduce(per_row, valid, reduction, where)
-  return out + (jnp.where(valid, reg, 0.0) if reduction == "none" else reg)
+  return _checks.nan_unless_finite(out + (jnp.where(valid, reg, 0.0) if reduction == "none" else reg), embeddings)
 
 
 def triplet_loss_from_labels(
@@ -160,7 +161,7 @@ def triplet_loss_from_labels(
     hardest_neg = jnp.min(jnp.where(neg, d, jnp.inf), axis=1)
     valid = pos.any(axis=1) & neg.any(axis=1)
     per_anchor = jax.nn.relu(jnp.where(valid, hardest_pos - hardest_neg, 0.0) + margin)
-    return _reduce(per_anchor, valid, reduction, where)
+    return _checks.nan_unless_finite(_reduce(per_anchor, valid, reduction, where), embeddings)
   # [a, p, n] margins of every candidate triplet.
   m = d[:, :, None] - d[:, None, :] + margin
   trip = pos[:, :, None] & neg[:, None, :]
@@ -172,13 +173,13 @@ def triplet_loss_from_labels(
     per_pair = jnp.where(pair_ok, d - jnp.where(pair_ok, chosen_d, 0.0) + margin, 0.0)
     counts = pair_ok.sum(axis=1)
     if reduction == "none":
-      return jnp.where(counts > 0, per_pair.sum(axis=1) / jnp.maximum(counts, 1), 0.0)
-    return _reduce(per_pair.ravel(), pair_ok.ravel(), reduction, where)
+      return _checks.nan_unless_finite(jnp.where(counts > 0, per_pair.sum(axis=1) / jnp.maximum(counts, 1), 0.0), embeddings)
+    return _checks.nan_unless_finite(_reduce(per_pair.ravel(), pair_ok.ravel(), reduction, where), embeddings)
   losses = jax.nn.relu(jnp.where(trip, m, 0.0))
   counts = trip.sum(axis=(1, 2))
   if reduction == "none":
-    return jnp.where(counts > 0, jnp.where(trip, losses, 0.0).sum(axis=(1, 2)) / jnp.maximum(counts, 1), 0.0)
-  return _reduce(losses.ravel(), trip.ravel(), reduction, where)
+    return _checks.nan_unless_finite(jnp.where(counts > 0, jnp.where(trip, losses, 0.0).sum(axis=(1, 2)) / jnp.maximum(counts, 1), 0.0), embeddings)
+  return _checks.nan_unless_finite(_reduce(losses.ravel(), trip.ravel(), reduction, where), embeddings)
 
 
 def contrastive_loss_from_labels(
@@ -211,8 +212,8 @@ def contrastive_loss_from_labels(
   d = _distances(embeddings, distance, where, columns)
   per_pair = jnp.where(pos, jnp.square(d), 0.0) + jnp.where(neg, jnp.square(jax.nn.relu(margin - d)), 0.0)
   if reduction == "none":
-    return per_pair.sum(axis=1) / jnp.maximum(allowed.sum(axis=1), 1)
-  return _reduce(per_pair.ravel(), allowed.ravel(), reduction, where)
+    return _checks.nan_unless_finite(per_pair.sum(axis=1) / jnp.maximum(allowed.sum(axis=1), 1), embeddings)
+  return _checks.nan_unless_finite(_reduce(per_pair.ravel(), allowed.ravel(), reduction, where), embeddings)
 
 
 def multi_similarity_loss(
@@ -260,7 +261,7 @@ def multi_similarity_loss(
   where = "multi_similarity_loss"
   _check(embeddings, labels, where, needs_pairs=True, require_pairs=require_pairs, references=references)
   columns, pos, neg, _ = _pairs(embeddings, labels, references)
-  return _multi_similarity(_cosine(embeddings, columns if references is not None else None), pos, neg, alpha, beta, base, epsilon, mining, reduction, where)
+  return _checks.nan_unless_finite(_multi_similarity(_cosine(embeddings, columns if references is not None else None), pos, neg, alpha, beta, base, epsilon, mining, reduction, where), embeddings)
 
 
 def multi_similarity_from_similarities(
@@ -300,7 +301,7 @@ def multi_similarity_from_similarities(
                      f"{tuple(s.shape)}, {tuple(pos.shape)} and {tuple(neg.shape)}.")
   if pos.dtype != jnp.bool_ or neg.dtype != jnp.bool_:
     raise TypeError(f"{where}: positives and negatives must be boolean masks, got {pos.dtype} and {neg.dtype}.")
-  return _multi_similarity(s, pos, neg, alpha, beta, base, epsilon, mining, reduction, where)
+  return _checks.nan_unless_finite(_multi_similarity(s, pos, neg, alpha, beta, base, epsilon, mining, reduction, where), similarities)
 
 
 def _multi_similarity(s, pos, neg, alpha, beta, base, epsilon, mining, reduction, where):
@@ -351,7 +352,7 @@ def lifted_structure_loss(
   pos_lse, has_pos = _masked_lse(d - pos_margin, pos)
   neg_lse, has_neg = _masked_lse(neg_margin - d, neg)
   valid = has_pos & has_neg
-  return _reduce(jax.nn.relu(pos_lse + neg_lse), valid, reduction, where)
+  return _checks.nan_unless_finite(_reduce(jax.nn.relu(pos_lse + neg_lse), valid, reduction, where), embeddings)
 
 
 def circle_loss(
@@ -393,7 +394,7 @@ def circle_loss(
   pos_lse, has_pos = _masked_lse(-gamma * a_p * (s - (1.0 - margin)), pos)
   neg_lse, has_neg = _masked_lse(gamma * a_n * (s - margin), neg)
   valid = has_pos & has_neg
-  return _reduce(jax.nn.softplus(pos_lse + neg_lse), valid, reduction, where)
+  return _checks.nan_unless_finite(_reduce(jax.nn.softplus(pos_lse + neg_lse), valid, reduction, where), embeddings)
 
 
 def supervised_contrastive_loss(
@@ -431,7 +432,7 @@ def supervised_contrastive_loss(
   log_norm, _ = _masked_lse(logits, others)
   n_pos = jnp.sum(pos, axis=1)
   per_row = -jnp.sum(jnp.where(pos, logits - log_norm[:, None], 0.0), axis=1) / jnp.maximum(n_pos, 1)
-  return _reduce(per_row, n_pos > 0, reduction, where)
+  return _checks.nan_unless_finite(_reduce(per_row, n_pos > 0, reduction, where), embeddings)
 
 
 def _unit_distances(embeddings: jax.Array, columns: jax.Array | None = None) -> jax.Array:
@@ -560,6 +561,6 @@ def margin_loss(
     active = jnp.sum(jnp.where(pos & (pos_loss > 0), n_neg, 0)) + jnp.sum(jnp.where(neg & (neg_loss > 0), n_pos, 0))
     per_row = jnp.sum(pos_terms + neg_terms, axis=1)
   if reduction == "none":
-    return per_row
+    return _checks.nan_unless_finite(per_row, embeddings)
   total = jnp.sum(per_row)
-  return total if reduction == "sum" else total / jnp.maximum(active, 1)
+  return _checks.nan_unless_finite(total if reduction == "sum" else total / jnp.maximum(active, 1), embeddings)

@@ -115,10 +115,10 @@ def proxy_nca_loss(
   cos, onehot, valid = _cosines(embeddings, labels, proxies)
   logits = -scale * jnp.maximum(2.0 - 2.0 * cos, 0.0)   # |x - p|^2 for unit vectors
   if include_positive:
-    return _softmax_ce(logits, onehot, valid, reduction, where)
+    return _checks.nan_unless_finite(_softmax_ce(logits, onehot, valid, reduction, where), embeddings, proxies)
   pos = jnp.sum(jnp.where(onehot, logits, 0.0), axis=1)
   neg = jax.nn.logsumexp(jnp.where(onehot, -jnp.inf, logits), axis=1)
-  return _reduce(neg - pos, valid, reduction, where)
+  return _checks.nan_unless_finite(_reduce(neg - pos, valid, reduction, where), embeddings, proxies)
 
 
 def proxy_anchor_loss(
@@ -170,10 +170,10 @@ def proxy_anchor_loss(
   pos_term = jnp.where(present, log1p_sum_exp(-alpha * (cos - margin), pos_mask), 0.0)
   neg_term = log1p_sum_exp(alpha * (cos + margin), neg_mask)
   if reduction == "none":
-    return pos_term + neg_term
+    return _checks.nan_unless_finite(pos_term + neg_term, embeddings, proxies)
   if reduction == "sum":
-    return jnp.sum(pos_term) + jnp.sum(neg_term)
-  return jnp.sum(pos_term) / jnp.maximum(jnp.sum(present), 1) + jnp.sum(neg_term) / proxies.shape[0]
+    return _checks.nan_unless_finite(jnp.sum(pos_term) + jnp.sum(neg_term), embeddings, proxies)
+  return _checks.nan_unless_finite(jnp.sum(pos_term) / jnp.maximum(jnp.sum(present), 1) + jnp.sum(neg_term) / proxies.shape[0], embeddings, proxies)
 
 
 def normalized_softmax_loss(
@@ -201,7 +201,7 @@ def normalized_softmax_loss(
   where = "normalized_softmax_loss"
   _check_proxies(embeddings, labels, proxies, where)
   cos, onehot, valid = _cosines(embeddings, labels, proxies)
-  return _softmax_ce(cos / temperature, onehot, valid, reduction, where)
+  return _checks.nan_unless_finite(_softmax_ce(cos / temperature, onehot, valid, reduction, where), embeddings, proxies)
 
 
 def cosface_loss(
@@ -231,7 +231,7 @@ def cosface_loss(
   where = "cosface_loss"
   _check_proxies(embeddings, labels, proxies, where)
   cos, onehot, valid = _cosines(embeddings, labels, proxies)
-  return _softmax_ce(scale * jnp.where(onehot, cos - margin, cos), onehot, valid, reduction, where)
+  return _checks.nan_unless_finite(_softmax_ce(scale * jnp.where(onehot, cos - margin, cos), onehot, valid, reduction, where), embeddings, proxies)
 
 
 def arcface_loss(
@@ -271,4 +271,4 @@ def arcface_loss(
   cos = jnp.clip(cos, -1.0, 1.0)
   sin = safe_sqrt(jnp.maximum(1.0 - jnp.square(cos), 0.0))
   shifted = cos * math.cos(margin) - sin * math.sin(margin)
-  return _softmax_ce(scale * jnp.where(onehot, shifted, cos), onehot, valid, reduction, where)
+  return _checks.nan_unless_finite(_softmax_ce(scale * jnp.where(onehot, shifted, cos), onehot, valid, reduction, where), embeddings, proxies)

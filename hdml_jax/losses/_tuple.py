@@ -42,7 +42,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   _checks.check_rank(logits, 2, "logits", where)
   _checks.check_float(logits, "logits", where)
   _checks.check_labels(labels, logits.shape[0], "labels", where)
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  return _checks.nan_unless_finite(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)), logits)
 
 
 def npair_loss(
@@ -95,7 +95,7 @@ def npair_loss(
       jnp.mean(jnp.sum(jnp.square(anchors), axis=1))
       + jnp.mean(jnp.sum(jnp.square(positives), axis=1))
   )
-  return xent + reg
+  return _checks.nan_unless_finite(xent + reg, anchors, positives)
 
 
 def synthetic_npair_loss(
@@ -149,7 +149,7 @@ def synthetic_npair_loss(
       jnp.mean(jnp.sum(jnp.square(anchors), axis=-1))
       + jnp.mean(jnp.sum(jnp.square(candidates), axis=-1))
   )
-  return xent + reg
+  return _checks.nan_unless_finite(xent + reg, anchors, candidates)
 
 
 def split_triplets(embeddings: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -211,7 +211,7 @@ def triplet_loss(
   d_neg = rowwise_squared_distances(anchors, negatives)
   if not squared:
     d_pos, d_neg = safe_sqrt(d_pos), safe_sqrt(d_neg)
-  return _checks.reduce(jax.nn.relu(d_pos - d_neg + margin), reduction)
+  return _checks.nan_unless_finite(_checks.reduce(jax.nn.relu(d_pos - d_neg + margin), reduction), anchors, positives, negatives)
 
 
 def contrastive_loss(
@@ -252,4 +252,4 @@ def contrastive_loss(
   d2 = rowwise_squared_distances(x1, x2)
   d = safe_sqrt(d2)
   per_pair = same * d2 + (1.0 - same) * jnp.square(jax.nn.relu(margin - d))
-  return _checks.reduce(per_pair, reduction)
+  return _checks.nan_unless_finite(_checks.reduce(per_pair, reduction), x1, x2)

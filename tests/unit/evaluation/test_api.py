@@ -357,3 +357,12 @@ class OptionsTest(chex.TestCase):
     self.assertIs(xp, x)
     np.testing.assert_array_equal(w, np.ones(5))
 
+
+
+class QueryGalleryWidthTest(chex.TestCase):
+
+  def test_queries_and_gallery_of_different_widths_are_refused_naming_both(self):
+    x, y = eval_data()
+    with self.assertRaisesRegex(ValueError, r"evaluate_query_gallery: queries and gallery must have the same width, "
+                                            r"got queries \(40, 3\) and gallery \(40, 2\)\."):
+      ev.evaluate_query_gallery(x, y, x[:, :2], y, recall_ks=(1,))
