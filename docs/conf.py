@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx-mathjax-offline",   # MathJax served from the built site (_static/mathjax), not from a CDN
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
@@ -48,7 +49,8 @@ myst_heading_anchors = 3
 html_theme = "sphinx_book_theme"
 html_title = "hdml_jax"
 html_theme_options = {"show_navbar_depth": 1, "use_download_button": False}
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["wide.css"]   # wide tables scroll, long titles wrap
 nitpicky = False
 
 
