@@ -4,8 +4,9 @@
     python -m experiments.studies.cub100_tables --workdir runs/regime --table regime  # scratch vs pretrained
     python -m experiments.studies.cub100_tables --workdir runs/regime --table beta    # beta sensitivity
     python -m experiments.studies.cub100_tables --workdir runs/regime --table alpha   # alpha transfer
-    # HDML against today's losses (the runs' records committed under docs/losses/runs):
-    python -m experiments.studies.cub100_tables --workdir runs/losses --table losses --record docs/losses/runs
+    # HDML against today's losses (the runs' records committed under experiments/studies/records/losses):
+    python -m experiments.studies.cub100_tables --workdir runs/losses --table losses \
+        --record experiments/studies/records/losses
 
 Every run gets the same fixed budget, ``--num_steps`` (default 500) after
 ``--pretrain_steps`` of pretraining (default 800); ``--config.<key>=<value>``
@@ -35,7 +36,8 @@ applies to every run and every pretraining (the syntax of
 
 ``--record DIR`` keeps each finished run's results, with the settings that
 define it, in ``DIR`` (one small JSON per run): the losses table's records
-are committed under ``docs/losses/runs``, so the table resumes, and is
+are committed under ``experiments/studies/records/losses`` (with the
+learning-rate choices, ``losses_lr_choice.json``), so the table resumes, and is
 rebuilt, from a checkout without its run directories. Tables on disjoint
 ``--methods`` may run at once in one workdir (one process pretrains each
 seed's file while the others wait for it).
@@ -278,10 +280,27 @@ def table_alpha(root: str, args) -> list[str]:
   return lines
 
 
+#: Where the losses table keeps its learning-rate choices (in the workdir, and in the --record directory).
+LR_CHOICE_FILE = "losses_lr_choice.json"
+
+
 def _losses_lr(root: str, args) -> dict:
-  """Each method's metric learning rate at the pretrained start, chosen by held-out-class R@1 (first seed)."""
-  path = os.path.join(root, "losses_lr_choice.json")
-  choice = json.load(open(path)) if os.path.exists(path) else {}
+  """Each method's metric learning rate at the pretrained start, chosen by held-out-class R@1 (first seed).
+
+  The choices are kept in the workdir's ``losses_lr_choice.json`` and, with
+  ``--record DIR``, in ``DIR/losses_lr_choice.json`` too, where they are read
+  back from: a table rebuilds from its record directory alone.
+  """
+  paths = [os.path.join(root, LR_CHOICE_FILE)] + ([os.path.join(args.record, LR_CHOICE_FILE)] if args.record else [])
+
+  def read_all() -> dict:
+    merged = {}
+    for path in reversed(paths):   # the workdir's choice wins over the record's
+      if os.path.exists(path):
+        merged.update(json.load(open(path)))
+    return merged
+
+  choice = read_all()
   for method in args.method_list:
     if method in choice or method.endswith("_hdml"):
       continue
@@ -294,8 +313,14 @@ def _losses_lr(root: str, args) -> dict:
     choice[method] = {"lr": float(best), "val_recall@1": tried}
     # After every method, merged with what another table process wrote meanwhile: an interrupted table keeps its
     # choices, and tables on disjoint --methods can share a workdir.
-    kept = json.load(open(path)) if os.path.exists(path) else {}
-    write_json_atomic(path, {**kept, method: choice[method]})
+    kept = read_all()
+    for path in paths:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      write_json_atomic(path, {**kept, method: choice[method]})
+  here = os.path.join(root, LR_CHOICE_FILE)   # the workdir holds the choices in force, read back or made
+  there = json.load(open(here)) if os.path.exists(here) else None
+  if there is None or {**there, **choice} != there:
+    write_json_atomic(here, {**(there or {}), **choice})
   for method in args.method_list:     # HDML uses the rate chosen for its own baseline
     if method.endswith("_hdml"):
       base = own_baseline(method)
@@ -391,6 +416,7 @@ def main(argv=None):
                              ("methods", args.method_list, DEFAULT_METHODS)):
     if not got or set(got) - set(allowed):
       ap.error(f"--{name} must be a comma-separated subset of {','.join(allowed)}, got {got}")
+  os.makedirs(args.workdir, exist_ok=True)   # a table rebuilt from its records alone trains nothing here
   lines = TABLES[args.table](args.workdir, args)
   text = "\n".join(lines) + "\n"
   print(text)

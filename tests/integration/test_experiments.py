@@ -451,3 +451,25 @@ class LossesTableTest(chex.TestCase):
         cub100_tables.main(["--workdir", fresh, *argv[2:6], "--num_steps", "3", *argv[8:]])
     finally:
       jax.config.update("jax_compilation_cache_dir", None)
+
+  def test_losses_table_reads_its_learning_rate_choices_from_the_record_directory(self):
+    # The record directory alone rebuilds the table, even where the runs of an unchosen rate were never recorded.
+    from experiments.studies import cub100_tables
+
+    workdir, record, cache = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    argv = ["--table", "losses", "--seeds", "0", "--num_steps", "2", "--pretrain_steps", "2", "--lrs", "1e-4,3e-4",
+            "--methods", "proxy_anchor", "--record", record, *toy_study_overrides(cache)]
+    try:
+      cub100_tables.main(["--workdir", workdir, *argv])
+      first = json.load(open(os.path.join(workdir, "losses.json")))
+      choice = json.load(open(os.path.join(record, cub100_tables.LR_CHOICE_FILE)))
+      self.assertEqual(choice, json.load(open(os.path.join(workdir, cub100_tables.LR_CHOICE_FILE))))
+      chosen = choice["proxy_anchor"]["lr"]
+      other = ({1e-4, 3e-4} - {chosen}).pop()
+      os.remove(os.path.join(record, "pretrained", f"proxy_anchor_lr{other:g}_seed0.json"))
+      fresh = os.path.join(tempfile.mkdtemp(), "not_yet_made")
+      cub100_tables.main(["--workdir", fresh, *argv])
+      self.assertEqual(json.load(open(os.path.join(fresh, "losses.json"))), first)
+      self.assertEqual(sorted(os.listdir(fresh)), ["losses.json", "losses_lr_choice.json", "table_losses.md"])
+    finally:
+      jax.config.update("jax_compilation_cache_dir", None)
