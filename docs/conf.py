@@ -84,5 +84,14 @@ def _constant_docs(app, what, name, obj, options, lines):
   lines[:] = []   # undocumented (tests/unit/test_api_docs.py fails on it): at least not the type's docstring
 
 
+def _drop_sourceless_modules(app, env):
+  """viewcode lists every module it met in _modules/index.html, also those it found no source for (an object
+  whose module is ``builtins``), whose links then lead nowhere: keep only the modules with a source page."""
+  modules = getattr(env, "_viewcode_modules", {})
+  for name in [n for n, entry in modules.items() if not entry]:
+    del modules[name]
+
+
 def setup(app):
   app.connect("autodoc-process-docstring", _constant_docs)
+  app.connect("env-updated", _drop_sourceless_modules)

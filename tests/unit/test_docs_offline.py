@@ -37,3 +37,10 @@ def test_a_local_site_passes_and_a_missing_mathjax_fails():
   assert check_offline.main(["check_offline.py", root]) == 0
   os.remove(os.path.join(root, "_static", "mathjax", "tex-chtml.js"))
   assert check_offline.main(["check_offline.py", root]) == 1
+
+
+def test_a_link_to_a_missing_page_is_found():
+  root = _site('<a href="other.html">ok</a><a href="missing.html#x">broken</a><a href="https://example.org">x</a>')
+  open(os.path.join(root, "other.html"), "w").write("<p>here</p>")
+  assert check_offline.broken_links(root) == [("page.html", "missing.html")]
+  assert check_offline.main(["check_offline.py", root]) == 1
