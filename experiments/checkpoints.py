@@ -68,17 +68,16 @@ class DamagedCheckpointError(ValueError):
   """A checkpoint's files cannot be read back (a full disk, a killed copy, a damaged file)."""
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 200) -> str:
   text = str(e).strip()
-  return text.splitlines()[0][:200] if text else type(e).__name__
+  return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
 def _root_cause(e: BaseException) -> str:
   """The first line of the innermost cause (TensorStore's own words: which array, which file)."""
   while e.__cause__ is not None:
     e = e.__cause__
-  text = str(e).strip()
-  return text.splitlines()[0][:320] if text else type(e).__name__
+  return _first_line(e, limit=320)
 
 
 def _shapes(tree) -> list:
@@ -177,11 +176,11 @@ def restore_readable(manager: ocp.CheckpointManager, template: HDMLTrainState, s
 def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Moves damaged checkpoint ``step`` out of the manager's directory (nothing is deleted); returns where."""
   directory = str(manager.directory)
-  target = os.path.join(os.path.dirname(directory), f"{os.path.basename(directory)}_damaged", str(step))
-  suffix = 0
-  while os.path.exists(target if not suffix else f"{target}.{suffix}"):
+  base = os.path.join(os.path.dirname(directory), f"{os.path.basename(directory)}_damaged", str(step))
+  target, suffix = base, 0
+  while os.path.exists(target):
     suffix += 1
-  target = target if not suffix else f"{target}.{suffix}"
+    target = f"{base}.{suffix}"
   os.makedirs(os.path.dirname(target), exist_ok=True)
   if jax.process_index() == 0:
     os.replace(os.path.join(directory, str(step)), target)
@@ -189,14 +188,13 @@ def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_newest_readable(manager: ocp.CheckpointManager, template: HDMLTrainState,
-                            steps: list[int] | None = None) -> HDMLTrainState:
-  """The newest of ``steps`` (default: all) that reads back; each damaged newer one is named in a warning.
+def restore_newest_readable(manager: ocp.CheckpointManager, template: HDMLTrainState) -> HDMLTrainState:
+  """The newest checkpoint that reads back; each damaged newer one is named in a warning.
 
   Raises :class:`DamagedCheckpointError` when none does, ``FileNotFoundError``
   when there is none.
   """
-  steps = sorted(manager.all_steps() if steps is None else steps, reverse=True)
+  steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
   damaged = []

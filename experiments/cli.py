@@ -139,7 +139,7 @@ def deliver_errors(main: Callable, prog: str, *, workdir: Callable[[], str | Non
     except KeyboardInterrupt:
       if _verbose():
         raise
-      where = newest_checkpoint(workdir() if workdir else None) if workdir else "nothing was lost"
+      where = newest_checkpoint(workdir()) if workdir else "nothing was lost"
       print(f"{prog}: interrupted: {where}.", file=sys.stderr)
       sys.exit(130)
     except USER_ERRORS as e:

@@ -317,7 +317,7 @@ def _losses_lr(root: str, args) -> dict:
     for path in paths:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       write_json_atomic(path, {**kept, method: choice[method]})
-  here = os.path.join(root, LR_CHOICE_FILE)   # the workdir holds the choices in force, read back or made
+  here = paths[0]   # the workdir holds the choices in force, read back or made
   there = json.load(open(here)) if os.path.exists(here) else None
   if there is None or {**there, **choice} != there:
     write_json_atomic(here, {**(there or {}), **choice})
