@@ -12,6 +12,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
 from hdml_jax.train_state import HDMLTrainState
@@ -54,13 +55,62 @@ def save(manager: ocp.CheckpointManager, step: int, state: HDMLTrainState) -> No
   manager.save(step, args=ocp.args.StandardSave(state_tree(state)), force=True)
 
 
+def _param_dicts(tree, keys: frozenset, fn):
+  """``tree`` with ``fn`` applied to every dict keyed like the parameters (the optimizer's moments)."""
+  if isinstance(tree, dict):
+    tree = {k: _param_dicts(v, keys, fn) for k, v in tree.items()}
+    return fn(tree) if frozenset(tree) == keys else tree
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+    return type(tree)(*(_param_dicts(v, keys, fn) for v in tree))
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(_param_dicts(v, keys, fn) for v in tree)
+  return tree
+
+
+def _with_empty_loss_group(template: HDMLTrainState) -> HDMLTrainState:
+  """``template`` as a run of a label-based loss saved it before 2026-12-07: an empty ``params["loss"]`` in the
+  parameters and in every optimizer moment, with its own Adam (which held a step count and nothing else)."""
+  params = {**template.params, "loss": {}}
+  labels = {k: jax.tree_util.tree_map(lambda _, k=k: "loss" if k == "loss" else "rest", v) for k, v in params.items()}
+  group = optax.multi_transform({"rest": optax.identity(), "loss": optax.adam(optax.constant_schedule(0.0))},
+                                labels).init(params).inner_states["loss"]
+  opt = _param_dicts(template.opt_state, frozenset(template.params), lambda d: {**d, "loss": {}})
+  return template.replace(params=params, opt_state=opt._replace(inner_states={**opt.inner_states, "loss": group}))
+
+
+def _without_loss_group(tree: dict, keys: frozenset) -> dict:
+  """A state tree read by :func:`_with_empty_loss_group`'s template, with the empty group dropped again."""
+  tree["params"] = {k: v for k, v in tree["params"].items() if k != "loss"}
+  opt = tree["opt_state"]
+  opt = opt._replace(inner_states={k: v for k, v in opt.inner_states.items() if k != "loss"})
+  tree["opt_state"] = _param_dicts(opt, keys | {"loss"}, lambda d: {k: v for k, v in d.items() if k != "loss"})
+  return tree
+
+
 def restore(manager: ocp.CheckpointManager, template: HDMLTrainState, step: int | None = None):
-  """Restores into ``template`` (same config); ``step`` defaults to the latest."""
+  """Restores into ``template`` (same config); ``step`` defaults to the latest.
+
+  A checkpoint of a label-based loss written before 2026-12-07 holds an
+  empty ``params["loss"]`` group that today's state leaves out: it is read
+  with that group and the group dropped (it trained nothing).
+  """
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}.")
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(template))
-  tree = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def read(t):
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state_tree(t))
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  try:
+    tree = read(template)
+  except ValueError as e:
+    if "loss" in template.params or not hasattr(template.opt_state, "inner_states"):
+      raise
+    try:
+      tree = _without_loss_group(read(_with_empty_loss_group(template)), frozenset(template.params))
+    except Exception:
+      raise e from None
   return template.replace(**tree)
 
 

@@ -6,7 +6,9 @@ A config section is generated from a dataclass's fields and defaults
 field of :class:`hdml_jax.config.HDMLConfig` or
 :class:`hdml_jax.config.OptimizerConfig`, with its default and its
 docstring there. ``renames`` maps a field to a different config key
-(``HDMLConfig.hdml`` is ``config.hdml.enabled``).
+(``HDMLConfig.hdml`` is ``config.hdml.enabled``); a field given elsewhere is
+left out of the section (``HDMLConfig.loss`` is ``config.loss.name``, the
+one key that names the method's loss).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import ml_collections
 
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 
-__all__ = ["HDML_KEYS", "config_section", "from_section", "hdml_config", "optimizer_config"]
+__all__ = ["HDML_ELSEWHERE", "HDML_KEYS", "config_section", "from_section", "hdml_config", "optimizer_config"]
 
 # HDMLConfig field -> its key under config.hdml (fields not named here keep their name).
 HDML_KEYS = {"hdml": "enabled"}
+# HDMLConfig fields that live outside config.hdml: field -> the dotted key that holds it.
+HDML_ELSEWHERE = {"loss": "loss.name"}
 
 
 def _optional_type(annotation) -> type | None:
@@ -35,8 +39,9 @@ def _optional_type(annotation) -> type | None:
   return None
 
 
-def config_section(cls, *, renames: Mapping[str, str] | None = None) -> ml_collections.ConfigDict:
-  """A ConfigDict with one key per field of the dataclass ``cls``, holding its default.
+def config_section(cls, *, renames: Mapping[str, str] | None = None,
+                   exclude: tuple = ()) -> ml_collections.ConfigDict:
+  """A ConfigDict with one key per field of the dataclass ``cls`` (except ``exclude``), holding its default.
 
   A field whose default is None becomes a typed placeholder (``float | None``
   -> ``placeholder(float)``), so an override is type-checked; a sequence
@@ -46,6 +51,8 @@ def config_section(cls, *, renames: Mapping[str, str] | None = None) -> ml_colle
   hints = typing.get_type_hints(cls)
   section = ml_collections.ConfigDict()
   for field in dataclasses.fields(cls):
+    if field.name in exclude:
+      continue
     if field.default is dataclasses.MISSING:
       raise ValueError(f"config_section: {cls.__name__}.{field.name} has no default to start a config from.")
     key = renames.get(field.name, field.name)
@@ -62,15 +69,19 @@ def config_section(cls, *, renames: Mapping[str, str] | None = None) -> ml_colle
   return section
 
 
-def from_section(cls, section: Any, *, renames: Mapping[str, str] | None = None, where: str = "config"):
+def from_section(cls, section: Any, *, renames: Mapping[str, str] | None = None, where: str = "config",
+                 given: Mapping[str, Any] | None = None):
   """The dataclass ``cls`` with every field read from ``section`` (keys as in :func:`config_section`).
 
-  A field whose key is missing raises ``KeyError`` naming ``where.key``;
-  keys of the section that are not fields are left for the caller.
+  Fields in ``given`` take its values instead. A field whose key is missing
+  raises ``KeyError`` naming ``where.key``; keys of the section that are not
+  fields are left for the caller.
   """
   renames = dict(renames or {})
-  values = {}
+  values = dict(given or {})
   for field in dataclasses.fields(cls):
+    if field.name in values:
+      continue
     key = renames.get(field.name, field.name)
     if key not in section:
       raise KeyError(f"{where}.{key} is missing: {cls.__name__}.{field.name} is read from it.")
@@ -81,7 +92,8 @@ def from_section(cls, section: Any, *, renames: Mapping[str, str] | None = None,
 
 def hdml_config(cfg) -> HDMLConfig:
   """``config.hdml`` as the train step's :class:`~hdml_jax.config.HDMLConfig`."""
-  return from_section(HDMLConfig, cfg.hdml, renames=HDML_KEYS, where="config.hdml")
+  return from_section(HDMLConfig, cfg.hdml, renames=HDML_KEYS, where="config.hdml",
+                      given={"loss": cfg.loss.name})
 
 
 def optimizer_config(cfg) -> OptimizerConfig:

@@ -16,7 +16,7 @@ from typing import Callable
 import grain
 import numpy as np
 
-from hdml_jax.data import MPerClassSampler, digits, image_folder, make_sampler, preprocess
+from hdml_jax.data import digits, image_folder, make_sampler, preprocess
 
 TFDS_NAMES = {"cub": "cub200_2011_dml", "cars": "cars196_dml", "sop": "sop_dml",
               "tfds_image_folder": "image_folder_dml"}
@@ -161,12 +161,8 @@ def train_batches(cfg, data: Data, *, start_step: int, rows: slice):
 
   ``rows`` selects this process's rows of each global batch.
   """
-  if cfg.loss.name == "hdml":
-    sampler = make_sampler(cfg.hdml.loss, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed,
-                           epochs=cfg.epoch_sampler, m_per_class=cfg.loss.m_per_class)
-  else:   # a library loss: class-balanced batches, m images of each class
-    sampler = MPerClassSampler(data.train.labels, m=cfg.loss.m_per_class, batch_size=cfg.batch_size,
-                               seed=cfg.seed)
+  sampler = make_sampler(cfg.loss.name, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed,
+                         epochs=cfg.epoch_sampler, m_per_class=cfg.loss.m_per_class)
   ds = grain.MapDataset.range(start_step, cfg.num_steps).map(_MakeBatch(data, sampler, cfg.seed, rows))
   return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.data_threads,
                                                    prefetch_buffer_size=cfg.prefetch)))

@@ -2,7 +2,7 @@
 
     python -m experiments.main --config experiments/configs/default.py --workdir runs/default
     python -m experiments.main --config experiments/configs/cub100.py --workdir runs/cub \\
-        --config.hdml.loss=triplet --config.batch_size=120
+        --config.loss.name=triplet --config.batch_size=120
 
 Prints the final metrics; writes checkpoints, metrics.jsonl, TensorBoard
 events, results.json and plots under --workdir.

@@ -18,9 +18,11 @@ import ast
 import difflib
 from typing import Any, Mapping, Sequence
 
-__all__ = ["PREFIX", "UnknownKeyError", "apply_overrides", "closest_keys", "config_keys", "parse_value", "split_overrides"]
+__all__ = ["PREFIX", "RENAMED_KEYS", "UnknownKeyError", "apply_overrides", "closest_keys", "config_keys", "parse_value", "split_overrides"]
 
 PREFIX = "--config."
+#: Keys that were renamed: old key -> the key that holds its value now.
+RENAMED_KEYS = {"hdml.loss": "loss.name"}
 
 
 class UnknownKeyError(KeyError, ValueError):
@@ -66,7 +68,12 @@ def config_keys(cfg, prefix: str = "") -> list[str]:
 
 
 def closest_keys(key: str, known: Sequence[str]) -> str:
-  """The one "did you mean": ``"; did you mean --config.a, --config.b?"`` for the keys closest to ``key``, or ``""``."""
+  """The one "did you mean": ``"; did you mean --config.a, --config.b?"`` for the keys closest to ``key``, or ``""``.
+
+  A renamed key (:data:`RENAMED_KEYS`) names its new key instead.
+  """
+  if key in RENAMED_KEYS:
+    return f"; it is now {PREFIX}{RENAMED_KEYS[key]}"
   close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
   return f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
 

@@ -19,7 +19,7 @@ from experiments import checkpoints
 from hdml_jax import evaluation
 
 __all__ = ["CONFIG_FILE", "RESUMABLE_KEYS", "SELECTION_SPLITS", "backbone_identity", "check_run_config",
-           "load_run_config", "selectable_metrics", "validate_config"]
+           "load_run_config", "selectable_metrics", "upgrade_saved_config", "validate_config"]
 
 SELECTION_SPLITS = ("val", "test", "none")
 
@@ -66,36 +66,42 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.num_devices must be 0 (all devices) or a positive count, got {cfg.num_devices!r}.")
 
 def _validate_loss(cfg) -> None:
-  from hdml_jax.losses import LOSS_NAMES, PAIR_LOSSES, loss_spec
+  from hdml_jax.config import HDML_LOSSES
+  from hdml_jax.losses import LOSS_NAMES, TUPLE_LOSSES, loss_spec
 
   name = cfg.loss.name
+  if name == "hdml":   # the method key before 2026-12-07
+    raise ValueError("config.loss.name='hdml' is no longer a method: name the loss itself, e.g. "
+                     "config.loss.name=npair (what config.hdml.loss was), with config.hdml.enabled=True for HDML's "
+                     "synthesis.")
+  if name not in LOSS_NAMES:
+    raise ValueError(f"config.loss.name={name!r} is not a loss; choose one of {', '.join(LOSS_NAMES)}.")
+  if cfg.hdml.enabled and name not in HDML_LOSSES:
+    raise ValueError(f"config.hdml.enabled=True, but HDML has no synthesis for config.loss.name={name!r} (it has "
+                     f"one for {', '.join(HDML_LOSSES)}): set config.hdml.enabled=False to train it without.")
   _validate_xbm(cfg)
   hyper = cfg.loss.kwargs.to_dict() if hasattr(cfg.loss.kwargs, "to_dict") else cfg.loss.kwargs
   if not isinstance(hyper, dict):
     raise ValueError(f"config.loss.kwargs must be a dict of hyper-parameters, got {hyper!r}.")
-  if hyper and name == "hdml":
-    raise ValueError(f"config.loss.kwargs={hyper} sets a library loss's hyper-parameters, but config.loss.name is "
-                     "'hdml' (HDML's are config.hdml.*).")
-  if name == "hdml":
-    if cfg.hdml.loss == "multi_similarity":   # HDML on Multi-Similarity: M-per-class batches
-      _validate_m_per_class(cfg, "config.hdml.loss='multi_similarity'", least=2)
-      if cfg.epoch_sampler:
-        raise ValueError("config.epoch_sampler is for N-pair batches; config.hdml.loss='multi_similarity' uses "
-                         "the M-per-class sampler (set config.epoch_sampler=False).")
-    return
-  if name not in LOSS_NAMES:
-    raise ValueError(f"config.loss.name={name!r} is not a loss; choose 'hdml' or one of {', '.join(LOSS_NAMES)}.")
-  try:
-    loss_spec(name, hyper)
-  except ValueError as e:
-    raise ValueError(f"config.loss.kwargs: {e}") from None
-  if cfg.hdml.enabled:
-    raise ValueError(f"config.loss.name={name!r} trains without HDML's synthesis: set config.hdml.enabled=False "
-                     "(or config.loss.name='hdml').")
-  if cfg.epoch_sampler:
-    raise ValueError("config.epoch_sampler is for HDML's N-pair batches; library losses use the M-per-class "
-                     "sampler (set config.epoch_sampler=False).")
-  _validate_m_per_class(cfg, repr(name), least=2 if name in PAIR_LOSSES else 1)
+  if name in TUPLE_LOSSES:
+    if hyper:
+      raise ValueError(f"config.loss.kwargs={hyper} sets a label-based or proxy loss's hyper-parameters, but "
+                       f"config.loss.name={name!r} reads its own from config.hdml (l2_reg, margin, "
+                       "contrastive_margin).")
+  else:
+    try:
+      loss_spec(name, hyper)
+    except ValueError as e:
+      raise ValueError(f"config.loss.kwargs: {e}") from None
+  layout = loss_spec(name).layout
+  if layout in ("classes", "any"):   # M-per-class batches
+    if cfg.epoch_sampler:
+      raise ValueError(f"config.epoch_sampler is for N-pair batches; config.loss.name={name!r} uses the "
+                       "M-per-class sampler (set config.epoch_sampler=False).")
+    _validate_m_per_class(cfg, f"config.loss.name={name!r}", least=2 if layout == "classes" else 1)
+  elif cfg.epoch_sampler and layout != "pairs":
+    raise ValueError(f"config.epoch_sampler is for N-pair batches, not config.loss.name={name!r} (set "
+                     "config.epoch_sampler=False).")
 
 def _validate_m_per_class(cfg, who: str, least: int) -> None:
   """M-per-class batches for ``who``: ``least`` images of each class, the batch a whole number of classes."""
@@ -119,8 +125,11 @@ def _validate_xbm(cfg) -> None:
   if not size:
     return
   if cfg.loss.name not in PAIR_LOSSES:
-    raise ValueError(f"config.loss.xbm_size={size}: a cross-batch memory serves the library pair losses "
+    raise ValueError(f"config.loss.xbm_size={size}: a cross-batch memory serves the label-based losses "
                      f"({', '.join(PAIR_LOSSES)}), not config.loss.name={cfg.loss.name!r}.")
+  if cfg.hdml.enabled:
+    raise ValueError(f"config.loss.xbm_size={size}: a cross-batch memory serves training without HDML's "
+                     "synthesis (set config.hdml.enabled=False).")
   if size < cfg.batch_size:
     raise ValueError(f"config.loss.xbm_size={size} is smaller than config.batch_size={cfg.batch_size}: the memory "
                      "must hold at least one batch.")
@@ -146,6 +155,25 @@ def _read_json(path: str):
     raise ValueError(f"{path} is not valid JSON ({e}): the run's saved config is damaged; give the run's "
                      "config with --config, or use a fresh --workdir.") from None
 
+def upgrade_saved_config(saved: dict) -> dict:
+  """A ``config.json`` written before 2026-12-07 in today's keys (in place; returned).
+
+  Then the method was chosen by ``loss.name`` (``"hdml"``: HDML's step) and
+  ``hdml.loss`` (its loss); now ``loss.name`` names the loss whatever the
+  method. A run of a library loss (``loss.name`` another name) trained
+  without the weight-decay term, so its ``hdml.weight_decay`` becomes 0.
+  """
+  hdml = saved.get("hdml", {})
+  if "loss" not in hdml:
+    return saved
+  old = hdml.pop("loss")
+  loss = saved.setdefault("loss", {})
+  if loss.get("name", "hdml") == "hdml":
+    loss["name"] = old
+  else:
+    hdml["weight_decay"] = 0.0
+  return saved
+
 def _flat(tree: dict, prefix: str = "") -> dict:
   out = {}
   for k, v in tree.items():
@@ -168,7 +196,7 @@ def check_run_config(cfg, workdir: str, *, resuming: bool) -> list[dict]:
   now = json.loads(cfg.to_json_best_effort(sort_keys=True))
   changes = []
   if resuming and os.path.exists(path):
-    run = _read_json(path)
+    run = upgrade_saved_config(_read_json(path))
     a, b = _flat(run), _flat(now)
     diffs = [(k, a.get(k, "<absent>"), b.get(k, "<absent>")) for k in sorted(set(a) | set(b))
              if a.get(k, "<absent>") != b.get(k, "<absent>")]
@@ -208,7 +236,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
   from experiments.configs.base import get_base_config, override
 
-  saved = tuples(_read_json(path))
+  saved = tuples(upgrade_saved_config(_read_json(path)))
   cfg = get_base_config()
   cfg.model.backbone_kwargs = ml_collections.ConfigDict(saved["model"].pop("backbone_kwargs"))
   cfg.loss.kwargs = ml_collections.ConfigDict(saved.get("loss", {}).pop("kwargs", {}))   # absent before #27

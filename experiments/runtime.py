@@ -43,11 +43,11 @@ def file_sha256(path: str) -> str:
 
 def _fresh_state(cfg, data: datasets.Data):
   loss_params = None
-  if cfg.loss.name != "hdml":   # a library loss: its own parameters (proxies) join the state
+  if cfg.loss.name in losses.PROXY_LOSSES:   # the loss's own parameters (proxies) join the state
     loss_params = init_loss_params(cfg.loss.name, jax.random.fold_in(jax.random.key(cfg.seed), 1),
                                    embedding_dim=cfg.model.embedding_dim, num_classes=data.train.num_classes)
   memory = None
-  if cfg.loss.xbm_size:          # a library pair loss with a cross-batch memory
+  if cfg.loss.xbm_size:          # a label-based loss with a cross-batch memory
     memory = losses.init_memory(cfg.loss.xbm_size, cfg.model.embedding_dim)
   return create_train_state(
       jax.random.key(cfg.seed), image_shape=data.image_shape, num_classes=data.train.num_classes,

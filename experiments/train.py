@@ -22,7 +22,6 @@ import numpy as np
 
 from experiments import checkpoints, loop, runtime, selection
 from hdml_jax import evaluation
-from hdml_jax.loss_step import make_loss_train_step
 from hdml_jax.train_step import make_train_step
 
 __all__ = ["train_and_evaluate"]
@@ -55,12 +54,9 @@ def train_and_evaluate(
       selected = selection.BestCheckpoint(workdir, selection.selection_name(cfg), is_main=jax.process_index() == 0)
 
   run = runtime.prepare_run(cfg, workdir, make_template=runtime.build_state,
-                            make_step=lambda state: (make_train_step(state.networks, state.config)
-                                                     if cfg.loss.name == "hdml"
-                                                     else make_loss_train_step(
-                                                         state.networks, cfg.loss.name, xbm_start=cfg.loss.xbm_start,
-                                                         xbm_weight=cfg.loss.xbm_weight,
-                                                         hyper=cfg.loss.kwargs.to_dict())),
+                            make_step=lambda state: make_train_step(
+                                state.networks, state.config, hyper=cfg.loss.kwargs.to_dict(),
+                                xbm_start=cfg.loss.xbm_start, xbm_weight=cfg.loss.xbm_weight),
                             before_resume=open_selection)
   data, writer = run.data, run.writer
   pretrained = None

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-__all__ = ["BN1_UPDATES", "LOSSES", "HDMLConfig", "OptimizerConfig"]
+__all__ = ["BN1_UPDATES", "HDML_LOSSES", "HDMLConfig", "OptimizerConfig"]
 
-#: The metric losses of :class:`HDMLConfig` (``loss=``).
-LOSSES = ("npair", "triplet", "contrastive", "multi_similarity")
+#: The losses HDML synthesises for (``loss=`` with ``hdml=True``; one form each in :data:`hdml_jax.head.HDML_FORMS`).
+HDML_LOSSES = ("npair", "triplet", "contrastive", "multi_similarity")
 #: Which passes update BN1's moving statistics (:class:`HDMLConfig`'s ``bn1_update``).
 BN1_UPDATES = ("both", "real")
 
@@ -22,22 +22,27 @@ class HDMLConfig:
   """Static hyper-parameters of the train step (reference defaults).
 
   Attributes:
-    loss: ``"npair"`` (batches ``[anchors; positives]``), ``"triplet"`` or
-      ``"contrastive"`` (batches ``[anchors; positives; negatives]``; the
-      contrastive pairs are (a, p) similar and (a, n) dissimilar), or
-      ``"multi_similarity"`` (an extension beyond the reference: any batch
-      with classes repeated, e.g. M-per-class; the Multi-Similarity loss of
-      :func:`hdml_jax.losses.multi_similarity_loss` with its paper's
-      constants, synthesis by :func:`hdml_jax.hardness.expand_label_tuples`).
-    hdml: hardness-aware synthesis on; off is the plain baseline (one Adam on
-      ``J_m``, no generator, no classifier).
+    loss: the metric loss, any name of :data:`hdml_jax.losses.LOSS_NAMES`
+      (checked where the state and the step are built):
+      the reference's ``"npair"`` (batches ``[anchors; positives]``),
+      ``"triplet"`` or ``"contrastive"`` (batches ``[anchors; positives;
+      negatives]``; the contrastive pairs are (a, p) similar and (a, n)
+      dissimilar), or a label-based or proxy loss on M-per-class batches
+      (``"multi_similarity"``, ``"proxy_anchor"``, ...). HDML synthesises
+      for the names of :data:`HDML_LOSSES` (Multi-Similarity is an extension
+      beyond the reference: synthesis by
+      :func:`hdml_jax.hardness.expand_label_tuples`).
+    hdml: hardness-aware synthesis on (the loss must be one of
+      :data:`HDML_LOSSES`); off is the plain baseline (one Adam on ``J_m``,
+      no generator, no classifier), for every loss.
     alpha: hardness temperature in ``exp(-alpha/J_avg)`` (reference 90).
     beta: ``w = exp(-beta/J_gen)`` (reference 1e4 for Cars196, 5e3 CUB).
     lam: the ``lambda`` of ``J_recon`` and ``J_soft`` (reference 0.5).
     softmax_factor: scale of ``J_soft`` (reference 1e4).
     l2_reg: N-pair embedding-norm penalty (reference 3e-3 for Cars196).
     weight_decay: ``wd`` of the ``wd * sum|w|^2 / 2`` term inside ``J_m``
-      over the backbone and fc1 kernels and biases (reference 5e-3 Cars196).
+      over the backbone and fc1 kernels and biases (reference 5e-3 Cars196),
+      whatever the loss.
     margin: the triplet margin (reference 1, squared distances, summed).
     contrastive_margin: the contrastive margin (mean over pairs).
     bn1_update: ``"both"`` (reference): the real and then the synthetic pass
@@ -74,8 +79,11 @@ class HDMLConfig:
   beta_relative: float = 0.0
 
   def __post_init__(self):
-    if self.loss not in LOSSES:
-      raise ValueError(f"HDMLConfig.loss must be one of {LOSSES}, got {self.loss!r}.")
+    if not isinstance(self.loss, str):
+      raise ValueError(f"HDMLConfig.loss must be a loss's name, got {self.loss!r}.")
+    if self.hdml and self.loss not in HDML_LOSSES:
+      raise ValueError(f"HDMLConfig: HDML has no synthesis for loss {self.loss!r} (it has one for "
+                       f"{', '.join(HDML_LOSSES)}); set hdml=False to train it without synthesis.")
     if self.bn1_update not in BN1_UPDATES:
       raise ValueError(f"HDMLConfig.bn1_update must be one of {BN1_UPDATES}, got {self.bn1_update!r}.")
     if not 0.0 <= self.lam <= 1.0:
@@ -103,7 +111,7 @@ class OptimizerConfig:
     clip_value: if set, metric gradients are clipped element-wise to
       ``[-clip_value, clip_value]`` (the reference's SOP runs used 2).
     loss_lr, loss_boundaries, loss_decay: the parameters a library loss owns
-      (the proxies of a proxy loss; :mod:`hdml_jax.loss_step`), with their
+      (the proxies of a proxy loss; :mod:`hdml_jax.train_step`), with their
       own Adam. 1e-2 is 100x the
       backbone's order of magnitude, as Proxy-Anchor's paper trains its
       proxies; unused by HDML and the reference's losses.

@@ -18,7 +18,7 @@ from flax.training import train_state
 
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.inference import make_embed_fn
-from hdml_jax.losses import CrossBatchMemory
+from hdml_jax.losses import CrossBatchMemory, loss_spec
 from hdml_jax.models import get_backbone
 from hdml_jax.models.layers import BN_EPSILON, BN_MOMENTUM
 from hdml_jax.networks import Networks, build_head, init_backbone, init_head_variables
@@ -72,16 +72,17 @@ def create_train_state(
     backbone: a registered name or a module; ``backbone_kwargs`` configure it.
     config, optimizer: static hyper-parameters.
     stats_block_length, stats_initial_value: the adaptive statistics.
-    loss_params: a library loss's own parameters
-      (:func:`hdml_jax.loss_step.init_loss_params`), kept as
+    loss_params: the parameters the loss owns (a proxy loss's proxies,
+      :func:`hdml_jax.losses.init_loss_params`), kept as
       ``params["loss"]`` with their own optimizer group; needs ``config.hdml``
       off.
     memory: a cross-batch memory (:func:`hdml_jax.losses.init_memory`)
-      for :func:`hdml_jax.loss_step.make_loss_train_step`; needs
+      for a label-based loss in :func:`hdml_jax.train_step.make_train_step`; needs
       ``config.hdml`` off and ``memory.embeddings`` of width ``embedding_dim``.
   """
   if num_classes < 2:
     raise ValueError(f"create_train_state: need at least 2 classes, got {num_classes}.")
+  loss_spec(config.loss)   # an unknown loss is refused here, naming the choices
   if isinstance(backbone, str):
     backbone = get_backbone(backbone, **(backbone_kwargs or {}))
   k_bb, k_emb, k_gen, k_cls = jax.random.split(rng, 4)

@@ -50,7 +50,7 @@ def _config(args, resize, crop, recipe, cache_gb, threads):
   cfg.dataset.num_val_classes = 0
   cfg.dataset.resize, cfg.dataset.crop, cfg.dataset.preprocess = resize, crop, recipe
   cfg.dataset.decoded_cache_gb = cache_gb
-  cfg.hdml.loss = "triplet"
+  cfg.loss.name = "triplet"
   cfg.batch_size, cfg.num_steps, cfg.data_threads = args.batch, args.batches + cfg.prefetch + 1, threads
   return cfg
 

@@ -7,7 +7,7 @@ fails instead of being ignored.
 
 import ml_collections
 
-from experiments.config_mapping import HDML_KEYS, config_section
+from experiments.config_mapping import HDML_ELSEWHERE, HDML_KEYS, config_section
 from experiments.overrides import apply_overrides
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 
@@ -45,28 +45,31 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.pretrained = ""              # a params file from experiments.convert_weights
 
   # The hyper-parameters of the train step and its optimizers: one key per field of
-  # hdml_jax.config.HDMLConfig (hdml.enabled is its `hdml`) and OptimizerConfig, with their
-  # defaults (the reference's values) and their documentation there.
-  c.hdml = config_section(HDMLConfig, renames=HDML_KEYS)
+  # hdml_jax.config.HDMLConfig (hdml.enabled is its `hdml`; its `loss` is loss.name) and
+  # OptimizerConfig, with their defaults (the reference's values) and their documentation there.
+  c.hdml = config_section(HDMLConfig, renames=HDML_KEYS, exclude=tuple(HDML_ELSEWHERE))
   c.hdml.stats_block_length = 64       # the adaptive statistics' block (create_train_state)
   c.hdml.stats_initial_value = 1e6
   c.optimizer = config_section(OptimizerConfig)
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = "hdml"                 # hdml: HDML's step (hdml.loss, hdml.enabled); or a library loss of
-                                       # hdml_jax.losses.LOSS_NAMES (multi_similarity, proxy_anchor, ...),
-                                       # trained without synthesis (hdml.enabled=False) on M-per-class batches
-  c.loss.m_per_class = 4               # library losses and hdml.loss=multi_similarity: images per class in a
-                                       # batch (pair losses need >= 2)
-  c.loss.kwargs = ml_collections.ConfigDict()   # library losses: hyper-parameters replacing the paper's defaults,
-                                       # e.g. "{'alpha': 1.0}" (hdml_jax.losses.hyper_parameters lists them)
-  c.loss.xbm_size = 0                  # library pair losses: rows of a cross-batch memory (XBM; 0: none,
+  c.loss.name = "npair"                # the method's loss, any of hdml_jax.losses.LOSS_NAMES: the reference's
+                                       # npair | triplet | contrastive, or a label-based or proxy loss
+                                       # (multi_similarity, proxy_anchor, ...); hdml.enabled adds HDML's
+                                       # synthesis (npair, triplet, contrastive, multi_similarity)
+  c.loss.m_per_class = 4               # losses on M-per-class batches (all but npair, triplet, contrastive):
+                                       # images per class in a batch (label-based losses need >= 2)
+  c.loss.kwargs = ml_collections.ConfigDict()   # the label-based and proxy losses: hyper-parameters replacing
+                                       # the paper's defaults, e.g. "{'alpha': 1.0}"
+                                       # (hdml_jax.losses.hyper_parameters lists them); the reference tuple
+                                       # losses read hdml.l2_reg, hdml.margin, hdml.contrastive_margin
+  c.loss.xbm_size = 0                  # label-based losses: rows of a cross-batch memory (XBM; 0: none,
                                        # else >= batch_size); each batch is also compared with the memory
   c.loss.xbm_start = 0                 # the step from which the memory is filled and its loss added
   c.loss.xbm_weight = 1.0              # the memory loss's weight beside the batch loss
 
   c.batch_size = 128                   # global: 2P for N-pair, 3T for triplet/contrastive, a multiple of
-                                       # loss.m_per_class for multi_similarity and the library losses
+                                       # loss.m_per_class for the other losses
   c.epoch_sampler = False              # N-pair: visit every training image once per epoch
   c.num_steps = 8000
   c.seed = 0

@@ -11,7 +11,7 @@ class sub-folders:
     python -m experiments.main --config experiments/configs/cub100.py --workdir runs/mine \\
         --config.dataset.data_dir=/data/my_images \\
         --config.dataset.train_classes='(0, 80)' --config.dataset.test_classes='(80, 160)' \\
-        --config.hdml.loss=triplet --config.batch_size=60 --config.hdml.enabled=False
+        --config.loss.name=triplet --config.batch_size=60 --config.hdml.enabled=False
 
 Trained from scratch (no ImageNet weights), so the paper's CUB numbers (R@1
 53.7 with a pretrained GoogLeNet) are not the target; the study page of the docs
@@ -39,7 +39,7 @@ def get_config():
   c.model.backbone_kwargs = {"widths": (32, 64, 128, 256), "depth": 1}
   c.model.embedding_dim = 128
   c.model.generator_hidden = 512
-  c.hdml.loss = "npair"
+  c.loss.name = "npair"
   c.hdml.beta = 5e3            # the reference's CUB value
   c.hdml.l2_reg = 1.5e-2
   c.hdml.weight_decay = 1e-4

@@ -19,7 +19,7 @@ def get_config():
   c.model.backbone_kwargs = {"hidden": (128,)}
   c.model.embedding_dim = 16
   c.model.generator_hidden = 128
-  c.hdml.loss = "npair"
+  c.loss.name = "npair"
   c.hdml.beta = 1e3
   c.hdml.weight_decay = 1e-3
   c.hdml.stats_block_length = 16

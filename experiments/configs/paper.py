@@ -51,7 +51,7 @@ def get_config(arg: str = "cub,npair,hdml"):
   c.model.backbone = "googlenet"
   c.model.backbone_kwargs = {}
   c.model.embedding_dim = emb
-  c.hdml.loss = loss
+  c.loss.name = loss
   c.hdml.enabled = method == "hdml"
   c.hdml.beta, c.hdml.weight_decay, c.hdml.l2_reg = beta, wd, l2
   c.optimizer.metric_lr = lr

@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["CURVE_KEYS", "KEYS", "METHODS", "XBM_METHOD", "check_overrides", "fmt", "fmt_diff", "last_value", "paired_difference", "plot_curves",
            "plot_hardness", "run_one", "selected", "summarise", "wall_minutes"]
 
-#: HDML (``*_hdml``) and its baseline (the same step without synthesis): ``(hdml.loss, hdml.enabled)``.
+#: HDML (``*_hdml``) and its baseline (the same step without synthesis): ``(loss.name, hdml.enabled)``.
 #: ``multi_similarity_*`` is the extension beyond the reference's losses (M-per-class batches).
 METHODS = {"npair_baseline": ("npair", False), "npair_hdml": ("npair", True),
            "triplet_baseline": ("triplet", False), "triplet_hdml": ("triplet", True),
@@ -49,8 +49,10 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   (``hdml_jax.losses.LOSS_NAMES``), or a library pair loss's name with
   ``_xbm`` (a cross-batch memory, :data:`XBM_METHOD`).
 
-  ``overrides`` (``{key: value or text}``) are applied after the method's
-  own settings, text parsed as on the command line
+  The library losses' rows train without the weight-decay term
+  (``hdml.weight_decay=0``), as the losses table's records were trained;
+  HDML and its baselines keep cub100's. ``overrides``
+  (``{key: value or text}``) are applied after the method's own settings, text parsed as on the command line
   (:func:`experiments.overrides.apply_overrides`). A finished run is read,
   not run again.
   """
@@ -63,14 +65,16 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
     return json.load(open(path))
   cfg = cub100.get_config()
   if method in METHODS:
-    cfg.hdml.loss, cfg.hdml.enabled = METHODS[method]
+    cfg.loss.name, cfg.hdml.enabled = METHODS[method]
   elif method.endswith(XBM_METHOD["suffix"]):   # a library pair loss with a cross-batch memory
     cfg.loss.name, cfg.hdml.enabled = method[:-len(XBM_METHOD["suffix"])], False
     cfg.loss.xbm_size, cfg.loss.xbm_start = XBM_METHOD["loss.xbm_size"], XBM_METHOD["loss.xbm_start"]
+    cfg.hdml.weight_decay = 0.0
   else:   # a library loss (hdml_jax.losses.LOSS_NAMES), without synthesis, on M-per-class batches
     cfg.loss.name, cfg.hdml.enabled = method, False
+    cfg.hdml.weight_decay = 0.0
   cfg.seed, cfg.num_steps = seed, num_steps
-  if cfg.hdml.loss == "triplet" and method in METHODS:
+  if cfg.loss.name == "triplet" and method in METHODS:
     cfg.batch_size = 60
   apply_overrides(cfg, overrides)
   return train_and_evaluate(cfg, workdir)

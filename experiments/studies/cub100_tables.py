@@ -27,7 +27,7 @@ applies to every run and every pretraining (the syntax of
   J_gen path), given as absolute beta and as ``hdml.beta_relative``.
 * ``alpha``: ``hdml.alpha_relative`` against the reference alpha, every seed.
 * ``losses``: every method of ``--methods`` (HDML N-pair and triplet, their
-  baselines, and the library losses of ``hdml_jax.loss_step``) at the
+  baselines, and the library losses through ``hdml_jax.train_step``) at the
   pretrained start; each baseline or loss gets the metric learning rate of
   ``--lrs`` with the best held-out-class R@1 (first seed), HDML its
   baseline's; then every seed, paired (same pretrained file, same data
@@ -73,7 +73,7 @@ from experiments.studies.common import (
   selected,
   wall_minutes,
 )
-from hdml_jax.losses import LOSS_NAMES
+from hdml_jax.losses import LOSS_NAMES, TUPLE_LOSSES
 
 __all__ = ["TABLES", "chosen_lr", "main", "own_baseline", "pretrained_file", "regime_run"]
 
@@ -89,7 +89,8 @@ REGIMES = ("pretrained", "scratch")
 # --table losses: HDML and its baselines (the reference's tuple losses, then the Multi-Similarity extension),
 # then every library loss, then Multi-Similarity with a cross-batch memory.
 DEFAULT_METHODS = ("npair_baseline", "triplet_baseline", "npair_hdml", "triplet_hdml",
-                   "multi_similarity_baseline", "multi_similarity_hdml") + LOSS_NAMES + ("multi_similarity_xbm",)
+                   "multi_similarity_baseline", "multi_similarity_hdml") + tuple(
+                       n for n in LOSS_NAMES if n not in TUPLE_LOSSES) + ("multi_similarity_xbm",)
 
 
 def _steps(n: int) -> dict:

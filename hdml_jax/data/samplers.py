@@ -182,14 +182,20 @@ class EpochNPairSampler:
 
 def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0, epochs: bool = False,
                  m_per_class: int = 4):
-  """The sampler whose layout ``loss`` expects, for a global ``batch_size``.
+  """The sampler whose layout the registered ``loss`` expects (:data:`hdml_jax.losses.LAYOUTS`), for a global ``batch_size``.
 
-  ``epochs=True`` (N-pair only) visits every training image once per epoch
-  (:class:`EpochNPairSampler`); the default draws classes afresh each step,
-  as the reference does. ``"multi_similarity"`` gets an
-  :class:`MPerClassSampler` with ``m_per_class`` images of each class.
+  ``[anchors; positives]`` (``npair``): :class:`NPairSampler`, or with
+  ``epochs=True`` :class:`EpochNPairSampler`, which visits every training
+  image once per epoch (the default draws classes afresh each step, as the
+  reference does); ``[anchors; positives; negatives]`` (``triplet``,
+  ``contrastive``): :class:`TripletSampler`; every other loss: an
+  :class:`MPerClassSampler` with ``m_per_class`` images of each class (at
+  least 2 for a label-based loss, which compares samples of one class).
   """
-  if loss == "npair":
+  from hdml_jax.losses import loss_spec  # the registry names the layout
+
+  layout = loss_spec(loss).layout
+  if layout == "pairs":
     if batch_size % 2:
       raise ValueError(f"make_sampler: an N-pair batch size must be even, got {batch_size}.")
     if epochs:
@@ -197,13 +203,11 @@ def make_sampler(loss: str, labels, *, batch_size: int, seed: int = 0, epochs: b
     return NPairSampler(labels, num_pairs=batch_size // 2, seed=seed)
   if epochs:
     raise ValueError(f"make_sampler: epoch coverage is offered for N-pair batches only, not {loss!r}.")
-  if loss == "multi_similarity":
-    if m_per_class < 2:
-      raise ValueError(f"make_sampler: a multi_similarity batch compares samples of one class, so it needs "
-                       f"m_per_class >= 2, got {m_per_class}.")
-    return MPerClassSampler(labels, m=m_per_class, batch_size=batch_size, seed=seed)
-  if loss in ("triplet", "contrastive"):
+  if layout == "triplets":
     if batch_size % 3:
       raise ValueError(f"make_sampler: a {loss} batch size must be divisible by 3, got {batch_size}.")
     return TripletSampler(labels, num_triplets=batch_size // 3, seed=seed)
-  raise ValueError(f"make_sampler: unknown loss {loss!r}.")
+  if layout == "classes" and m_per_class < 2:
+    raise ValueError(f"make_sampler: a {loss} batch compares samples of one class, so it needs "
+                     f"m_per_class >= 2, got {m_per_class}.")
+  return MPerClassSampler(labels, m=m_per_class, batch_size=batch_size, seed=seed)

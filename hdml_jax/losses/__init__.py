@@ -1,8 +1,9 @@
 """Every loss of the library, by family, behind one namespace: ``import hdml_jax.losses as L``.
 
 * the reference tuple losses HDML is built on (:func:`npair_loss`,
-  :func:`synthetic_npair_loss`, :func:`triplet_loss`, :func:`contrastive_loss`)
-  and :func:`cross_entropy`;
+  :func:`synthetic_npair_loss`, :func:`triplet_loss`, :func:`contrastive_loss`),
+  their forms on a laid-out batch (:func:`npair_batch_loss`, ...) and
+  :func:`cross_entropy`;
 * the label-based losses, ``loss(embeddings, labels)``, with their mining
   (:func:`triplet_loss_from_labels`, :func:`multi_similarity_loss`,
   :func:`margin_loss`, ...);
@@ -47,33 +48,43 @@ from hdml_jax.losses._proxy import (  # proxy losses, loss(embeddings, labels, p
     proxy_nca_loss,
 )
 from hdml_jax.losses._registry import (  # the registry the train step reads (loss.name)
+    LAYOUTS,
     LOSS_NAMES,
     PAIR_LOSSES,
     PROXY_LOSSES,
+    TUPLE_LOSSES,
     LossSpec,
     hyper_parameters,
     init_loss_params,
     loss_spec,
 )
 from hdml_jax.losses._tuple import (  # the reference tuple losses and cross-entropy
+    contrastive_batch_loss,
     contrastive_loss,
+    contrastive_triplet_loss,
     cross_entropy,
+    npair_batch_loss,
     npair_loss,
     split_triplets,
     synthetic_npair_loss,
+    triplet_batch_loss,
     triplet_loss,
 )
 
 __all__ = [
+    "LAYOUTS",
     "LOSS_NAMES",
     "MININGS",
     "PAIR_LOSSES",
     "PROXY_LOSSES",
     "REDUCTIONS",
+    "TUPLE_LOSSES",
     "arcface_loss",
     "circle_loss",
+    "contrastive_batch_loss",
     "contrastive_loss",
     "contrastive_loss_from_labels",
+    "contrastive_triplet_loss",
     "cosface_loss",
     "cross_batch_loss",
     "cross_entropy",
@@ -92,6 +103,7 @@ __all__ = [
     "multi_similarity_from_similarities",
     "multi_similarity_loss",
     "normalized_softmax_loss",
+    "npair_batch_loss",
     "npair_loss",
     "npair_loss_from_labels",
     "proxy_anchor_loss",
@@ -100,6 +112,7 @@ __all__ = [
     "split_triplets",
     "supervised_contrastive_loss",
     "synthetic_npair_loss",
+    "triplet_batch_loss",
     "triplet_loss",
     "triplet_loss_from_labels",
 ]

@@ -1,7 +1,10 @@
 """The registry of losses the train step trains by name (``loss.name``), with named fields.
 
-:data:`LOSS_NAMES` names every label-based, pair-based and proxy-based loss
-with its reference's default hyper-parameters; :func:`hyper_parameters`
+:data:`LOSS_NAMES` names every loss the train step trains: the reference's
+tuple losses (``npair``, ``triplet``, ``contrastive``, on batches laid out
+as tuples) and every label-based, pair-based and proxy-based loss, each with
+its reference's default hyper-parameters and the batch layout it expects
+(:data:`LAYOUTS`); :func:`hyper_parameters`
 lists a loss's keywords and defaults; :func:`loss_spec` gives the
 :class:`LossSpec` the step calls; :func:`init_loss_params` makes the
 parameters a loss owns (the ``[C, E]`` proxies of a proxy loss; none for the
@@ -17,11 +20,16 @@ from typing import Callable
 
 import jax
 
-from hdml_jax.losses import _label
+from hdml_jax.losses import _label, _tuple
 from hdml_jax.losses import _proxy as _proxy_losses
 
-__all__ = ["LOSS_NAMES", "PAIR_LOSSES", "PROXY_LOSSES", "LossSpec", "hyper_parameters", "init_loss_params",
-           "loss_spec"]
+__all__ = ["LAYOUTS", "LOSS_NAMES", "PAIR_LOSSES", "PROXY_LOSSES", "TUPLE_LOSSES", "LossSpec", "hyper_parameters",
+           "init_loss_params", "loss_spec"]
+
+#: The batch layouts a loss may expect: ``pairs`` (``[anchors; positives]``, ``B = 2P``, the pairs' classes
+#: distinct), ``triplets`` (``[anchors; positives; negatives]``, ``B = 3T``), ``classes`` (any order, classes
+#: repeated: an M-per-class batch with ``m >= 2``), ``any`` (any batch: the proxy losses).
+LAYOUTS = ("pairs", "triplets", "classes", "any")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +43,8 @@ class LossSpec:
   name: str
   fn: Callable
   proxies: bool          # owns [C, E] proxies (needs the number of training classes)
-  needs_pairs: bool      # needs classes repeated in the batch
+  needs_pairs: bool      # needs classes repeated in the batch (layout "classes")
+  layout: str = "classes"   # one of LAYOUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,7 @@ class _Entry:
   fixed: dict            # keywords the entry sets itself (e.g. the triplet mining)
   proxies: bool
   needs_pairs: bool
+  layout: str
 
 
 def _pair(fn, **kwargs):
@@ -73,32 +83,53 @@ def _margin(**kwargs):
   return loss
 
 
-_P, _X = _pair, _proxy
+def _tuple_loss(fn, **kwargs):
+  def loss(params, e, y, rng, references=None):
+    if references is not None:
+      raise ValueError(f"{fn.__name__} scores the tuples of its batch layout, not a cross-batch memory.")
+    return fn(e, y, **kwargs)
+  return loss
+
+
+_P, _X, _T = _pair, _proxy, _tuple_loss
 _SPECS = {
-    "npair_labels": _Entry(_P, (_label.npair_loss_from_labels,), {}, proxies=False, needs_pairs=True),
-    "triplet_all": _Entry(_P, (_label.triplet_loss_from_labels,), {"mining": "all"}, proxies=False, needs_pairs=True),
+    "npair": _Entry(_T, (_tuple.npair_batch_loss,), {}, proxies=False, needs_pairs=False, layout="pairs"),
+    "triplet": _Entry(_T, (_tuple.triplet_batch_loss,), {}, proxies=False, needs_pairs=False, layout="triplets"),
+    "contrastive": _Entry(_T, (_tuple.contrastive_batch_loss,), {}, proxies=False, needs_pairs=False,
+                          layout="triplets"),
+    "npair_labels": _Entry(_P, (_label.npair_loss_from_labels,), {}, proxies=False, needs_pairs=True, layout="classes"),
+    "triplet_all": _Entry(_P, (_label.triplet_loss_from_labels,), {"mining": "all"},
+                          proxies=False, needs_pairs=True, layout="classes"),
     "triplet_batch_hard": _Entry(_P, (_label.triplet_loss_from_labels,), {"mining": "batch_hard"}, proxies=False,
-                                 needs_pairs=True),
+                                 needs_pairs=True, layout="classes"),
     "triplet_semi_hard": _Entry(_P, (_label.triplet_loss_from_labels,), {"mining": "semi_hard"}, proxies=False,
-                                needs_pairs=True),
-    "contrastive_labels": _Entry(_P, (_label.contrastive_loss_from_labels,), {}, proxies=False, needs_pairs=True),
-    "multi_similarity": _Entry(_P, (_label.multi_similarity_loss,), {}, proxies=False, needs_pairs=True),
-    "lifted_structure": _Entry(_P, (_label.lifted_structure_loss,), {}, proxies=False, needs_pairs=True),
-    "circle": _Entry(_P, (_label.circle_loss,), {}, proxies=False, needs_pairs=True),
-    "supervised_contrastive": _Entry(_P, (_label.supervised_contrastive_loss,), {}, proxies=False, needs_pairs=True),
+                                needs_pairs=True, layout="classes"),
+    "contrastive_labels": _Entry(_P, (_label.contrastive_loss_from_labels,), {},
+                                 proxies=False, needs_pairs=True, layout="classes"),
+    "multi_similarity": _Entry(_P, (_label.multi_similarity_loss,), {},
+                               proxies=False, needs_pairs=True, layout="classes"),
+    "lifted_structure": _Entry(_P, (_label.lifted_structure_loss,), {},
+                               proxies=False, needs_pairs=True, layout="classes"),
+    "circle": _Entry(_P, (_label.circle_loss,), {}, proxies=False, needs_pairs=True, layout="classes"),
+    "supervised_contrastive": _Entry(_P, (_label.supervised_contrastive_loss,), {},
+                                     proxies=False, needs_pairs=True, layout="classes"),
     "margin": _Entry(None, (_label.margin_loss, _label.distance_weighted_sampling), {}, proxies=False,
-                     needs_pairs=True),
-    "proxy_nca": _Entry(_X, (_proxy_losses.proxy_nca_loss,), {}, proxies=True, needs_pairs=False),
-    "proxy_anchor": _Entry(_X, (_proxy_losses.proxy_anchor_loss,), {}, proxies=True, needs_pairs=False),
-    "normalized_softmax": _Entry(_X, (_proxy_losses.normalized_softmax_loss,), {}, proxies=True, needs_pairs=False),
-    "cosface": _Entry(_X, (_proxy_losses.cosface_loss,), {}, proxies=True, needs_pairs=False),
-    "arcface": _Entry(_X, (_proxy_losses.arcface_loss,), {}, proxies=True, needs_pairs=False),
+                     needs_pairs=True, layout="classes"),
+    "proxy_nca": _Entry(_X, (_proxy_losses.proxy_nca_loss,), {}, proxies=True, needs_pairs=False, layout="any"),
+    "proxy_anchor": _Entry(_X, (_proxy_losses.proxy_anchor_loss,), {}, proxies=True, needs_pairs=False, layout="any"),
+    "normalized_softmax": _Entry(_X, (_proxy_losses.normalized_softmax_loss,), {},
+                                 proxies=True, needs_pairs=False, layout="any"),
+    "cosface": _Entry(_X, (_proxy_losses.cosface_loss,), {}, proxies=True, needs_pairs=False, layout="any"),
+    "arcface": _Entry(_X, (_proxy_losses.arcface_loss,), {}, proxies=True, needs_pairs=False, layout="any"),
 }
 # Keywords the step sets itself (or that change what a loss returns): never hyper-parameters.
 _RESERVED = ("reduction", "require_pairs", "references", "negatives", "key")
 
-#: Every loss :func:`make_loss_train_step` trains, by name.
+#: Every loss :func:`hdml_jax.train_step.make_train_step` trains, by name.
 LOSS_NAMES = tuple(_SPECS)
+#: The reference's tuple losses (batches laid out as tuples; their hyper-parameters are fields of
+#: :class:`hdml_jax.config.HDMLConfig`, which HDML's synthetic loss shares).
+TUPLE_LOSSES = tuple(n for n, entry in _SPECS.items() if entry.layout in ("pairs", "triplets"))
 #: The losses that own proxies (and need the number of training classes).
 PROXY_LOSSES = tuple(n for n, entry in _SPECS.items() if entry.proxies)
 #: The losses that need classes repeated within a batch.
@@ -138,7 +169,7 @@ def loss_spec(name: str, hyper: dict | None = None) -> LossSpec:
                      f"hyper-parameters are {', '.join(f'{k}={v!r}' for k, v in allowed.items())}.")
   entry = _SPECS[name]
   fn = _margin(**hyper) if entry.wrap is None else entry.wrap(entry.functions[0], **entry.fixed, **hyper)
-  return LossSpec(name, fn, entry.proxies, entry.needs_pairs)
+  return LossSpec(name, fn, entry.proxies, entry.needs_pairs, entry.layout)
 
 
 def init_loss_params(name: str, key: jax.Array, *, embedding_dim: int, num_classes: int | None = None) -> dict:

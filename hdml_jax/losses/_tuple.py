@@ -15,11 +15,15 @@ from hdml_jax import _checks
 from hdml_jax.distances import rowwise_squared_distances, safe_sqrt
 
 __all__ = [
+    "contrastive_batch_loss",
     "contrastive_loss",
+    "contrastive_triplet_loss",
     "cross_entropy",
+    "npair_batch_loss",
     "npair_loss",
     "split_triplets",
     "synthetic_npair_loss",
+    "triplet_batch_loss",
     "triplet_loss",
 ]
 
@@ -253,3 +257,35 @@ def contrastive_loss(
   d = safe_sqrt(d2)
   per_pair = same * d2 + (1.0 - same) * jnp.square(jax.nn.relu(margin - d))
   return _checks.nan_unless_finite(_checks.reduce(per_pair, reduction), x1, x2)
+
+
+# The reference tuple losses on a laid-out batch, ``loss(embeddings, labels)`` (what the registry trains by name).
+
+def npair_batch_loss(embeddings: jax.Array, labels: jax.Array, *, l2_reg: float = 3e-3) -> jax.Array:
+  """:func:`npair_loss` of a batch laid out ``[anchors; positives]`` (``B = 2P``), the pairs' labels from ``labels[:P]``.
+
+  ``l2_reg`` defaults to the reference's Cars196 value.
+  """
+  p = embeddings.shape[0] // 2
+  return npair_loss(embeddings[:p], embeddings[p:], labels=labels[:p], l2_reg=l2_reg)
+
+
+def triplet_batch_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 1.0) -> jax.Array:
+  """:func:`triplet_loss` (squared distances, summed) of a batch laid out ``[anchors; positives; negatives]``."""
+  del labels   # the layout says which rows pair up
+  a, p, n = split_triplets(embeddings)
+  return triplet_loss(a, p, n, margin=margin)
+
+
+def contrastive_triplet_loss(anchors: jax.Array, positives: jax.Array, negatives: jax.Array, *,
+                             margin: float = 1.0) -> jax.Array:
+  """:func:`contrastive_loss` over the pairs ``(a, p)`` (similar) and ``(a, n)`` (dissimilar) of triplets, a mean."""
+  x2 = jnp.concatenate([positives, negatives])
+  same = jnp.concatenate([jnp.ones(anchors.shape[0]), jnp.zeros(anchors.shape[0])])
+  return contrastive_loss(jnp.concatenate([anchors, anchors]), x2, same, margin=margin)
+
+
+def contrastive_batch_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 1.0) -> jax.Array:
+  """:func:`contrastive_triplet_loss` of a batch laid out ``[anchors; positives; negatives]``."""
+  del labels
+  return contrastive_triplet_loss(*split_triplets(embeddings), margin=margin)

@@ -34,7 +34,7 @@ class ExperimentsTest(chex.TestCase):
     for k in RESULT_KEYS:
       self.assertTrue(0.0 <= on_disk["final"][k] <= 1.0, k)
     self.assertIsNone(on_disk["best"])   # the default selects nothing (no validation classes)
-    self.assertEqual(on_disk["config"]["hdml"]["loss"], "npair")
+    self.assertEqual(on_disk["config"]["loss"]["name"], "npair")
     self.assertGreater(on_disk["wall_seconds"], 0)
     self.assertEqual(results["final"], on_disk["final"])
     for name in ("curves.png", "embedding_projection.png"):
@@ -196,8 +196,8 @@ class ExperimentsTest(chex.TestCase):
       train_and_evaluate(fast_default(batch_size=0), tempfile.mkdtemp())
     with self.assertRaisesRegex(ValueError, "selection.split='val' needs"):
       train_and_evaluate(fast_default(**{"selection.split": "val"}), tempfile.mkdtemp())
-    with self.assertRaisesRegex(ValueError, "HDMLConfig.loss must be one of"):
-      train_and_evaluate(fast_default(**{"hdml.loss": "arcface"}), tempfile.mkdtemp())
+    with self.assertRaisesRegex(ValueError, "HDML has no synthesis for config.loss.name='arcface'"):
+      train_and_evaluate(fast_default(**{"loss.name": "arcface"}), tempfile.mkdtemp())
     with self.assertRaisesRegex(ValueError, "dataset.name must be"):
       train_and_evaluate(fast_default(**{"dataset.name": "mnist"}), tempfile.mkdtemp())
     with self.assertRaisesRegex(ValueError, "config string must be"):

@@ -70,7 +70,7 @@ def test_caffemodel_to_paper_config_run_and_evaluation():
   assert results["best"]["recall@1"] == results["final"]["recall@1"]   # the same state, evaluated once
   assert results["pretrained"] == {"path": converted, "sha256": file_sha256(converted)}
   cfg = results["config"]
-  assert (cfg["model"]["backbone"], cfg["model"]["embedding_dim"], cfg["hdml"]["loss"], cfg["hdml"]["enabled"]) == (
+  assert (cfg["model"]["backbone"], cfg["model"]["embedding_dim"], cfg["loss"]["name"], cfg["hdml"]["enabled"]) == (
       "googlenet", 256, "npair", True)
   assert cfg["dataset"]["preprocess"] == "paper" and cfg["optimizer"]["metric_lr"] == 6e-5
   decoded = os.path.join(root, "tfds", "cub200_2011_dml", "1.0.0", "decoded")

@@ -47,9 +47,9 @@ class ResumeTest(chex.TestCase):
     train_and_evaluate(fast_default(num_steps=8), workdir)
     saved = strict_json(os.path.join(workdir, "config.json"))
     self.assertEqual(saved["seed"], 0)
-    with self.assertRaisesRegex(ValueError, r"(?s)another config.*hdml.loss: 'npair' in the run, 'triplet' now"
+    with self.assertRaisesRegex(ValueError, r"(?s)another config.*loss.name: 'npair' in the run, 'triplet' now"
                                 r".*seed: 0 in the run, 1 now.*fresh --workdir"):
-      train_and_evaluate(fast_default(num_steps=12, seed=1, **{"hdml.loss": "triplet", "batch_size": 9}),
+      train_and_evaluate(fast_default(num_steps=12, seed=1, **{"loss.name": "triplet", "batch_size": 9}),
                          workdir)
     with self.assertRaisesRegex(ValueError, r"optimizer.metric_lr: 0.0003 in the run, 0.001 now"):
       train_and_evaluate(fast_default(num_steps=12, **{"optimizer.metric_lr": 1e-3}), workdir)

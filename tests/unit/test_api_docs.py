@@ -143,7 +143,7 @@ class ApiDocsTest(absltest.TestCase):
     self.assertEqual(documented_names(folder), {"hdml_jax.losses.npair_loss"})
     self.assertEqual(linked_names(os.path.join(folder, "page.md")), {"hdml_jax.evaluation.evaluate"})
     self.assertNotIn("NOT_A_CONSTANT", constant_comments("hdml_jax.config"))
-    self.assertIn("LOSSES", constant_comments("hdml_jax.config"))
+    self.assertIn("HDML_LOSSES", constant_comments("hdml_jax.config"))
     self.assertIn("KNN_ENGINES", constant_comments("hdml_jax.evaluation"))
 
 

@@ -17,6 +17,7 @@ from hdml_jax.networks import build_networks
 from hdml_jax.optimizers import GROUP_OF, make_optimizer, schedule
 from hdml_jax.statistics import AdaptiveStatistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
+from tests.helpers import tiny_state
 
 NON_NEGATIVE = ("alpha", "beta", "alpha_relative", "beta_relative", "softmax_factor", "l2_reg", "weight_decay",
                 "margin", "contrastive_margin")
@@ -63,9 +64,11 @@ class HDMLConfigTest(parameterized.TestCase):
 
   def test_unknown_loss_and_bn1_update_are_refused_with_the_choices(self):
     with self.assertRaisesRegex(
-        ValueError, r"^HDMLConfig\.loss must be one of \('npair', 'triplet', 'contrastive', 'multi_similarity'\), "
-        r"got 'lifted'\.$"):
+        ValueError, r"^HDMLConfig: HDML has no synthesis for loss 'lifted' \(it has one for npair, triplet, "
+        r"contrastive, multi_similarity\); set hdml=False to train it without synthesis\.$"):
       HDMLConfig(loss="lifted")
+    with self.assertRaisesRegex(ValueError, r"^unknown loss 'lifted'; choose one of npair, triplet, contrastive, "):
+      tiny_state(loss="lifted", hdml=False)
     with self.assertRaisesRegex(
         ValueError, r"^HDMLConfig\.bn1_update must be one of \('both', 'real'\), got 'none'\.$"):
       HDMLConfig(bn1_update="none")

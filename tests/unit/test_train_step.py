@@ -233,7 +233,9 @@ class TrainStepTest(chex.TestCase):
     tstep = make_train_step(tstate.networks, tstate.config)
     with self.assertRaisesRegex(ValueError, r"divisible by 3, got images \(8, 8, 8, 1\)"):
       tstep(tstate, {"images": images[:8], "labels": labels[:8]}, jax.random.key(0))
-    with self.assertRaisesRegex(ValueError, "loss must be one of"):
+    with self.assertRaisesRegex(ValueError, r"unknown loss 'arcfce'; choose one of npair, "):
+      tiny_state(loss="arcfce", hdml=False)
+    with self.assertRaisesRegex(ValueError, "HDML has no synthesis for loss 'arcface'.*set hdml=False"):
       HDMLConfig(loss="arcface")
     with self.assertRaisesRegex(ValueError, "bn1_update must be one of"):
       HDMLConfig(bn1_update="never")

@@ -84,7 +84,7 @@ def _cub_cfg(manual, gb):
   cfg.dataset.num_val_classes = 0
   cfg.dataset.resize, cfg.dataset.crop, cfg.dataset.preprocess = 40, 32, "paper"
   cfg.dataset.decoded_cache_gb = gb
-  cfg.hdml.loss = "triplet"
+  cfg.loss.name = "triplet"
   cfg.batch_size, cfg.num_steps = 6, 200
   return cfg
 
@@ -119,7 +119,7 @@ def test_cached_splits_equal_the_jpeg_path_pixel_for_pixel_and_batch_for_batch()
 def _sampler(cfg, data):
   from hdml_jax.data import make_sampler
 
-  return make_sampler(cfg.hdml.loss, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed)
+  return make_sampler(cfg.loss.name, data.train.labels, batch_size=cfg.batch_size, seed=cfg.seed)
 
 
 def test_random_crop_and_flip_statistics():

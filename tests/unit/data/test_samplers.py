@@ -197,8 +197,12 @@ class MakeSamplerTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r"^make_sampler: epoch coverage is offered for N-pair batches only, "
                                             r"not 'triplet'\."):
       make_sampler("triplet", y, batch_size=6, epochs=True)
-    with self.assertRaisesRegex(ValueError, r"^make_sampler: unknown loss 'arcface'\."):
-      make_sampler("arcface", y, batch_size=6)
+    with self.assertRaisesRegex(ValueError, r"^unknown loss 'arcfce'; choose one of npair, "):
+      make_sampler("arcfce", y, batch_size=6)
+    with self.assertRaisesRegex(ValueError, r"^make_sampler: a circle batch compares samples of one class, so it "
+                                            r"needs m_per_class >= 2, got 1\."):
+      make_sampler("circle", y, batch_size=6, m_per_class=1)
+    self.assertIsInstance(make_sampler("arcface", y, batch_size=6, m_per_class=2), MPerClassSampler)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""config.loss: the library losses in the experiments, and the one-line refusals of bad set-ups."""
+"""config.loss: the one method key (loss.name, with hdml.enabled) in the experiments, and the one-line refusals
+of bad set-ups."""
 
 import subprocess
 import sys
@@ -14,28 +15,38 @@ def _cfg(**overrides):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"loss.name": "multisim"}, r"config.loss.name='multisim' is not a loss; choose 'hdml' or one of npair_labels"),
-    ({"loss.name": "circle", "hdml.enabled": True}, r"trains without HDML's synthesis: set config.hdml.enabled=False"),
+    ({"loss.name": "multisim"}, r"config.loss.name='multisim' is not a loss; choose one of npair, triplet, contrastive, "
+                                r"npair_labels"),
+    ({"loss.name": "hdml"}, r"config.loss.name='hdml' is no longer a method: name the loss itself, e.g. "
+                            r"config.loss.name=npair \(what config.hdml.loss was\)"),
+    ({"loss.name": "circle", "hdml.enabled": True},
+     r"HDML has no synthesis for config.loss.name='circle' .*: set config.hdml.enabled=False"),
     ({"loss.name": "circle", "loss.m_per_class": 1}, r"'circle' compares samples of one class, so a batch needs at least 2"),
     ({"loss.name": "proxy_anchor", "loss.m_per_class": 0}, r"'proxy_anchor' needs at least 1 image per class"),
     ({"loss.name": "margin", "loss.m_per_class": 3}, r"config.batch_size=20 is not a multiple of config.loss.m_per_class=3"),
-    ({"loss.name": "margin", "epoch_sampler": True}, r"config.epoch_sampler is for HDML's N-pair batches"),
-    ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "loss.m_per_class": 1},
-     r"config.hdml.loss='multi_similarity' compares samples of one class, so a batch needs at least 2 per class"),
-    ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "loss.m_per_class": 3},
+    ({"loss.name": "margin", "epoch_sampler": True}, r"config.epoch_sampler is for N-pair batches; "
+                                                       r"config.loss.name='margin' uses the M-per-class sampler"),
+    ({"loss.name": "triplet", "epoch_sampler": True, "batch_size": 21},
+     r"config.epoch_sampler is for N-pair batches, not config.loss.name='triplet'"),
+    ({"loss.name": "multi_similarity", "hdml.enabled": True, "loss.m_per_class": 1},
+     r"config.loss.name='multi_similarity' compares samples of one class, so a batch needs at least 2 per class"),
+    ({"loss.name": "multi_similarity", "hdml.enabled": True, "loss.m_per_class": 3},
      r"config.batch_size=20 is not a multiple of config.loss.m_per_class=3"),
-    ({"hdml.loss": "multi_similarity", "hdml.enabled": True, "epoch_sampler": True},
-     r"config.epoch_sampler is for N-pair batches; config.hdml.loss='multi_similarity' uses the M-per-class"),
+    ({"loss.name": "multi_similarity", "hdml.enabled": True, "epoch_sampler": True},
+     r"config.epoch_sampler is for N-pair batches; config.loss.name='multi_similarity' uses the M-per-class"),
     ({"loss.name": "proxy_anchor", "loss.xbm_size": 64},
-     r"config.loss.xbm_size=64: a cross-batch memory serves the library pair losses \(npair_labels"),
-    ({"loss.name": "hdml", "hdml.enabled": True, "loss.xbm_size": 64}, r"not config.loss.name='hdml'"),
+     r"config.loss.xbm_size=64: a cross-batch memory serves the label-based losses \(npair_labels"),
+    ({"loss.name": "npair", "hdml.enabled": True, "loss.xbm_size": 64}, r"not config.loss.name='npair'"),
+    ({"loss.name": "multi_similarity", "hdml.enabled": True, "loss.xbm_size": 64},
+     r"a cross-batch memory serves training without HDML's synthesis"),
     ({"loss.name": "circle", "loss.xbm_size": 10}, r"config.loss.xbm_size=10 is smaller than config.batch_size=20"),
     ({"loss.name": "circle", "loss.xbm_size": 64, "loss.xbm_start": -1}, r"config.loss.xbm_start must be an integer >= 0"),
     ({"loss.name": "circle", "loss.xbm_weight": -0.5}, r"config.loss.xbm_weight must be a number >= 0, got -0.5"),
     ({"loss.name": "circle", "loss.kwargs": {'gama': 60.0}},
      r"config.loss.kwargs: loss 'circle' takes no hyper-parameter 'gama'; its hyper-parameters are margin=0.4, gamma=80.0"),
     ({"loss.kwargs": {'alpha': 1.0}, "hdml.enabled": True},
-     r"config.loss.kwargs=\{'alpha': 1.0\} sets a library loss's hyper-parameters, but config.loss.name is 'hdml'"),
+     r"config.loss.kwargs=\{'alpha': 1.0\} sets a label-based or proxy loss's hyper-parameters, but "
+     r"config.loss.name='npair' reads its own from config.hdml"),
 ])
 def test_bad_loss_settings_are_refused(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -45,9 +56,10 @@ def test_bad_loss_settings_are_refused(overrides, message):
 def test_good_settings_pass():
   validate_config(_cfg(**{"loss.name": "proxy_anchor", "loss.m_per_class": 1}))
   validate_config(_cfg(**{"loss.name": "multi_similarity"}))
-  validate_config(_cfg(**{"hdml.loss": "multi_similarity", "hdml.enabled": True}))   # HDML on Multi-Similarity
+  validate_config(_cfg(**{"loss.name": "multi_similarity", "hdml.enabled": True}))   # HDML on Multi-Similarity
   validate_config(_cfg(**{"loss.name": "margin", "loss.xbm_size": 20, "loss.xbm_start": 3}))
-  validate_config(fast_default())   # loss.name "hdml": HDML's own step, as before
+  validate_config(fast_default())   # loss.name "npair": HDML N-pair, the reference
+  validate_config(fast_default(**{"loss.name": "triplet", "batch_size": 9}))
 
 
 @pytest.mark.slow

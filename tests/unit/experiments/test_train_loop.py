@@ -592,7 +592,8 @@ class RunConfigTest(chex.TestCase):
 
   def cfg(self, **changes):
     cfg = ml_collections.ConfigDict({"num_steps": 10, "log_every": 2, "seed": 0,
-                                     "hdml": {"loss": "npair", "lam": 0.5}, "eval": {"batch_size": 64}})
+                                     "hdml": {"margin": 1.0, "lam": 0.5}, "loss": {"name": "npair"},
+                                     "eval": {"batch_size": 64}})
     for key, value in changes.items():
       node = cfg
       *parents, leaf = key.split(".")
@@ -647,12 +648,12 @@ class RunConfigTest(chex.TestCase):
     run_config.check_run_config(self.cfg(), self.workdir, resuming=False)
     path = os.path.join(self.workdir, run_config.CONFIG_FILE)
     with self.assertRaises(ValueError) as cm:
-      run_config.check_run_config(self.cfg(num_steps=20, seed=1, **{"hdml.loss": "triplet"}), self.workdir,
+      run_config.check_run_config(self.cfg(num_steps=20, seed=1, **{"loss.name": "triplet"}), self.workdir,
                              resuming=True)
     self.assertEqual(str(cm.exception),
                      f"{self.workdir} holds a run with another config; resuming it would continue that run under "
                      "new settings. Differences:\n"
-                     "  hdml.loss: 'npair' in the run, 'triplet' now\n"
+                     "  loss.name: 'npair' in the run, 'triplet' now\n"
                      "  seed: 0 in the run, 1 now\n"
                      f"Use a fresh --workdir, or resume with the run's own config ({path}). Only "
                      f"{', '.join(run_config.RESUMABLE_KEYS)} may change on resume.")
@@ -686,8 +687,29 @@ class RunConfigTest(chex.TestCase):
       text = f.read()
     saved = json.loads(text)
     self.assertEqual(list(saved), sorted(saved))
-    self.assertEqual(list(saved["hdml"]), ["lam", "loss"])
+    self.assertEqual(list(saved["hdml"]), ["lam", "margin"])
     self.assertLess(text.index('"eval"'), text.index('"num_steps"'))
+
+  def test_a_config_saved_before_the_one_method_key_is_read_in_todays_keys(self):
+    # Until 2026-12-07 loss.name='hdml' chose HDML's step and hdml.loss its loss; a library loss trained
+    # without the weight-decay term.
+    hdml_run = {"loss": {"name": "hdml"}, "hdml": {"loss": "triplet", "weight_decay": 1e-3}}
+    self.assertEqual(run_config.upgrade_saved_config(hdml_run),
+                     {"loss": {"name": "triplet"}, "hdml": {"weight_decay": 1e-3}})
+    library_run = {"loss": {"name": "circle"}, "hdml": {"loss": "npair", "weight_decay": 1e-3}}
+    self.assertEqual(run_config.upgrade_saved_config(library_run),
+                     {"loss": {"name": "circle"}, "hdml": {"weight_decay": 0.0}})
+    older = {"hdml": {"loss": "npair"}}   # before config.loss existed
+    self.assertEqual(run_config.upgrade_saved_config(older), {"loss": {"name": "npair"}, "hdml": {}})
+    today = {"loss": {"name": "npair"}, "hdml": {"lam": 0.5}}
+    self.assertEqual(run_config.upgrade_saved_config(dict(today)), today)
+    # Resuming such a run compares in today's keys: the same run resumes, a changed one is refused naming the key.
+    with open(os.path.join(self.workdir, run_config.CONFIG_FILE), "w") as f:
+      json.dump({**json.loads(self.cfg().to_json_best_effort()), "loss": {"name": "hdml"},
+                 "hdml": {"margin": 1.0, "lam": 0.5, "loss": "npair"}}, f)
+    self.assertEqual(run_config.check_run_config(self.cfg(), self.workdir, resuming=True), [])
+    with self.assertRaisesRegex(ValueError, r"loss.name: 'npair' in the run, 'triplet' now"):
+      run_config.check_run_config(self.cfg(**{"loss.name": "triplet"}), self.workdir, resuming=True)
 
   def test_a_run_without_a_saved_config_saves_the_current_one(self):
     with self.assertLogs(level="WARNING") as logged:
@@ -834,3 +856,36 @@ class DamagedCheckpointTest(CheckpointDirTest):
     with self.assertRaisesRegex(ValueError, "holds checkpoints of a different model") as cm:
       checkpoints.restore_readable(self.ckpt, other, 2)
     self.assertNotIsInstance(cm.exception, checkpoints.DamagedCheckpointError)
+
+
+class LegacyCheckpointTest(CheckpointDirTest):
+  """A label-based loss's checkpoint written before 2026-12-07 (an empty ``params["loss"]`` group) resumes."""
+
+  def state(self, loss_params):
+    from hdml_jax.config import HDMLConfig, OptimizerConfig
+    from hdml_jax.train_state import create_train_state
+
+    return create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
+                              backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)),
+                              config=HDMLConfig(loss="multi_similarity", hdml=False),
+                              optimizer=OptimizerConfig(clip_value=1.0), loss_params=loss_params)
+
+  def test_the_empty_loss_group_is_read_and_dropped(self):
+    old = self.state({})
+    old = old.replace(step=jnp.int32(7), params=jax.tree_util.tree_map(lambda x: x + 1.0, old.params))
+    old = old.replace(opt_state=old.tx.init(old.params))
+    checkpoints.save(self.ckpt, 7, old)
+    self.ckpt.wait_until_finished()
+    template = self.state(None)
+    self.assertNotIn("loss", template.params)
+    state = checkpoints.restore_readable(self.ckpt, template, 7)
+    self.assertEqual(int(state.step), 7)
+    self.assertEqual(jax.tree_util.tree_structure(state.params), jax.tree_util.tree_structure(template.params))
+    self.assertEqual(jax.tree_util.tree_structure(state.opt_state),
+                     jax.tree_util.tree_structure(template.opt_state))
+    for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(old.params)):
+      np.testing.assert_array_equal(a, b)
+    # Another model's checkpoint is still refused as one.
+    other = self.state(None)
+    with self.assertRaisesRegex(ValueError, "holds checkpoints of a different model"):
+      checkpoints.restore_readable(self.ckpt, other.replace(params={**other.params, "extra": {"w": jnp.ones(3)}}), 7)

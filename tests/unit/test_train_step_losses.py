@@ -1,20 +1,30 @@
-"""Training with the library's losses: every loss steps, owns its parameters, and bad set-ups are refused."""
+"""The train step over every registered loss without synthesis: every loss steps, owns its parameters, and bad
+set-ups are refused."""
 
 import jax
 import numpy as np
 import pytest
 
-from hdml_jax import loss_step, losses
+from hdml_jax import losses
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.data import MPerClassSampler, load_digits_split
 from hdml_jax.train_state import create_train_state
+from hdml_jax.train_step import make_train_step
+
+
+def _config(name):   # without the weight-decay term, so the loss is the registered loss alone
+  return HDMLConfig(loss=name, hdml=False, weight_decay=0.0)
+
+
+def _step(state, **kwargs):
+  return make_train_step(state.networks, state.config, **kwargs)
 
 
 def _state(name, num_classes=5, seed=0):
   params = losses.init_loss_params(name, jax.random.key(seed + 1), embedding_dim=6, num_classes=num_classes)
   return create_train_state(jax.random.key(seed), image_shape=(8, 8, 1), num_classes=num_classes, embedding_dim=6,
                             backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
-                            config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=1e-2),
+                            config=_config(name), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=1e-2),
                             stats_block_length=4, loss_params=params)
 
 
@@ -25,10 +35,10 @@ def _batch(step=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+@pytest.mark.parametrize("name", [n for n in losses.LOSS_NAMES if n not in losses.TUPLE_LOSSES])
 def test_every_loss_steps_with_finite_values_and_moves_its_parameters(name):
   state = _state(name)
-  step = jax.jit(loss_step.make_loss_train_step(state.networks, name))
+  step = jax.jit(_step(state))
   before = jax.tree_util.tree_map(np.asarray, state.params)
   for k in range(2):
     state, metrics = step(state, _batch(k), jax.random.key(k))
@@ -47,9 +57,9 @@ def test_the_loss_group_has_its_own_learning_rate():
   fast = _state("proxy_anchor")
   slow = create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
                             backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
-                            config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=0.0),
+                            config=_config("proxy_anchor"), optimizer=OptimizerConfig(metric_lr=1e-3, loss_lr=0.0),
                             stats_block_length=4, loss_params=fast.params["loss"])
-  step = loss_step.make_loss_train_step(fast.networks, "proxy_anchor")
+  step = _step(fast)
   fast2, _ = step(fast, _batch(), jax.random.key(0))
   slow2, _ = step(slow, _batch(), jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(slow2.params["loss"]["proxies"]), np.asarray(slow.params["loss"]["proxies"]))
@@ -60,7 +70,7 @@ def test_the_loss_group_has_its_own_learning_rate():
 
 
 def test_bad_set_ups_are_refused_in_one_line():
-  with pytest.raises(ValueError, match=r"^unknown loss 'multisim'; choose one of npair_labels, .*arcface\.$"):
+  with pytest.raises(ValueError, match=r"^unknown loss 'multisim'; choose one of npair, triplet, contrastive, npair_labels, .*arcface\.$"):
     losses.loss_spec("multisim")
   with pytest.raises(ValueError, match=r"^loss 'proxy_anchor' learns one proxy per training class: it needs num_classes >= 2"):
     losses.init_loss_params("proxy_anchor", jax.random.key(0), embedding_dim=4)
@@ -70,14 +80,14 @@ def test_bad_set_ups_are_refused_in_one_line():
                        loss_params={})
   state = _state("multi_similarity")
   with pytest.raises(ValueError, match=r"loss 'proxy_nca' needs params\['loss'\]\['proxies'\]"):
-    loss_step.make_loss_train_step(state.networks, "proxy_nca")(state, _batch(), jax.random.key(0))
+    make_train_step(state.networks, _config("proxy_nca"))(state, _batch(), jax.random.key(0))
   # A pair loss on a batch without repeated classes is refused by the loss itself (outside jit).
   images, labels = load_digits_split("train")
   one_each = np.array([np.flatnonzero(labels == c)[0] for c in range(5)])
   with pytest.raises(ValueError, match="no class has two samples in this batch"):
-    loss_step.make_loss_train_step(state.networks, "multi_similarity")(
+    _step(state)(
         state, {"images": images[one_each].reshape(-1, 8, 8, 1), "labels": labels[one_each]}, jax.random.key(0))
-  assert set(losses.PROXY_LOSSES) | set(losses.PAIR_LOSSES) == set(losses.LOSS_NAMES)
+  assert set(losses.PROXY_LOSSES) | set(losses.PAIR_LOSSES) | set(losses.TUPLE_LOSSES) == set(losses.LOSS_NAMES)
 
 
 def _xbm_state(name="multi_similarity", size=48):
@@ -85,7 +95,7 @@ def _xbm_state(name="multi_similarity", size=48):
 
   return create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
                             backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), generator_hidden=16,
-                            config=HDMLConfig(hdml=False), optimizer=OptimizerConfig(metric_lr=1e-3),
+                            config=_config(name), optimizer=OptimizerConfig(metric_lr=1e-3),
                             stats_block_length=4, loss_params={}, memory=init_memory(size, 6))
 
 
@@ -102,7 +112,7 @@ def test_the_cross_batch_memory_adds_its_loss_from_xbm_start_and_fills_from_then
   from hdml_jax.losses import multi_similarity_loss
 
   state = _xbm_state()
-  step = jax.jit(loss_step.make_loss_train_step(state.networks, "multi_similarity", xbm_start=1, xbm_weight=0.5))
+  step = jax.jit(_step(state, xbm_start=1, xbm_weight=0.5))
   state, m0 = step(state, _batch(0), jax.random.key(0))   # step 0: before xbm_start, nothing stored
   assert float(m0["xbm_loss"]) == 0.0 and not bool(state.memory.filled.any()) and int(state.memory.pointer) == 0
   for k in (1, 2):
@@ -122,13 +132,14 @@ def test_a_memory_is_refused_where_it_cannot_serve():
   from hdml_jax.losses import init_memory
 
   proxy = _state("proxy_anchor").replace(memory=init_memory(40, 6))
-  with pytest.raises(ValueError, match="'proxy_anchor' is a proxy loss; a cross-batch memory serves the pair losses"):
-    loss_step.make_loss_train_step(proxy.networks, "proxy_anchor")(proxy, _batch(), jax.random.key(0))
-  state = _xbm_state()
+  with pytest.raises(ValueError, match="'proxy_anchor' is not a label-based loss; a cross-batch memory serves the "
+                                       "label-based losses"):
+    _step(proxy)(proxy, _batch(), jax.random.key(0))
+  state = _xbm_state("circle")
   with pytest.raises(ValueError, match="a cross-batch memory is not supported under pmap"):
-    loss_step.make_loss_train_step(state.networks, "circle", axis_name="batch")(state, _batch(), jax.random.key(0))
+    _step(state, axis_name="batch")(state, _batch(), jax.random.key(0))
   with pytest.raises(ValueError, match="xbm_start and xbm_weight must be >= 0"):
-    loss_step.make_loss_train_step(state.networks, "circle", xbm_start=-1)
+    _step(state, xbm_start=-1)
   with pytest.raises(ValueError, match="the memory holds embeddings of width 4, but embedding_dim is 6"):
     create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,
                        backbone="small_cnn", backbone_kwargs=dict(widths=(4, 8)), config=HDMLConfig(hdml=False),
@@ -141,8 +152,8 @@ def test_a_memory_is_refused_where_it_cannot_serve():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", losses.PAIR_LOSSES)
 def test_every_pair_loss_trains_with_a_memory(name):
-  state = _xbm_state()
-  step = jax.jit(loss_step.make_loss_train_step(state.networks, name))
+  state = _xbm_state(name)
+  step = jax.jit(_step(state))
   for k in range(3):
     state, metrics = step(state, _batch(k), jax.random.key(k))
     assert bool(metrics["finite"]) and float(metrics["xbm_loss"]) > 0.0, name
