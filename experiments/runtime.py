@@ -22,15 +22,38 @@ from experiments import checkpoints, datasets, logs, run_config
 from experiments.config_mapping import hdml_config, optimizer_config
 from hdml_jax import losses, parallel, weights
 from hdml_jax.losses import init_loss_params
+from hdml_jax.models import registry
 from hdml_jax.train_state import create_train_state
 
-__all__ = ["Run", "build_state", "file_sha256", "jit_step_with_rng", "local_copy", "make_mesh", "prepare_run",
+__all__ = ["WEIGHTS_CACHE", "Run", "build_state", "file_sha256", "pretrained_path", "jit_step_with_rng", "local_copy", "make_mesh", "prepare_run",
            "resume", "setup_runtime"]
+
+WEIGHTS_CACHE = "~/.cache/hdml_jax/weights"
+
+
+def pretrained_path(spec: str) -> str:
+  """The file ``model.pretrained`` names: a path, or a weight source's name (converted once into
+  ``WEIGHTS_CACHE/<source>-<input sha256[:16]>.npz``)."""
+  path = os.path.expanduser(spec)
+  if os.path.exists(path) or spec not in registry.weight_sources():
+    return path
+  source = registry.get_weight_source(spec)
+  located = source.locate() if source.locate is not None else None
+  if located is None:
+    raise ValueError(f"model.pretrained={spec!r} names a weight source that needs an input file: convert it with "
+                     "experiments.convert_weights and name the output.")
+  out = os.path.join(os.path.expanduser(WEIGHTS_CACHE), f"{spec}-{file_sha256(located)[:16]}.npz")
+  if not os.path.exists(out):
+    variables, meta = registry.convert_weight_source(spec, located)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    weights.save_variables(out, variables, meta=meta)
+  return out
+
 
 def build_state(cfg, data: datasets.Data):
   state = _fresh_state(cfg, data)
   if cfg.model.pretrained:
-    state = weights.load_pretrained_backbone(state, os.path.expanduser(cfg.model.pretrained),
+    state = weights.load_pretrained_backbone(state, pretrained_path(cfg.model.pretrained),
                                              expect=run_config.backbone_identity(cfg, data.image_shape))
   return state
 

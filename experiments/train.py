@@ -61,7 +61,7 @@ def train_and_evaluate(
   data, writer = run.data, run.writer
   pretrained = None
   if cfg.model.pretrained:   # the file both arms of a comparison must share
-    path = os.path.abspath(os.path.expanduser(cfg.model.pretrained))
+    path = os.path.abspath(runtime.pretrained_path(cfg.model.pretrained))
     pretrained = {"path": path, "sha256": runtime.file_sha256(path)}
   evals = selection.Evaluations(cfg, data)   # each (step, split) embedded once, its metrics computed once
 

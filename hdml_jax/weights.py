@@ -31,6 +31,7 @@ from flax import traverse_util
 __all__ = [
     "META",
     "WeightMismatchError",
+    "installed_package_file",
     "caffe_blob_name",
     "caffe_blobs_to_params",
     "check_like",
@@ -199,7 +200,8 @@ def torchvision_to_variables(state: Mapping[str, np.ndarray], template: Mapping)
 
 
 def load_torchvision_state(path: str) -> dict[str, np.ndarray]:
-  """Reads ``.safetensors`` (numpy only) or ``.pth``/``.pt`` (needs torch, weights only)."""
+  """Reads ``.safetensors`` (numpy only) or ``.pth``/``.pt`` (without torch, running nothing the file names:
+  :func:`hdml_jax.torch_checkpoint.read_torch_state`)."""
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
 
@@ -211,14 +213,33 @@ def load_torchvision_state(path: str) -> dict[str, np.ndarray]:
       raise ValueError(f"weights file {path!r} is not a readable .safetensors file (truncated or "
                        f"corrupt?): {type(e).__name__}: {e}") from e
   if path.endswith((".pth", ".pt")):
-    try:
-      import torch
-    except ImportError as e:
-      raise ImportError(f"reading {path!r} needs torch (pip install torch), or convert it to "
-                        ".safetensors first.") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+    from hdml_jax.torch_checkpoint import read_torch_state
+
+    return read_torch_state(path)
   raise ValueError(f"unknown torchvision weight format {path!r}: use .safetensors or .pth.")
+
+
+# --- weights shipped in installed packages ------------------------------------------
+
+
+def installed_package_file(package: str, pattern: str, install: str) -> str:
+  """The one file matching ``pattern`` inside the installed Python package ``package``.
+
+  Raises ``FileNotFoundError`` naming ``install`` (what to ``pip install``)
+  when the package is absent or holds no such file.
+  """
+  import glob
+  import importlib.util
+
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"the weight package {install} is not installed: pip install {install} (or give the "
+                            "file with --input).")
+  found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], pattern)))
+  if len(found) != 1:
+    raise FileNotFoundError(f"the package {install} holds {len(found)} files matching {pattern!r}, not one: "
+                            "reinstall it, or give the file with --input.")
+  return found[0]
 
 
 # --- converted variables files --------------------------------------------------

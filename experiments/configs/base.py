@@ -31,7 +31,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.num_val_classes = 0        # held out from the END of the training classes
   c.dataset.resize = 256               # images are warped to resize x resize
   c.dataset.crop = 227                 # then cropped (random for training, centre for testing)
-  c.dataset.preprocess = "paper"       # paper | standard | unit
+  c.dataset.preprocess = "paper"       # paper | standard | lite | unit
   c.dataset.skip_unreadable = False
   c.dataset.decoded_cache_gb = 8.0     # TFDS datasets: decode each split once into a uint8 cache beside the
                                        # TFDS files when it takes at most this many GiB (CUB 2.3, Cars196 3.2,
@@ -42,7 +42,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.backbone_kwargs = ml_collections.ConfigDict({"widths": (32, 64, 128, 256), "depth": 1})
   c.model.embedding_dim = 128
   c.model.generator_hidden = 512
-  c.model.pretrained = ""              # a params file from experiments.convert_weights
+  c.model.pretrained = ""              # a params file from experiments.convert_weights, or a weight source's
+                                       # name (efficientnet_lite0, ...: the installed package's, converted)
+
+  c.features = ml_collections.ConfigDict()   # the frozen-backbone regime (experiments/features.py)
+  c.features.backbone = ""             # set (e.g. efficientnet_lite0): train on its cached pooled features,
+                                       # with model.backbone="identity"
+  c.features.pretrained = ""           # its weights: a converted file or a weight source's name
+  c.features.views = 8                 # augmented views of each training photo (plus its centre view)
+  c.features.batch_size = 64           # photos per batch when computing the features
+  c.features.cache_dir = "~/.cache/hdml_jax/features"
 
   # The hyper-parameters of the train step and its optimizers: one key per field of
   # hdml_jax.config.HDMLConfig (hdml.enabled is its `hdml`; its `loss` is loss.name) and

@@ -41,7 +41,7 @@ def check_overrides(parser, overrides: dict) -> None:
     parser.error(str(e.args[0]))
 
 
-def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dict) -> dict:
+def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dict, make_config=None) -> dict:
   """Trains (or reads back) one run of ``method`` with ``seed``: its ``results.json``.
 
   ``method`` is one of :data:`METHODS` (HDML or its baseline, with the
@@ -54,7 +54,7 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   HDML and its baselines keep cub100's. ``overrides``
   (``{key: value or text}``) are applied after the method's own settings, text parsed as on the command line
   (:func:`experiments.overrides.apply_overrides`). A finished run is read,
-  not run again.
+  not run again. ``make_config`` builds the study's config (default: cub100's).
   """
   from experiments.configs import cub100
   from experiments.overrides import apply_overrides
@@ -63,7 +63,7 @@ def run_one(workdir: str, method: str, seed: int, num_steps: int, overrides: dic
   path = os.path.join(workdir, "results.json")
   if os.path.exists(path):
     return json.load(open(path))
-  cfg = cub100.get_config()
+  cfg = (make_config or cub100.get_config)()
   if method in METHODS:
     cfg.loss.name, cfg.hdml.enabled = METHODS[method]
   elif method.endswith(XBM_METHOD["suffix"]):   # a library pair loss with a cross-batch memory

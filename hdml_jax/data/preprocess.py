@@ -1,6 +1,6 @@
 """Image preprocessing on host arrays (numpy), for training and testing.
 
-Two recipes:
+Three recipes for photographs:
 
 * ``"paper"`` (the reference): images are warped to ``resize`` (256) square,
   training takes a random ``crop`` (227) and a horizontal flip with p = 0.5,
@@ -8,6 +8,8 @@ Two recipes:
   ``[104, 117, 123]`` (B, G, R).
 * ``"standard"``: RGB scaled to [0, 1], minus the ImageNet mean, divided by
   its standard deviation; same crop and flip rule.
+* ``"lite"``: RGB, ``(x - 127) / 128`` on 0-255 pixels (what the ImageNet
+  EfficientNet-Lite weights expect); same crop and flip rule.
 
 Inputs are ``[B, H, W, 3] uint8`` RGB already resized to ``resize``.
 """
@@ -32,7 +34,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 #: torchvision's ImageNet standard deviation in RGB order (the ``"standard"`` recipe).
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 #: The preprocessing recipes :func:`preprocess` accepts.
-RECIPES = ("paper", "standard", "unit")
+RECIPES = ("paper", "standard", "lite", "unit")
 
 
 def _crop(images: np.ndarray, crop: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -71,6 +73,10 @@ def preprocess(
   # Each recipe converts to float32 in its first operation (no separate float copy of the batch).
   if recipe == "paper":
     return np.subtract(x[..., ::-1], CAFFE_MEAN_BGR, dtype=np.float32)
+  if recipe == "lite":
+    out = np.subtract(x, np.float32(127.0), dtype=np.float32)
+    out /= np.float32(128.0)
+    return out
   out = np.divide(x, np.float32(255.0), dtype=np.float32)
   if recipe == "standard":
     out -= IMAGENET_MEAN

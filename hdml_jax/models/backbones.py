@@ -83,3 +83,15 @@ class TinyBackbone(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     del train
     return nn.relu(Dense(self.features, name="fc")(images.reshape(images.shape[0], -1)))
+
+
+@register_backbone("identity")
+class IdentityBackbone(nn.Module):
+  """No parameters: the inputs ``[B, F]`` are the features (precomputed by a frozen backbone)."""
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    del train
+    if images.ndim != 2:
+      raise ValueError(f"IdentityBackbone: inputs must be [B, F] features, got shape {tuple(images.shape)}.")
+    return images

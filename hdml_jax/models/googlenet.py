@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from hdml_jax.models.layers import Conv
-from hdml_jax.models.registry import register_backbone
+from hdml_jax.models.registry import get_backbone, register_backbone
 
 __all__ = [
     "INCEPTION_SPECS",
@@ -238,3 +238,45 @@ class GoogLeNetBN(nn.Module):
       elif i == 1:
         x = _torch_ceil_pool(x, 2, 2)
     return jnp.mean(x, axis=(1, 2))
+
+
+# --- the weight sources of the two GoogLeNets (experiments.convert_weights --source ...) ---------------------
+
+
+def _googlenet_template(name: str, **kwargs):
+  net = get_backbone(name, **kwargs)
+  return jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 227, 227, 3)), train=False))
+
+
+def _from_caffe(kind: str):
+  def convert(path: str, lrn: str = "tf") -> dict:
+    from hdml_jax import weights
+
+    if kind == "caffemodel":
+      from hdml_jax.caffemodel import caffemodel_blobs, read_caffemodel
+
+      blobs = caffemodel_blobs(read_caffemodel(path))
+    else:
+      blobs = weights.load_caffe_mat(path) if kind == "caffe_mat" else weights.load_npz(path)
+    return {"params": weights.caffe_blobs_to_params(blobs, _googlenet_template("googlenet", lrn=lrn)["params"])}
+  return convert
+
+
+def _from_torchvision(path: str) -> dict:
+  from hdml_jax import weights
+
+  return weights.torchvision_to_variables(weights.load_torchvision_state(path), _googlenet_template("googlenet_bn"))
+
+
+def _register_sources() -> None:
+  from hdml_jax.models.registry import WeightSource, register_weight_source
+
+  for kind, what in (("caffemodel", "the BVLC GoogLeNet .caffemodel (read without Caffe)"),
+                     ("caffe_mat", "Caffe blobs in a MATLAB .mat file"),
+                     ("caffe_npz", "Caffe blobs in an .npz file")):
+    register_weight_source(WeightSource(kind, "googlenet", _from_caffe(kind), description=what))
+  register_weight_source(WeightSource("torchvision", "googlenet_bn", _from_torchvision,
+                                      description="torchvision's GoogLeNet (.safetensors or .pth, read without torch)"))
+
+
+_register_sources()

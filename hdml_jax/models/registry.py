@@ -1,15 +1,23 @@
-"""Backbones chosen by name, so configs can name them as strings."""
+"""Backbones chosen by name, so configs can name them as strings, and the weight sources they can start from."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from typing import Callable
 
 import flax.linen as nn
 
 __all__ = [
+    "WeightSource",
     "available_backbones",
+    "convert_weight_source",
     "get_backbone",
+    "get_weight_source",
     "register_backbone",
+    "register_weight_source",
+    "weight_sources",
 ]
 
 
@@ -49,3 +57,79 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
 def available_backbones() -> list[str]:
   """The registered backbone names, sorted."""
   return sorted(_BACKBONES)
+
+
+# --- the registry of weight sources (each backbone module registers its own) -----------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+  """Pretrained weights a backbone can start from: where they come from and how they become its variables.
+
+  Attributes:
+    name: the source's name (``convert_weights --source``).
+    backbone: the registered backbone the variables are for.
+    convert: ``(input path, **options) -> {"params", "batch_stats"?}``.
+    locate: ``() -> path`` of the file an installed package ships, or None
+      (the source then needs an input file); raises ``FileNotFoundError``
+      naming the package to install.
+    description: one line for ``--help`` and the docs.
+  """
+
+  name: str
+  backbone: str
+  convert: Callable[..., dict]
+  locate: Callable[[], str] | None = None
+  description: str = ""
+
+
+_SOURCES: dict[str, WeightSource] = {}
+
+
+def register_weight_source(source: WeightSource) -> WeightSource:
+  """Adds ``source`` to the registry (each backbone module registers its own); a name is registered once."""
+  if source.name in _SOURCES:
+    raise ValueError(f"register_weight_source: {source.name!r} is already registered.")
+  _SOURCES[source.name] = source
+  return source
+
+
+def weight_sources() -> list[str]:
+  """The registered sources' names, sorted (each backbone module registers its own on import)."""
+  return sorted(_SOURCES)
+
+
+def get_weight_source(name: str) -> WeightSource:
+  """The :class:`WeightSource` named ``name``; an unknown name is refused with the list."""
+  names = weight_sources()
+  if name not in _SOURCES:
+    raise ValueError(f"unknown weight source {name!r}; choose one of {', '.join(names)}.")
+  return _SOURCES[name]
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def convert_weight_source(name: str, input_path: str | None = None, **options) -> tuple[dict, dict]:
+  """``(variables, meta)`` of source ``name``: the variables for its backbone and what the file records.
+
+  ``input_path`` defaults to the file an installed package ships (the
+  source's ``locate``); ``meta`` names the backbone, the source and the
+  input's SHA-256, so a config naming the file for another backbone is
+  refused at start (:func:`load_pretrained_backbone`).
+  """
+  source = get_weight_source(name)
+  if input_path is None:
+    if source.locate is None:
+      raise ValueError(f"weight source {name!r} needs an input file (--input).")
+    input_path = source.locate()
+  if not os.path.exists(input_path):
+    raise FileNotFoundError(f"weights file {input_path!r} does not exist.")
+  variables = source.convert(input_path, **options)
+  meta = {"backbone": source.backbone, "source": name, "input_sha256": _sha256(input_path)}
+  return variables, meta

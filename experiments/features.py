@@ -1,0 +1,165 @@
+"""The frozen-backbone regime: a pretrained backbone's pooled features, computed once and cached, as the dataset.
+
+With ``features.backbone`` set (e.g. ``efficientnet_lite0``) and
+``features.pretrained`` naming its weights (a file from
+``experiments.convert_weights``, or a registered weight source such as
+``efficientnet_lite0``, converted in memory), :func:`frozen_splits` replaces
+the image splits by features:
+
+* every training photo gets ``1 + features.views`` rows: its centre view
+  (row 0) and ``features.views`` augmented views (the dataset's random crop
+  and flip, drawn from a fixed seed); a training batch takes one augmented
+  view per image, drawn from the step's seed, so a run stays a pure function
+  of ``(seed, step)``; evaluation reads the centre view;
+* every test photo gets its centre view.
+
+The model then trains ``model.backbone="identity"`` (no parameters) under the
+same loop, losses, HDML synthesis, selection and evaluation. The features are
+computed in inference mode (BatchNorm's moving statistics), in batches of
+``features.batch_size`` with a progress bar, and cached under
+``features.cache_dir/<key>``, where the key is the SHA-256 of the weights
+file, the backbone, the input recipe (resize, crop, preprocessing), the view
+count and the photos themselves (their pixels and labels): any change makes
+a new entry, and a second run reads the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["VIEW_SEED", "cache_key", "frozen_splits", "load_backbone_variables"]
+
+#: The seed of the training views' crops and flips (fixed: the views are part of the cached dataset).
+VIEW_SEED = 20261207
+
+
+def load_backbone_variables(backbone: str, pretrained: str) -> tuple[dict, str]:
+  """``(variables, sha256)`` of ``pretrained``: a converted ``.npz`` or a registered weight source's name.
+
+  The file's recorded backbone must be ``backbone`` (one line naming both
+  otherwise); ``sha256`` identifies the weights (the file's, or the source
+  input's).
+  """
+  from hdml_jax import weights
+  from hdml_jax.models import registry
+
+  path = os.path.expanduser(pretrained)
+  if not os.path.exists(path) and pretrained in registry.weight_sources():
+    variables, meta = registry.convert_weight_source(pretrained)
+    digest = meta["input_sha256"]
+  else:
+    variables = weights.load_variables(path)
+    meta = weights.read_meta(variables)
+    variables = {k: v for k, v in variables.items() if k != weights.META}
+    with open(path, "rb") as f:
+      digest = hashlib.sha256(f.read()).hexdigest()
+  if meta.get("backbone", backbone) != backbone:
+    raise ValueError(f"features.pretrained={pretrained!r} holds weights for the {meta['backbone']} backbone, "
+                     f"not features.backbone={backbone!r}.")
+  return variables, digest
+
+
+def _digest(arrays) -> str:
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype.str, a.shape)).encode())
+    h.update(memoryview(a).cast("B"))
+  return h.hexdigest()
+
+
+def cache_key(*, weights_sha256: str, backbone: str, recipe: dict, views: int, photos: dict) -> str:
+  """The cache entry's name: a SHA-256 over everything the features depend on (``photos``: split -> digest)."""
+  named = {"weights": weights_sha256, "backbone": backbone, "recipe": recipe, "views": views,
+           "view_seed": VIEW_SEED, "photos": photos, "format": 1}
+  return hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _embed(apply: Callable, load: Callable, n: int, prepare: Callable, batch_size: int, views: int,
+           desc: str) -> np.ndarray:
+  """``[n, 1 + views, F]``: the centre view, then ``views`` augmented ones, in batches with a progress bar."""
+  from tqdm import tqdm
+
+  out = None
+  starts = range(0, n, batch_size)
+  with tqdm(total=len(starts) * (1 + views), desc=desc, unit="batch", mininterval=5.0) as bar:
+    for start in starts:
+      idx = np.arange(start, min(start + batch_size, n))
+      images = load(idx)
+      for v in range(1 + views):
+        rng = None if v == 0 else np.random.default_rng([VIEW_SEED, v, start])
+        f = np.asarray(apply(prepare(images, v > 0, rng)), np.float32)
+        if out is None:
+          out = np.empty((n, 1 + views, f.shape[1]), np.float32)
+        out[idx, v] = f
+        bar.update(1)
+  return out
+
+
+def _save(path: str, array: np.ndarray) -> None:
+  tmp = path + ".tmp.npy"
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+def frozen_splits(cfg, train, test, prepare: Callable):
+  """``(train, test, prepare, feature shape)``: the image splits as cached features of ``cfg.features``.
+
+  ``train`` and ``test`` are :class:`experiments.datasets.Split` of stored
+  images; the returned splits load ``[n, 1 + views, F]`` rows, and
+  ``prepare(rows, train, rng)`` picks one augmented view per row for
+  training (from ``rng``) and the centre view otherwise.
+  """
+  import jax
+
+  from experiments.datasets import Split
+  from hdml_jax.models import get_backbone
+
+  f, d = cfg.features, cfg.dataset
+  variables, digest = load_backbone_variables(f.backbone, f.pretrained)
+  all_train, all_test = np.arange(len(train)), np.arange(len(test))
+  photos = {"train": _digest([train.load(all_train), train.labels]),
+            "test": _digest([test.load(all_test), test.labels])}
+  key = cache_key(weights_sha256=digest, backbone=f.backbone,
+                  recipe={"resize": d.resize, "crop": d.crop, "preprocess": d.preprocess}, views=f.views,
+                  photos=photos)
+  folder = os.path.join(os.path.expanduser(f.cache_dir), key)
+  paths = {name: os.path.join(folder, f"{name}.npy") for name in ("train", "test")}
+  net = get_backbone(f.backbone)
+  apply = jax.jit(lambda x: net.apply(variables, x, train=False))
+  os.makedirs(folder, exist_ok=True)
+  for name, split, views in (("train", train, f.views), ("test", test, 0)):
+    if os.path.exists(paths[name]):
+      logging.info("features: %s read from the cache %s", name, paths[name])
+      continue
+    rows = _embed(apply, split.load, len(split), prepare, f.batch_size, views, f"{f.backbone} features, {name}")
+    _save(paths[name], rows)
+  with open(os.path.join(folder, "key.json"), "w") as out:
+    json.dump({"backbone": f.backbone, "pretrained": f.pretrained, "weights_sha256": digest, "views": f.views,
+               "resize": d.resize, "crop": d.crop, "preprocess": d.preprocess, "photos": photos}, out, indent=1)
+  stored = {name: np.load(paths[name], mmap_mode="r") for name in paths}
+  for name, split in (("train", train), ("test", test)):
+    if stored[name].shape[0] != len(split):
+      raise ValueError(f"the feature cache {paths[name]} holds {stored[name].shape[0]} rows for {len(split)} "
+                       "photos (damaged): delete it and run again.")
+  views = stored["train"].shape[1] - 1
+
+  def prepare_features(rows: np.ndarray, training: bool, rng):
+    rows = np.asarray(rows)
+    if not training:
+      return np.ascontiguousarray(rows[:, 0])
+    pick = rng.integers(1, views + 1, size=rows.shape[0]) if views else np.zeros(rows.shape[0], np.int64)
+    return np.ascontiguousarray(rows[np.arange(rows.shape[0]), pick])
+
+  def loader(array):
+    return lambda idx: np.asarray(array[np.asarray(idx)])
+
+  return (Split(train.labels, train.class_names, loader(stored["train"])),
+          Split(test.labels, test.class_names, loader(stored["test"])),
+          prepare_features, (stored["train"].shape[2],))
