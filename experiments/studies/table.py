@@ -13,8 +13,8 @@ methods). Each finished run writes its record (the selected checkpoint's test me
 ``--record``; a method or seed with a record is not run again, so the command resumes where it stopped, and with
 every record present it rebuilds ``table.md`` and ``table.json`` from the records alone (no runs, no data).
 
-Row zero (with ``features.backbone`` set) is the frozen backbone's centre-view features of the test photos,
-L2-normalised, evaluated as the runs are: no training at all. Each method's row gives its test metrics (mean and
+Row zero (with ``features.backbone`` or ``model.pretrained`` set) is the pretrained backbone's centre-view
+features of the test photos, L2-normalised, evaluated as the runs are: no training at all. Each method's row gives its test metrics (mean and
 standard deviation over seeds) and its difference from row zero with a 95 % t interval over seeds; HDML's rows
 also give the paired difference from their own baseline.
 """
@@ -46,14 +46,28 @@ def _make_config(spec: str):
   return (lambda: module.get_config(arg)) if arg else module.get_config
 
 
+def _frozen(cfg):
+  """``cfg``'s pretrained backbone as the frozen regime's (its centre views only), for row zero."""
+  if cfg.features.backbone:
+    return cfg
+  if not cfg.model.pretrained:
+    raise ValueError("row zero needs pretrained weights: features.backbone or model.pretrained.")
+  if cfg.model.backbone_kwargs.to_dict():
+    raise ValueError(f"row zero builds {cfg.model.backbone!r} by its name alone; model.backbone_kwargs="
+                     f"{cfg.model.backbone_kwargs.to_dict()} cannot be passed to the frozen regime.")
+  cfg = cfg.copy_and_resolve_references() if hasattr(cfg, "copy_and_resolve_references") else cfg
+  cfg.features.backbone, cfg.features.pretrained, cfg.features.views = cfg.model.backbone, cfg.model.pretrained, 0
+  cfg.model.backbone, cfg.model.pretrained, cfg.model.backbone_kwargs = "identity", "", {}
+  return cfg
+
+
 def row_zero(make_config) -> dict:
-  """The frozen backbone's test metrics with no training (centre views, L2-normalised)."""
+  """The pretrained backbone's test metrics with no training (centre views' pooled features, L2-normalised):
+  the frozen regime's features, or ``model.pretrained``'s backbone run the same way."""
   from experiments import datasets
   from hdml_jax import evaluation
 
-  cfg = make_config()
-  if not cfg.features.backbone:
-    raise ValueError("row zero needs a config with features.backbone (the frozen regime).")
+  cfg = _frozen(make_config())
   data = datasets.load_data(cfg)
   x = data.prepare(data.test.load(np.arange(len(data.test))), False, None)
   out = evaluation.evaluate(x, data.test.labels, recall_ks=tuple(cfg.eval.recall_ks), normalize=True,
@@ -183,7 +197,7 @@ def main(argv=None):
   zero = None
   if os.path.exists(zero_path):
     zero = json.load(open(zero_path))
-  elif not args.from_records and make_config().features.backbone:
+  elif not args.from_records and (make_config().features.backbone or make_config().model.pretrained):
     zero = row_zero(make_config)
     with open(zero_path, "w") as f:
       json.dump(zero, f, indent=1)

@@ -144,3 +144,27 @@ def test_the_study_table_runs_resumes_and_rebuilds_from_its_records(monkeypatch)
   os.remove(os.path.join(record, "npair_hdml", "lr0.001_seed1.json"))
   table.main(args + ["--from_records"])
   assert "Not complete: npair_hdml (1 of 2 seeds)" in open(os.path.join(record, "table.md")).read()
+
+
+def test_the_gpu_imagenet_script_at_toy_size():
+  # The GPU script's command line on CPU, with the model and data made tiny (a "pretrained" tiny backbone).
+  import subprocess
+
+  from tests.helpers import REPO
+
+  out, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()
+  env = dict(os.environ, OUT=out, WORKDIR=workdir, SEEDS="0", STEPS="2", LRS="1e-4",
+             METHODS="npair_baseline,npair_hdml")
+  toy = ["--config.model.backbone=tiny", f"--config.model.pretrained={_weights(workdir, backbone='tiny')}",
+         "--config.model.embedding_dim=8", "--config.model.generator_hidden=16",
+         "--config.dataset.resize=20", "--config.dataset.crop=16", "--config.dataset.train_classes=(0, 8)",
+         "--config.dataset.num_val_classes=2", "--config.dataset.test_classes=(50, 53)", "--config.batch_size=8",
+         "--config.num_devices=1", "--config.data_threads=2", "--config.compilation_cache_dir=",
+         "--config.hdml.stats_block_length=2", "--config.eval_every=2", "--config.checkpoint_every=2",
+         "--config.eval.batch_size=16", f"--config.features.cache_dir={workdir}/cache"]
+  proc = subprocess.run(["bash", os.path.join(REPO, "experiments", "studies", "gpu_imagenet.sh"), *toy], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, open(os.path.join(out, "gpu_imagenet.log")).read()[-3000:]
+  assert "row 0: untrained features" in proc.stdout and "| npair_hdml | 0.0001 | 1 |" in proc.stdout
+  table = json.load(open(os.path.join(out, "table.json")))
+  assert set(table["methods"]) == {"npair_baseline", "npair_hdml"} and table["row_zero"]["recall@1"] > 0
