@@ -23,18 +23,31 @@ def _eval_variables(state):
 
   return jax.device_put(jax.tree_util.tree_map(one, (state.params, state.batch_stats)), jax.local_devices()[0])
 
-def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: int) -> np.ndarray:
+def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: int, mesh=None) -> np.ndarray:
   """Embeddings of a whole split, in fixed-size batches (one compilation).
 
   The variables go to the device once; the next batch is read and prepared
   in a background thread while the device embeds the current one, and the
   results are fetched at the end, so the device is not left waiting on the
-  host between batches.
+  host between batches. With a ``mesh`` of several devices (one process),
+  each batch is split over the mesh's ``data`` axis and the variables are
+  replicated: the split is embedded data-parallel (the batch rounded up to
+  a multiple of the device count).
   """
   n = len(split)
   if n == 0:
     raise ValueError("embed_split: the split has no images.")
-  params, stats = _eval_variables(state)
+  sharded = mesh is not None and mesh.size > 1 and jax.process_count() == 1
+  if sharded:
+    from hdml_jax import parallel
+
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    params, stats = parallel.replicate_state(jax.tree_util.tree_map(
+        lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, (state.params, state.batch_stats)), mesh)
+    place = lambda x: jax.device_put(x, parallel.data_sharded(mesh))
+  else:
+    params, stats = _eval_variables(state)
+    place = lambda x: x
   batches = datasets.eval_batches(data, split, batch_size)
   out = []
   with concurrent.futures.ThreadPoolExecutor(1) as pool:   # the generator only ever advances in this thread
@@ -44,7 +57,7 @@ def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: i
       x = np.asarray(item[1])
       if x.shape[0] < batch_size:   # the last batch, padded: one compiled shape
         x = np.concatenate([x, np.zeros((batch_size - x.shape[0],) + x.shape[1:], x.dtype)])
-      out.append(state.apply_fn(params, stats, x))   # dispatched, not waited for
+      out.append(state.apply_fn(params, stats, place(x)))   # dispatched, not waited for
   return np.concatenate([np.asarray(o) for o in out])[:n]
 
 def evaluate_split(cfg, state, data, split, *, clustering: bool = True, embeddings: np.ndarray | None = None) -> dict:
@@ -64,10 +77,12 @@ class Evaluations:
   Keyed by ``(step, split name)``: the selection at the last step, the final
   report, the best checkpoint when it is the final one, and the plots all read
   the same embeddings. The entries of the two most recent steps are kept.
+  With the run's ``mesh``, splits are embedded data-parallel over it
+  (:func:`embed_split`).
   """
 
-  def __init__(self, cfg, data: datasets.Data):
-    self.cfg, self.data = cfg, data
+  def __init__(self, cfg, data: datasets.Data, mesh=None):
+    self.cfg, self.data, self.mesh = cfg, data, mesh
     self._embeddings, self._metrics = {}, {}
 
   def _split(self, name: str) -> datasets.Split:
@@ -92,7 +107,8 @@ class Evaluations:
     if key not in self._embeddings:
       self._evict(key[0])
       state = state() if callable(state) else state
-      self._embeddings[key] = embed_split(state, self.data, self._split(split), self.cfg.eval.batch_size)
+      self._embeddings[key] = embed_split(state, self.data, self._split(split), self.cfg.eval.batch_size,
+                                          mesh=self.mesh)
     return self._embeddings[key]
 
   def metrics(self, step: int, state, split: str, *, clustering: bool = True) -> dict:

@@ -63,7 +63,7 @@ def train_and_evaluate(
   if cfg.model.pretrained:   # the file both arms of a comparison must share
     path = os.path.abspath(runtime.pretrained_path(cfg.model.pretrained))
     pretrained = {"path": path, "sha256": runtime.file_sha256(path)}
-  evals = selection.Evaluations(cfg, data)   # each (step, split) embedded once, its metrics computed once
+  evals = selection.Evaluations(cfg, data, run.mesh)   # each (step, split) embedded once, over the mesh
 
   def maybe_select(step_done: int, state):
     if cfg.eval.test_curves:   # learning curves only: never read by the selection below

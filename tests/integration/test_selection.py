@@ -77,9 +77,9 @@ class EvaluationsShareEmbeddingsTest(chex.TestCase):
 
     calls, real = [], selection.embed_split
 
-    def counting(state, data, split, batch_size):
+    def counting(state, data, split, batch_size, mesh=None):
       calls.append((len(split), int(state.step)))
-      return real(state, data, split, batch_size)
+      return real(state, data, split, batch_size, mesh=mesh)
 
     with mock.patch.object(selection, "embed_split", counting):
       results = train.train_and_evaluate(cfg, tempfile.mkdtemp())

@@ -27,6 +27,22 @@ def test_embed_split_equals_embedding_every_image_at_once(batch_size):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("devices, batch_size", [(8, 4), (8, 16), (4, 13), (2, 32)])
+def test_embed_split_over_a_mesh_equals_one_device(devices, batch_size):
+  import jax
+
+  from hdml_jax import parallel
+
+  if jax.device_count() < devices:
+    pytest.skip(f"needs {devices} devices (the suite fakes 8 CPU devices)")
+  state, data = tiny_state(), _data(n_test=29)
+  mesh = parallel.make_data_mesh(jax.devices()[:devices])
+  one = selection.embed_split(state, data, data.test, batch_size)
+  many = selection.embed_split(state, data, data.test, batch_size, mesh=mesh)
+  assert many.shape == one.shape == (29, 6)
+  np.testing.assert_allclose(many, one, rtol=1e-6, atol=1e-6)
+
+
 def test_embed_split_refuses_an_empty_split():
   data = _data()
   empty = datasets.Split(
