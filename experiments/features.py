@@ -57,8 +57,7 @@ def load_backbone_variables(backbone: str, pretrained: str) -> tuple[dict, str]:
     variables = weights.load_variables(path)
     meta = weights.read_meta(variables)
     variables = {k: v for k, v in variables.items() if k != weights.META}
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()
+    digest = weights.file_sha256(path)
   if meta.get("backbone", backbone) != backbone:
     raise ValueError(f"features.pretrained={pretrained!r} holds weights for the {meta['backbone']} backbone, "
                      f"not features.backbone={backbone!r}.")

@@ -10,7 +10,6 @@ the key and the metric writer.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 from typing import Any, Callable
@@ -24,6 +23,7 @@ from hdml_jax import losses, parallel, weights
 from hdml_jax.losses import init_loss_params
 from hdml_jax.models import registry
 from hdml_jax.train_state import create_train_state
+from hdml_jax.weights import file_sha256
 
 __all__ = ["WEIGHTS_CACHE", "Run", "build_state", "file_sha256", "pretrained_path", "jit_step_with_rng", "local_copy", "make_mesh", "prepare_run",
            "resume", "setup_runtime"]
@@ -56,13 +56,6 @@ def build_state(cfg, data: datasets.Data):
     state = weights.load_pretrained_backbone(state, pretrained_path(cfg.model.pretrained),
                                              expect=run_config.backbone_identity(cfg, data.image_shape))
   return state
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 def _fresh_state(cfg, data: datasets.Data):
   loss_params = None

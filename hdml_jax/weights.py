@@ -222,6 +222,17 @@ def load_torchvision_state(path: str) -> dict[str, np.ndarray]:
 # --- weights shipped in installed packages ------------------------------------------
 
 
+def file_sha256(path: str) -> str:
+  """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+  import hashlib
+
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def installed_package_file(package: str, pattern: str, install: str) -> str:
   """The one file matching ``pattern`` inside the installed Python package ``package``.
 

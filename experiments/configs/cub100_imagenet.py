@@ -17,33 +17,19 @@ The weights are the installed package's (``efficientnet_lite0``, a weight source
 ``experiments.convert_weights`` may be named instead.
 """
 
-import os
+from experiments.configs import cub100
 
-from experiments.configs.base import get_base_config
-
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REGIMES = ("frozen", "finetune")
 
 
 def get_config(regime: str = "frozen"):
   if regime not in REGIMES:
     raise ValueError(f"cub100_imagenet.py: the regime must be one of {REGIMES}, got {regime!r}.")
-  c = get_base_config()
-  c.dataset.name = "image_folder"
-  c.dataset.data_dir = os.path.join(os.path.dirname(_REPO), "shared", "data", "cub100", "images")
-  c.dataset.train_classes = (0, 50)
-  c.dataset.test_classes = (50, 100)
-  c.dataset.num_val_classes = 5
+  c = cub100.get_config()   # the photographs, the classes, the held-out species, the selection
   c.dataset.resize, c.dataset.crop, c.dataset.preprocess = 256, 224, "lite"
   c.model.embedding_dim = 128
   c.model.generator_hidden = 512
-  c.loss.name = "npair"
-  c.hdml.beta = 5e3            # the reference's CUB value
   c.hdml.l2_reg = 3e-3
-  c.hdml.weight_decay = 1e-4
-  c.hdml.stats_block_length = 32
-  c.selection.split = "val"
-  c.selection.metric = "recall@1"
   c.plots = False
   if regime == "frozen":
     c.features.backbone = "efficientnet_lite0"

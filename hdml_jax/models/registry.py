@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from typing import Callable
 
@@ -107,14 +106,6 @@ def get_weight_source(name: str) -> WeightSource:
   return _SOURCES[name]
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def convert_weight_source(name: str, input_path: str | None = None, **options) -> tuple[dict, dict]:
   """``(variables, meta)`` of source ``name``: the variables for its backbone and what the file records.
 
@@ -131,5 +122,7 @@ def convert_weight_source(name: str, input_path: str | None = None, **options) -
   if not os.path.exists(input_path):
     raise FileNotFoundError(f"weights file {input_path!r} does not exist.")
   variables = source.convert(input_path, **options)
-  meta = {"backbone": source.backbone, "source": name, "input_sha256": _sha256(input_path)}
+  from hdml_jax.weights import file_sha256
+
+  meta = {"backbone": source.backbone, "source": name, "input_sha256": file_sha256(input_path)}
   return variables, meta
