@@ -42,25 +42,23 @@ VIEW_SEED = 20261207
 def load_backbone_variables(backbone: str, pretrained: str) -> tuple[dict, str]:
   """``(variables, sha256)`` of ``pretrained``: a converted ``.npz`` or a registered weight source's name.
 
-  The file's recorded backbone must be ``backbone`` (one line naming both
-  otherwise); ``sha256`` identifies the weights (the file's, or the source
-  input's).
+  A source's name is resolved as ``model.pretrained`` resolves it
+  (:func:`experiments.runtime.pretrained_path`: converted once into a cached
+  file). The file's recorded backbone must be ``backbone`` (one line naming
+  both otherwise); ``sha256`` identifies the weights (a source's input file,
+  or the file itself).
   """
+  from experiments.runtime import pretrained_path
   from hdml_jax import weights
-  from hdml_jax.models import registry
 
-  path = os.path.expanduser(pretrained)
-  if not os.path.exists(path) and pretrained in registry.weight_sources():
-    variables, meta = registry.convert_weight_source(pretrained)
-    digest = meta["input_sha256"]
-  else:
-    variables = weights.load_variables(path)
-    meta = weights.read_meta(variables)
-    variables = {k: v for k, v in variables.items() if k != weights.META}
-    digest = weights.file_sha256(path)
+  path = pretrained_path(pretrained)
+  variables = weights.load_variables(path)
+  meta = weights.read_meta(variables)
+  variables = {k: v for k, v in variables.items() if k != weights.META}
   if meta.get("backbone", backbone) != backbone:
     raise ValueError(f"features.pretrained={pretrained!r} holds weights for the {meta['backbone']} backbone, "
                      f"not features.backbone={backbone!r}.")
+  digest = meta["input_sha256"] if meta.get("source") == pretrained else weights.file_sha256(path)
   return variables, digest
 
 

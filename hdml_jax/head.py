@@ -196,13 +196,11 @@ class HDMLForm(NamedTuple):
       re-encoded synthetic rows.
     soft_rule: ``(config, logits_syn, labels, num) -> J_soft``, the label
       each decoded row must keep.
-    description: the form in words (the API docs' table).
   """
 
   synthetic_tuples: Callable
   synthetic_loss: Callable
   soft_rule: Callable
-  description: str
 
 
 #: HDML's forms, one per loss it synthesises for (:data:`hdml_jax.config.HDML_LOSSES`):
@@ -217,14 +215,10 @@ class HDMLForm(NamedTuple):
 #: multi_similarity  classes     every row + its B candidates      Multi-Similarity per anchor     N-pair       MPerClassSampler
 #: ================  ==========  ================================  ==============================  ===========  ===============
 HDML_FORMS = {
-    "npair": HDMLForm(_npair_rows, _npair_syn_loss, _npair_soft,
-                      "anchors, then each anchor's P hardness-augmented candidates; J_syn per anchor"),
-    "triplet": HDMLForm(_triplet_rows, _triplet_syn_loss, _triplet_soft, "[a; p; n^]; the triplet loss"),
-    "contrastive": HDMLForm(_triplet_rows, _contrastive_syn_loss, _triplet_soft,
-                            "[a; p; n^]; the contrastive loss of (a, p) and (a, n^)"),
-    "multi_similarity": HDMLForm(_label_rows, _multi_similarity_syn_loss, _npair_soft,
-                                 "every row, then its B candidates; Multi-Similarity of each anchor against its "
-                                 "own candidates, with the real batch's pair masks"),
+    "npair": HDMLForm(_npair_rows, _npair_syn_loss, _npair_soft),
+    "triplet": HDMLForm(_triplet_rows, _triplet_syn_loss, _triplet_soft),
+    "contrastive": HDMLForm(_triplet_rows, _contrastive_syn_loss, _triplet_soft),
+    "multi_similarity": HDMLForm(_label_rows, _multi_similarity_syn_loss, _npair_soft),
 }
 assert tuple(HDML_FORMS) == HDML_LOSSES, "one HDML form per name of hdml_jax.config.HDML_LOSSES"
 

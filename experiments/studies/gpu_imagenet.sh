@@ -16,14 +16,8 @@ set -u
 OUT=${OUT:-gpu_out}
 WORKDIR=${WORKDIR:-runs/gpu_imagenet}
 RECORD=${RECORD:-$WORKDIR/record}
-mkdir -p "$OUT" "$WORKDIR"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-t0=$SECONDS
-{
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c 'import jax; print("jax", jax.__version__, jax.devices())'
-} >"$OUT/gpu_imagenet.log" 2>&1
+. "$(dirname "$0")/gpu_common.sh"
+gpu_start "$OUT/gpu_imagenet.log"
 methods=()
 [ -n "${METHODS:-}" ] && methods=(--methods "$METHODS")
 $PY -m experiments.studies.table --config experiments/configs/cub100_imagenet.py:finetune \

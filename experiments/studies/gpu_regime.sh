@@ -20,14 +20,8 @@
 set -u
 OUT=${OUT:-gpu_out}
 WORKDIR=${WORKDIR:-runs/gpu_regime}
-mkdir -p "$OUT" "$WORKDIR"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-t0=$SECONDS
-{
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c 'import jax; print("jax", jax.__version__, jax.devices())'
-} >"$OUT/gpu_regime.log" 2>&1
+. "$(dirname "$0")/gpu_common.sh"
+gpu_start "$OUT/gpu_regime.log"
 $PY -m experiments.studies.cub100_tables --workdir "$WORKDIR" --table regime --regimes pretrained --losses npair \
   --seeds "${SEEDS:-0,1,2}" --num_steps "${STEPS:-600}" --pretrain_steps "${PRETRAIN_STEPS:-600}" \
   --pretrain_lr "${PRETRAIN_LR:-1e-3}" --metric_lr "${METRIC_LR:-6e-5}" \

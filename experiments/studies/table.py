@@ -197,7 +197,7 @@ def main(argv=None):
   zero = None
   if os.path.exists(zero_path):
     zero = json.load(open(zero_path))
-  elif not args.from_records and (make_config().features.backbone or make_config().model.pretrained):
+  elif not args.from_records and ((start := make_config()).features.backbone or start.model.pretrained):
     zero = row_zero(make_config)
     with open(zero_path, "w") as f:
       json.dump(zero, f, indent=1)

@@ -251,7 +251,7 @@ def from_torch_state(state: Mapping[str, np.ndarray], variant: str = "efficientn
   used = {t for t, _ in names.values()}
   missing = sorted(t for t in used if t not in state)
   unexpected = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked")
-                      and not (not classifier and k.startswith("_fc.")))
+                      and (classifier or not k.startswith("_fc.")))
   flat_template = traverse_util.flatten_dict(dict(template)) if template is not None else {}
   out, misshaped = {}, []
   for path, (torch_name, how) in names.items():
