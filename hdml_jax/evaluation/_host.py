@@ -28,15 +28,37 @@ __all__: list[str] = []
 _FAR = float(np.finfo(np.float32).max) / 2   # the score of a padding column: finite, above every real one
 
 
-def _wait_all(futures):
-  """The results of ``futures``, in order; on the first error (or an interrupt) the ones not yet
-  started are cancelled, so a failing search stops instead of running to its end."""
-  try:
-    return [f.result() for f in futures]
-  except BaseException:
-    for f in futures:
-      f.cancel()
-    raise
+class _Tasks:
+  """A thread pool whose tasks stop at the first failure. Once a task has raised (or the waiting
+  caller has been interrupted), the tasks not yet started return at once without running: the
+  workers see it themselves, so a failing search stops however late the caller wakes up."""
+
+  def __init__(self, pool: concurrent.futures.ThreadPoolExecutor):
+    self._pool = pool
+    self._failed = threading.Event()
+
+  def _run(self, fn, args):
+    if self._failed.is_set():
+      return None   # never read: ``wait_all`` raises the failure first (tasks start in order)
+    try:
+      return fn(*args)
+    except BaseException:
+      self._failed.set()
+      raise
+
+  def submit(self, fn, *args) -> concurrent.futures.Future:
+    return self._pool.submit(self._run, fn, args)
+
+  def wait_all(self, futures):
+    """The results of ``futures``, in order; the first error is raised, and the tasks not yet
+    started are cancelled."""
+    try:
+      return [f.result() for f in futures]
+    except BaseException:
+      self._failed.set()
+      for f in futures:
+        f.cancel()
+      raise
 
 
 def _host_threads() -> int:
@@ -48,12 +70,12 @@ def _host_threads() -> int:
 
 @contextlib.contextmanager
 def _host_pool(threads):
-  """A pool of ``threads`` workers, with BLAS limited to one thread in the whole process while it is
+  """A pool of ``threads`` workers (as ``_Tasks``), with BLAS limited to one thread in the whole process while it is
   open: each worker runs its own single-threaded BLAS (BLAS's own threads would spin between calls
   and slow the other work down)."""
   limit = threadpoolctl.threadpool_limits(1, user_api="blas") if threads > 1 else contextlib.nullcontext()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool, limit:
-    yield pool
+    yield _Tasks(pool)
 
 
 def _sq_norms(x):
@@ -103,7 +125,7 @@ def _host_candidates(cq, cg, cg_sq, *, exclude_self, kc, chunk_size):
   with _host_pool(threads) as pool:
     pending = submit(0)
     for c, start in enumerate(starts):
-      parts = _wait_all(pending)
+      parts = pool.wait_all(pending)
       pending = submit(c + 1) if c + 1 < len(starts) else []
       yield start, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -232,7 +254,7 @@ def _symmetric_candidates(cq, cq_sq, q_sq, kc):
   with _host_pool(_host_threads()) as pool:
     # Diagonal by diagonal: consecutive pairs (i, i + s), (i + 1, i + 1 + s) share no tile, so
     # threads seldom wait for the same lock.
-    _wait_all([pool.submit(pair, i, i + s) for s in range(len(tiles)) for i in range(len(tiles) - s)])
+    pool.wait_all([pool.submit(pair, i, i + s) for s in range(len(tiles)) for i in range(len(tiles) - s)])
   for start, tile in zip(tiles, keep):
     idx, vals = tile.result()
     yield start, idx, vals.astype(np.float64) - q_sq[start:start + idx.shape[0], None]
@@ -257,5 +279,5 @@ def _assign_host(x, centers, *, rows=1024):
     d2[start:start + rows] = np.einsum("nd,nd->n", diff, diff)
 
   with _host_pool(_host_threads()) as pool:
-    _wait_all([pool.submit(task, start) for start in range(0, n, rows)])
+    pool.wait_all([pool.submit(task, start) for start in range(0, n, rows)])
   return idx, d2

@@ -1,6 +1,8 @@
 """The host engine: BLAS threads, the symmetric leave-one-out path, the reservoirs, k-means' host assignment."""
 
+import concurrent.futures
 import threading
+import time
 from unittest import mock
 
 import chex
@@ -333,7 +335,9 @@ class HostKmeansTest(chex.TestCase):
       ev.kmeans(x, 6, engine="cuda")
 
   def test_an_error_in_a_task_stops_the_search(self):
-    # The first failing task raises, and the tasks not yet started are cancelled, not run to the end.
+    # The first failing task raises, and the tasks not yet started do not run: the workers stop
+    # themselves, however late the waiting thread wakes up (here it waits 0.2 s before each result,
+    # as on a loaded machine; the search has 25 tiles, 325 pairs, one worker).
     x = near_ties(200, seed=3, d=4)
     calls = []
 
@@ -341,9 +345,17 @@ class HostKmeansTest(chex.TestCase):
       calls.append(1)
       raise FloatingPointError("boom")
 
+    result = concurrent.futures.Future.result
+
+    def late_result(self, *a, **kw):
+      time.sleep(0.2)
+      return result(self, *a, **kw)
+
     with mock.patch.object(ev_host, "_TILE", 8), mock.patch.object(ev_host, "_host_threads", return_value=1), \
-        mock.patch.object(ev_host._Reservoir, "start", fail):
+        mock.patch.object(ev_host._Reservoir, "start", fail), \
+        mock.patch.object(concurrent.futures.Future, "result", late_result):
       with self.assertRaisesRegex(FloatingPointError, "boom"):
         ev.nearest_neighbors(x, k=3, engine="host")
-    self.assertLess(len(calls), 5)   # 25 tiles, 325 pairs: stopped after the first
+    self.assertLess(len(calls), 5)
+    self.assertEqual(len(calls), 1)   # one worker: nothing starts after the failure
 

@@ -126,8 +126,10 @@ class ClusteringTest(chex.TestCase):
     self.assertEqual([ev.bucket(n) for n in (1, 9, 13, 150, 170, 192, 193, 5924)],
                      [8, 12, 16, 192, 192, 192, 256, 6144])
     fns = (ev_device._knn_chunk, ev_device._assign, ev_kmeans._update_centers, ev_kmeans._greedy_kmeans_pp_init)
-    for f in fns:   # what other tests in this worker process compiled is not counted (the suite runs in parallel)
-      f.clear_cache()
+    # jax keeps every jitted function's compiled programs in one process-wide cache of 8,192 entries;
+    # once a long-running worker has filled it, a function's count stops growing (entries are evicted
+    # as they are added). Emptied here, so the counts below are this test's own.
+    jax.clear_caches()
     rng = np.random.default_rng(0)
     counts = []
     for n in (150, 160, 170, 200):
