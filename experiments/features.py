@@ -14,7 +14,15 @@ the image splits by features:
 * every test photo gets its centre view.
 
 The model then trains ``model.backbone="identity"`` (no parameters) under the
-same loop, losses, HDML synthesis, selection and evaluation. The features are
+same loop, losses, HDML synthesis, selection and evaluation.
+
+A part of the backbone may be cached instead and the rest fine-tuned: with
+``features.backbone_kwargs`` stopping the backbone early (EfficientNet-Lite's
+``{"last_block": 14}``: the ``[7, 7, 192]`` activation entering its last
+stage at 224 px), the rows are those activations, and the model trains the
+same backbone from where they stop (``model.backbone`` the same,
+``model.backbone_kwargs`` ``{"first_block": 15, ...}``, ``model.pretrained``
+the same weights, of which it takes the variables of its part). The features are
 computed in inference mode (BatchNorm's moving statistics), in batches of
 ``features.batch_size`` with a progress bar, and cached under
 ``features.cache_dir/<key>``, where the key is the SHA-256 of the weights
@@ -71,16 +79,20 @@ def _digest(arrays) -> str:
   return h.hexdigest()
 
 
-def cache_key(*, weights_sha256: str, backbone: str, recipe: dict, views: int, photos: dict) -> str:
-  """The cache entry's name: a SHA-256 over everything the features depend on (``photos``: split -> digest)."""
+def cache_key(*, weights_sha256: str, backbone: str, recipe: dict, views: int, photos: dict,
+              backbone_kwargs: dict | None = None) -> str:
+  """The cache entry's name: a SHA-256 over everything the features depend on (``photos``: split -> digest;
+  ``backbone_kwargs``: the part of the backbone that runs, named only when not empty)."""
   named = {"weights": weights_sha256, "backbone": backbone, "recipe": recipe, "views": views,
            "view_seed": VIEW_SEED, "photos": photos, "format": 1}
+  if backbone_kwargs:
+    named["backbone_kwargs"] = backbone_kwargs
   return hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _embed(apply: Callable, load: Callable, n: int, prepare: Callable, batch_size: int, views: int,
            desc: str) -> np.ndarray:
-  """``[n, 1 + views, F]``: the centre view, then ``views`` augmented ones, in batches with a progress bar."""
+  """``[n, 1 + views, ...]``: the centre view, then ``views`` augmented ones, in batches with a progress bar."""
   from tqdm import tqdm
 
   out = None
@@ -93,7 +105,7 @@ def _embed(apply: Callable, load: Callable, n: int, prepare: Callable, batch_siz
         rng = None if v == 0 else np.random.default_rng([VIEW_SEED, v, start])
         f = np.asarray(apply(prepare(images, v > 0, rng)), np.float32)
         if out is None:
-          out = np.empty((n, 1 + views, f.shape[1]), np.float32)
+          out = np.empty((n, 1 + views) + f.shape[1:], np.float32)
         out[idx, v] = f
         bar.update(1)
   return out
@@ -119,16 +131,17 @@ def frozen_splits(cfg, train, test, prepare: Callable):
   from hdml_jax.models import get_backbone
 
   f, d = cfg.features, cfg.dataset
+  kwargs = f.backbone_kwargs.to_dict()
   variables, digest = load_backbone_variables(f.backbone, f.pretrained)
   all_train, all_test = np.arange(len(train)), np.arange(len(test))
   photos = {"train": _digest([train.load(all_train), train.labels]),
             "test": _digest([test.load(all_test), test.labels])}
   key = cache_key(weights_sha256=digest, backbone=f.backbone,
                   recipe={"resize": d.resize, "crop": d.crop, "preprocess": d.preprocess}, views=f.views,
-                  photos=photos)
+                  photos=photos, backbone_kwargs=kwargs)
   folder = os.path.join(os.path.expanduser(f.cache_dir), key)
   paths = {name: os.path.join(folder, f"{name}.npy") for name in ("train", "test")}
-  net = get_backbone(f.backbone)
+  net = get_backbone(f.backbone, **kwargs)
   apply = jax.jit(lambda x: net.apply(variables, x, train=False))
   os.makedirs(folder, exist_ok=True)
   for name, split, views in (("train", train, f.views), ("test", test, 0)):
@@ -138,7 +151,7 @@ def frozen_splits(cfg, train, test, prepare: Callable):
     rows = _embed(apply, split.load, len(split), prepare, f.batch_size, views, f"{f.backbone} features, {name}")
     _save(paths[name], rows)
   with open(os.path.join(folder, "key.json"), "w") as out:
-    json.dump({"backbone": f.backbone, "pretrained": f.pretrained, "weights_sha256": digest, "views": f.views,
+    json.dump({"backbone": f.backbone, "backbone_kwargs": kwargs, "pretrained": f.pretrained, "weights_sha256": digest, "views": f.views,
                "resize": d.resize, "crop": d.crop, "preprocess": d.preprocess, "photos": photos}, out, indent=1)
   stored = {name: np.load(paths[name], mmap_mode="r") for name in paths}
   for name, split in (("train", train), ("test", test)):
@@ -159,4 +172,4 @@ def frozen_splits(cfg, train, test, prepare: Callable):
 
   return (Split(train.labels, train.class_names, loader(stored["train"])),
           Split(test.labels, test.class_names, loader(stored["test"])),
-          prepare_features, (stored["train"].shape[2],))
+          prepare_features, tuple(stored["train"].shape[2:]))

@@ -116,10 +116,13 @@ def _validate_features(cfg) -> None:
   if not f.pretrained:
     raise ValueError("config.features.backbone is set but config.features.pretrained is empty: name its weights "
                      f"(a converted file, or the weight source {f.backbone!r} where it is one).")
-  if cfg.model.backbone != "identity":
+  part = f.backbone_kwargs.to_dict()
+  if part:
+    _validate_feature_part(cfg, part)
+  elif cfg.model.backbone != "identity":
     raise ValueError(f"config.features.backbone={f.backbone!r} trains on cached features: set "
                      f"config.model.backbone='identity' (got {cfg.model.backbone!r}).")
-  if cfg.model.pretrained:
+  elif cfg.model.pretrained:
     raise ValueError("config.model.pretrained is for a backbone that trains; with config.features.backbone the "
                      "weights are config.features.pretrained.")
   if cfg.dataset.name == "digits":
@@ -129,6 +132,26 @@ def _validate_features(cfg) -> None:
     value = f[key]
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "views" else 1):
       raise ValueError(f"config.features.{key} must be an integer >= {0 if key == 'views' else 1}, got {value!r}.")
+
+def _validate_feature_part(cfg, part: dict) -> None:
+  """Cached activations of a part of the backbone (``features.backbone_kwargs``): the model must be the same
+  backbone from the next block on, with the same weights."""
+  f, m = cfg.features, cfg.model
+  last = part.get("last_block")
+  if set(part) != {"last_block"} or not isinstance(last, int) or isinstance(last, bool):
+    raise ValueError(f"config.features.backbone_kwargs={part} must name only last_block (an integer): the block "
+                     "after which the activations are cached.")
+  first = m.backbone_kwargs.to_dict().get("first_block") if m.backbone == f.backbone else None
+  if first != last + 1:
+    raise ValueError(f"config.features.backbone_kwargs caches {f.backbone!r}'s activations after block {last}: "
+                     f"the model must train the rest, config.model.backbone={f.backbone!r} with "
+                     f"config.model.backbone_kwargs.first_block={last + 1} (got {m.backbone!r} with "
+                     f"{m.backbone_kwargs.to_dict()}).")
+  if m.pretrained != f.pretrained:
+    raise ValueError(f"config.model.pretrained must be config.features.pretrained ({f.pretrained!r}): the blocks "
+                     f"from {last + 1} on start from the weights whose activations are cached (got "
+                     f"{m.pretrained!r}).")
+
 
 def _validate_m_per_class(cfg, who: str, least: int) -> None:
   """M-per-class batches for ``who``: ``least`` images of each class, the batch a whole number of classes."""

@@ -53,8 +53,10 @@ def pretrained_path(spec: str) -> str:
 def build_state(cfg, data: datasets.Data):
   state = _fresh_state(cfg, data)
   if cfg.model.pretrained:
+    # A backbone that continues from cached activations (features.backbone_kwargs) is a part of the file's.
     state = weights.load_pretrained_backbone(state, pretrained_path(cfg.model.pretrained),
-                                             expect=run_config.backbone_identity(cfg, data.image_shape))
+                                             expect=run_config.backbone_identity(cfg, data.image_shape),
+                                             part=bool(cfg.features.backbone_kwargs.to_dict()))
   return state
 
 def _fresh_state(cfg, data: datasets.Data):

@@ -303,7 +303,8 @@ def check_like(variables: Mapping, template: Mapping, where: str) -> None:
           [(k, got[k], want[k]) for k in want if k in got and got[k] != want[k]])
 
 
-def load_pretrained_backbone(state, path: str, *, expect: Mapping[str, object] | None = None):
+def load_pretrained_backbone(state, path: str, *, expect: Mapping[str, object] | None = None,
+                             part: bool = False):
   """Returns ``state`` with its backbone variables replaced by the file's.
 
   The file holds ``params`` (and ``batch_stats`` for BatchNorm backbones);
@@ -317,6 +318,9 @@ def load_pretrained_backbone(state, path: str, *, expect: Mapping[str, object] |
       ``{"backbone": "small_cnn", "image_shape": (48, 48, 3)}``; every entry
       the file records and ``expect`` names must agree (a file without
       ``meta/`` is not checked). Mismatches are reported by array name.
+    part: the backbone runs a part of the file's network (e.g. EfficientNet-Lite
+      from ``first_block``): the file's variables the backbone does not have are
+      left out; every variable it has must still be in the file with its shape.
   """
   variables = load_variables(path)
   meta = read_meta(variables)
@@ -330,12 +334,21 @@ def load_pretrained_backbone(state, path: str, *, expect: Mapping[str, object] |
   template = {"params": state.params["backbone"]}
   if state.batch_stats["backbone"]:
     template["batch_stats"] = state.batch_stats["backbone"]
+  if part:
+    variables = _the_part(variables, template)
   check_like(variables, template, f"pretrained weights {path!r} do not match the backbone")
   params = {**state.params, "backbone": jax.tree_util.tree_map(np.asarray, variables["params"])}
   batch_stats = dict(state.batch_stats)
   if "batch_stats" in variables:
     batch_stats["backbone"] = variables["batch_stats"]
   return state.replace(params=params, batch_stats=batch_stats)
+
+
+def _the_part(variables, template):
+  """``variables`` restricted to the paths of ``template`` (those absent stay absent, for ``check_like`` to name)."""
+  if isinstance(template, Mapping) and isinstance(variables, Mapping):
+    return {k: _the_part(variables[k], v) for k, v in template.items() if k in variables}
+  return variables
 
 
 def _normalise(value):

@@ -49,6 +49,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.features.backbone = ""             # set (e.g. efficientnet_lite0): train on its cached pooled features,
                                        # with model.backbone="identity"
   c.features.pretrained = ""           # its weights: a converted file or a weight source's name
+  c.features.backbone_kwargs = ml_collections.ConfigDict()   # the part of it that runs (default: all, pooled),
+                                       # e.g. {"last_block": 14}: its activations there are cached, and
+                                       # model.backbone (the same, from {"first_block": 15}) fine-tunes the rest
   c.features.views = 8                 # augmented views of each training photo (plus its centre view)
   c.features.batch_size = 64           # photos per batch when computing the features
   c.features.cache_dir = "~/.cache/hdml_jax/features"

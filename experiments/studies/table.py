@@ -48,7 +48,12 @@ def _make_config(spec: str):
 
 def _frozen(cfg):
   """``cfg``'s pretrained backbone as the frozen regime's (its centre views only), for row zero."""
-  if cfg.features.backbone:
+  if cfg.features.backbone and not cfg.features.backbone_kwargs.to_dict():
+    return cfg
+  if cfg.features.backbone:   # a part cached, the rest trained: row zero is the whole backbone's pooled features
+    cfg = cfg.copy_and_resolve_references()   # (with the same views: the frozen regime's cache entry, if made)
+    cfg.features.backbone_kwargs = {}
+    cfg.model.backbone, cfg.model.pretrained, cfg.model.backbone_kwargs = "identity", "", {}
     return cfg
   if not cfg.model.pretrained:
     raise ValueError("row zero needs pretrained weights: features.backbone or model.pretrained.")

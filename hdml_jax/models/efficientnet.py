@@ -152,23 +152,63 @@ class EfficientNetLite(nn.Module):
   """EfficientNet-Lite: ``images [B, H, W, 3] -> [B, 1280]`` pooled features (or ``[B, 1000]`` logits).
 
   Input: RGB as the ``lite`` preprocessing gives it, ``(x - 127) / 128``.
+
+  A part of the network runs with ``first_block`` and ``last_block`` (indices
+  of :func:`block_specs`): ``first_block > 0`` starts at that block, the input
+  being the activation entering it (``[B, h, w, c]``: what the network with
+  ``last_block = first_block - 1`` returns) instead of images; ``last_block``
+  stops after that block and returns its activation, without the head. Their
+  variables keep the whole network's names, so a whole network's weights
+  serve every part (the frozen-features regime caches one part's output and
+  trains the rest). ``frozen_bn=True`` normalises with BatchNorm's moving
+  statistics in training too (the scales and offsets still train; the moving
+  statistics do not change), as fine-tuning from ImageNet commonly does.
   """
 
   variant: str = "efficientnet_lite0"
   classifier: bool = False
+  first_block: int = 0
+  last_block: int | None = None
+  frozen_bn: bool = False
+
+  def _check(self) -> int:
+    if self.variant not in VARIANTS:
+      raise ValueError(f"EfficientNetLite: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}.")
+    n = len(block_specs(self.variant))
+    last = n - 1 if self.last_block is None else self.last_block
+    for name, value in (("first_block", self.first_block), ("last_block", self.last_block)):
+      if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n):
+        raise ValueError(f"EfficientNetLite: {name} must be a block index of {self.variant} (0 to {n - 1}), "
+                         f"got {value!r}.")
+    if last < self.first_block:
+      raise ValueError(f"EfficientNetLite: last_block={self.last_block} comes before first_block="
+                       f"{self.first_block}.")
+    if self.classifier and self.last_block is not None:
+      raise ValueError("EfficientNetLite: classifier=True needs the head (last_block=None).")
+    return last
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    if self.variant not in VARIANTS:
-      raise ValueError(f"EfficientNetLite: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}.")
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"EfficientNetLite: images must be [B, H, W, 3], got shape {tuple(images.shape)}.")
-    x = _Conv(STEM, 3, 2, name="stem_conv")(images)
-    x = jax.nn.relu6(nn.BatchNorm(use_running_average=not train, name="stem_bn", **_BN)(x))
-    for i, (k, s, e, cin, cout) in enumerate(block_specs(self.variant)):
-      x = _MBConv(k, s, e, cin, cout, name=f"block{i}")(x, train)
+    last = self._check()
+    specs = block_specs(self.variant)
+    norm = train and not self.frozen_bn
+    if self.first_block == 0:
+      if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"EfficientNetLite: images must be [B, H, W, 3], got shape {tuple(images.shape)}.")
+      x = _Conv(STEM, 3, 2, name="stem_conv")(images)
+      x = jax.nn.relu6(nn.BatchNorm(use_running_average=not norm, name="stem_bn", **_BN)(x))
+    else:
+      cin = specs[self.first_block][3]
+      if images.ndim != 4 or images.shape[-1] != cin:
+        raise ValueError(f"EfficientNetLite: from block {self.first_block} the input is the activation entering "
+                         f"it, [B, h, w, {cin}]; got shape {tuple(images.shape)}.")
+      x = images
+    for i in range(self.first_block, last + 1):
+      x = _MBConv(*specs[i], name=f"block{i}")(x, norm)
+    if self.last_block is not None:
+      return x
     x = _Conv(HEAD, 1, name="head_conv")(x)
-    x = jax.nn.relu6(nn.BatchNorm(use_running_average=not train, name="head_bn", **_BN)(x))
+    x = jax.nn.relu6(nn.BatchNorm(use_running_average=not norm, name="head_bn", **_BN)(x))
     x = jnp.mean(x, axis=(1, 2))
     if self.classifier:
       return nn.Dense(1000, name="classifier")(x)
@@ -176,21 +216,24 @@ class EfficientNetLite(nn.Module):
 
 
 @register_backbone("efficientnet_lite0")
-def efficientnet_lite0(classifier: bool = False) -> EfficientNetLite:
-  """EfficientNet-Lite0 (4.7 M parameters with its classifier; ImageNet weights at 224 px)."""
-  return EfficientNetLite("efficientnet_lite0", classifier)
+def efficientnet_lite0(classifier: bool = False, first_block: int = 0, last_block: int | None = None,
+                       frozen_bn: bool = False) -> EfficientNetLite:
+  """EfficientNet-Lite0 (4.7 M parameters with its classifier; ImageNet weights at 224 px). The arguments: :class:`EfficientNetLite`'s."""
+  return EfficientNetLite("efficientnet_lite0", classifier, first_block, last_block, frozen_bn)
 
 
 @register_backbone("efficientnet_lite1")
-def efficientnet_lite1(classifier: bool = False) -> EfficientNetLite:
-  """EfficientNet-Lite1 (ImageNet weights at 240 px)."""
-  return EfficientNetLite("efficientnet_lite1", classifier)
+def efficientnet_lite1(classifier: bool = False, first_block: int = 0, last_block: int | None = None,
+                       frozen_bn: bool = False) -> EfficientNetLite:
+  """EfficientNet-Lite1 (ImageNet weights at 240 px). The arguments: :class:`EfficientNetLite`'s."""
+  return EfficientNetLite("efficientnet_lite1", classifier, first_block, last_block, frozen_bn)
 
 
 @register_backbone("efficientnet_lite2")
-def efficientnet_lite2(classifier: bool = False) -> EfficientNetLite:
-  """EfficientNet-Lite2 (ImageNet weights at 260 px)."""
-  return EfficientNetLite("efficientnet_lite2", classifier)
+def efficientnet_lite2(classifier: bool = False, first_block: int = 0, last_block: int | None = None,
+                       frozen_bn: bool = False) -> EfficientNetLite:
+  """EfficientNet-Lite2 (ImageNet weights at 260 px). The arguments: :class:`EfficientNetLite`'s."""
+  return EfficientNetLite("efficientnet_lite2", classifier, first_block, last_block, frozen_bn)
 
 
 def _torch_names(variant: str) -> dict[tuple, tuple[str, str]]:

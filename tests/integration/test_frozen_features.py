@@ -116,6 +116,82 @@ def test_bad_settings_are_refused_in_one_line(monkeypatch):
     features.load_backbone_variables("small_cnn", other)
 
 
+def _lite0_part_cfg(folder, **overrides):
+  """The last_stage regime at 16 px: EfficientNet-Lite0 (random weights) cached after block 14, block 15 on."""
+  net = get_backbone("efficientnet_lite0")
+  variables = net.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  path = os.path.join(folder, "lite0.npz")
+  weights.save_variables(path, variables, meta={"backbone": "efficientnet_lite0", "source": "test"})
+  return tiny_cub(**{"features.backbone": "efficientnet_lite0", "features.pretrained": path,
+                     "features.backbone_kwargs": {"last_block": 14}, "features.views": 1,
+                     "features.batch_size": 16, "features.cache_dir": os.path.join(folder, "cache"),
+                     "model.backbone": "efficientnet_lite0", "model.pretrained": path,
+                     "model.backbone_kwargs": {"first_block": 15, "frozen_bn": True}, **overrides})
+
+
+def test_the_last_stage_trains_on_cached_activations_from_the_same_weights():
+  from experiments import runtime
+  from experiments.train import train_and_evaluate
+
+  folder = tempfile.mkdtemp()
+  cfg = _lite0_part_cfg(folder, num_steps=3)
+  validate_config(cfg)
+  data = datasets.load_data(cfg)
+  assert data.image_shape == (1, 1, 192)   # 16 px: the activation entering block 15
+  (entry,) = os.listdir(cfg.features.cache_dir)
+  key = json.load(open(os.path.join(cfg.features.cache_dir, entry, "key.json")))
+  assert key["backbone_kwargs"] == {"last_block": 14}
+  # The state starts from the file's block 15 and head (the blocks before it are left out), and its
+  # features of a cached row equal the whole network's of the photo.
+  file_vars = {k: v for k, v in weights.load_variables(cfg.model.pretrained).items() if k != weights.META}
+  state = runtime.build_state(cfg, data)
+  assert set(state.params["backbone"]) == {"block15", "head_conv", "head_bn"}
+  np.testing.assert_array_equal(state.params["backbone"]["block15"]["project_conv"]["conv"]["kernel"],
+                                file_vars["params"]["block15"]["project_conv"]["conv"]["kernel"])
+  rows = data.prepare(data.test.load(np.arange(3)), False, None)
+  part = get_backbone("efficientnet_lite0", first_block=15).apply(
+      {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]}, rows, train=False)
+  want = get_backbone("efficientnet_lite0").apply(file_vars, _centre(cfg, np.arange(3)), train=False)
+  np.testing.assert_allclose(part, want, rtol=1e-5, atol=1e-6)
+  results = train_and_evaluate(cfg, os.path.join(folder, "run"))
+  assert results["final"]["step"] == 3 and 0 <= results["final"]["recall@1"] <= 1
+  # Another part cached is another entry of the cache.
+  datasets.load_data(_lite0_part_cfg(folder, **{"features.backbone_kwargs": {"last_block": 13},
+                                                "model.backbone_kwargs": {"first_block": 14},
+                                                "features.cache_dir": cfg.features.cache_dir}))
+  assert len(os.listdir(cfg.features.cache_dir)) == 2
+
+
+def test_a_part_that_does_not_continue_the_cached_one_is_refused():
+  folder = tempfile.mkdtemp()
+  with pytest.raises(ValueError, match=r"caches 'efficientnet_lite0''s activations after block 14: the model must "
+                                       r"train the rest, config.model.backbone='efficientnet_lite0' with "
+                                       r"config.model.backbone_kwargs.first_block=15 \(got 'efficientnet_lite0' "
+                                       r"with \{'first_block': 14\}\)"):
+    validate_config(_lite0_part_cfg(folder, **{"model.backbone_kwargs": {"first_block": 14}}))
+  with pytest.raises(ValueError, match=r"got 'identity' with \{\}"):
+    validate_config(_lite0_part_cfg(folder, **{"model.backbone": "identity", "model.backbone_kwargs": {}}))
+  with pytest.raises(ValueError, match=r"config.model.pretrained must be config.features.pretrained"):
+    validate_config(_lite0_part_cfg(folder, **{"model.pretrained": "other.npz"}))
+  with pytest.raises(ValueError, match=r"must name only last_block \(an integer\)"):
+    validate_config(_lite0_part_cfg(folder, **{"features.backbone_kwargs": {"first_block": 3}}))
+
+
+def test_a_part_missing_from_the_weights_file_is_named():
+  # A file of the blocks before the part only: the part's variables are missing, and named.
+  from experiments import runtime
+
+  folder = tempfile.mkdtemp()
+  cfg = _lite0_part_cfg(folder)
+  data = datasets.load_data(cfg)
+  variables = {k: v for k, v in weights.load_variables(cfg.model.pretrained).items() if k != weights.META}
+  for col in variables:
+    variables[col] = {k: v for k, v in variables[col].items() if k != "block15"}
+  weights.save_variables(cfg.model.pretrained, variables, meta={"backbone": "efficientnet_lite0"})
+  with pytest.raises(weights.WeightMismatchError, match="block15"):
+    runtime.build_state(cfg, data)
+
+
 def test_the_study_table_runs_resumes_and_rebuilds_from_its_records(monkeypatch):
   from experiments.studies import table
 

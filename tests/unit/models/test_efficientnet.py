@@ -73,6 +73,48 @@ def test_the_architecture(variant, blocks, params):
   assert features.shape == (2, 1280)
 
 
+def test_a_part_of_the_network_continues_where_another_stops():
+  # The activations after block 14, fed to the network from block 15, give the whole network's features
+  # (the same variables serve both parts); frozen_bn trains with the moving statistics and leaves them as
+  # they were.
+  x = jax.random.normal(jax.random.key(0), (3, 40, 40, 3))
+  full = get_backbone("efficientnet_lite0")
+  v = full.init(jax.random.key(1), x, train=False)
+  v = {"params": v["params"], "batch_stats": jax.tree_util.tree_map(   # moving statistics that are not 0 and 1
+      lambda s: s + 0.1 * jax.random.uniform(jax.random.key(2), s.shape), v["batch_stats"])}
+  head = get_backbone("efficientnet_lite0", last_block=14).apply(v, x, train=False)
+  assert head.shape == (3, 2, 2, 192)
+  tail = get_backbone("efficientnet_lite0", first_block=15)
+  np.testing.assert_allclose(tail.apply(v, head, train=False), full.apply(v, x, train=False), rtol=1e-5, atol=1e-6)
+  own = tail.init(jax.random.key(3), head, train=False)
+  assert set(own["params"]) == {"block15", "head_conv", "head_bn"}   # the part's own variables only
+  frozen = get_backbone("efficientnet_lite0", first_block=15, frozen_bn=True)
+  out, updates = frozen.apply(v, head, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(out, full.apply(v, x, train=False), rtol=1e-5, atol=1e-6)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, updates["batch_stats"],
+                         {k: v["batch_stats"][k] for k in updates["batch_stats"]})
+  moving, _ = tail.apply(v, head, train=True, mutable=["batch_stats"])   # without it: the batch's statistics
+  assert not np.allclose(moving, out, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"first_block": 16}, r"first_block must be a block index of efficientnet_lite0 \(0 to 15\), got 16"),
+    ({"last_block": -1}, r"last_block must be a block index of efficientnet_lite0 \(0 to 15\), got -1"),
+    ({"first_block": 5, "last_block": 3}, r"last_block=3 comes before first_block=5"),
+    ({"classifier": True, "last_block": 3}, r"classifier=True needs the head"),
+])
+def test_bad_parts_are_refused(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    get_backbone("efficientnet_lite0", **kwargs).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+def test_a_part_refuses_an_input_of_another_shape():
+  with pytest.raises(ValueError, match=r"from block 15 the input is the activation entering it, \[B, h, w, 192\]; "
+                                       r"got shape \(1, 32, 32, 3\)"):
+    get_backbone("efficientnet_lite0", first_block=15).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                             train=False)
+
+
 def _lite0_template(classifier=True):
   net = get_backbone("efficientnet_lite0", classifier=classifier)
   return jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
