@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 
 import jax
@@ -51,8 +54,35 @@ def make_manager(directory: str, *, max_to_keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+@contextlib.contextmanager
+def uninterrupted():
+  """Ctrl-C (SIGINT) held back until the block ends, then delivered as it would have been.
+
+  A save is never cut in half: orbax starts its background writer inside
+  ``save``, and an interrupt there could leave the writer running while the
+  process exits (its half-made checkpoint and a traceback from its thread).
+  Outside the main thread, where signals are not handled, the block runs as is.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if received:
+    if callable(previous):
+      previous(signal.SIGINT, None)   # Python's own handler raises KeyboardInterrupt
+    elif previous == signal.SIG_DFL:
+      raise KeyboardInterrupt
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: HDMLTrainState) -> None:
-  manager.save(step, args=ocp.args.StandardSave(state_tree(state)), force=True)
+  """Saves ``state`` as ``step`` (asynchronously; Ctrl-C waits until the save has started: :func:`uninterrupted`)."""
+  with uninterrupted():
+    manager.save(step, args=ocp.args.StandardSave(state_tree(state)), force=True)
 
 
 def _param_dicts(tree, keys: frozenset, fn):

@@ -4,9 +4,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from unittest import mock
 
 import chex
 import numpy as np
@@ -16,7 +19,7 @@ from experiments import checkpoints, logs
 from experiments.evaluate import evaluate_checkpoint
 from experiments.train import train_and_evaluate
 from hdml_jax import weights
-from tests.helpers import REPO, fast_default, tiny_cub
+from tests.helpers import REPO, fast_default, restored_latest, tiny_cub
 
 pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
@@ -76,6 +79,28 @@ class ResumeTest(chex.TestCase):
     os.remove(os.path.join(workdir, "config.json"))
     with self.assertRaisesRegex(ValueError, r"holds checkpoints of a different model .*fresh --workdir"):
       train_and_evaluate(fast_default(num_steps=8, **{"model.embedding_dim": 4}), workdir)
+
+  def test_ctrl_c_during_a_save_finishes_that_save_first(self):
+    # The interrupt arrives inside the save of step 8: the save completes (a whole checkpoint, restorable),
+    # then the interrupt is raised. Cut in half, the save's writer could outlive the process.
+    import orbax.checkpoint as ocp
+
+    workdir = tempfile.mkdtemp()
+    real = ocp.CheckpointManager.save
+
+    def interrupted_save(manager, step, *args, **kwargs):
+      if step == 8 and manager.directory.name == "checkpoints":
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)   # the signal is handled here, inside the save
+      return real(manager, step, *args, **kwargs)
+
+    cfg = fast_default(num_steps=12)
+    with mock.patch.object(ocp.CheckpointManager, "save", interrupted_save):
+      with self.assertRaises(KeyboardInterrupt):
+        train_and_evaluate(cfg, workdir)
+    folder = os.path.join(workdir, "checkpoints")
+    self.assertEqual(sorted(int(n) for n in os.listdir(folder) if n.isdigit()), [4, 8])
+    self.assertEqual(int(restored_latest(cfg, workdir).step), 8)
 
   def test_metrics_log_has_one_row_per_step_after_a_kill(self):
     cfg = fast_default(log_every=1)
