@@ -160,6 +160,12 @@ def test_the_last_stage_trains_on_cached_activations_from_the_same_weights():
                                                 "model.backbone_kwargs": {"first_block": 14},
                                                 "features.cache_dir": cfg.features.cache_dir}))
   assert len(os.listdir(cfg.features.cache_dir)) == 2
+  # A weights file without the part's variables (the blocks before it only) is refused, naming them.
+  for col in file_vars:
+    file_vars[col] = {k: v for k, v in file_vars[col].items() if k != "block15"}
+  weights.save_variables(cfg.model.pretrained, file_vars, meta={"backbone": "efficientnet_lite0"})
+  with pytest.raises(weights.WeightMismatchError, match="block15"):
+    runtime.build_state(cfg, data)
 
 
 def test_a_part_that_does_not_continue_the_cached_one_is_refused():
@@ -175,21 +181,6 @@ def test_a_part_that_does_not_continue_the_cached_one_is_refused():
     validate_config(_lite0_part_cfg(folder, **{"model.pretrained": "other.npz"}))
   with pytest.raises(ValueError, match=r"must name only last_block \(an integer\)"):
     validate_config(_lite0_part_cfg(folder, **{"features.backbone_kwargs": {"first_block": 3}}))
-
-
-def test_a_part_missing_from_the_weights_file_is_named():
-  # A file of the blocks before the part only: the part's variables are missing, and named.
-  from experiments import runtime
-
-  folder = tempfile.mkdtemp()
-  cfg = _lite0_part_cfg(folder)
-  data = datasets.load_data(cfg)
-  variables = {k: v for k, v in weights.load_variables(cfg.model.pretrained).items() if k != weights.META}
-  for col in variables:
-    variables[col] = {k: v for k, v in variables[col].items() if k != "block15"}
-  weights.save_variables(cfg.model.pretrained, variables, meta={"backbone": "efficientnet_lite0"})
-  with pytest.raises(weights.WeightMismatchError, match="block15"):
-    runtime.build_state(cfg, data)
 
 
 def test_the_study_table_runs_resumes_and_rebuilds_from_its_records(monkeypatch):
