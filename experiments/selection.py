@@ -171,8 +171,9 @@ class BestCheckpoint:
       elif not value > best:
         return False
     self.best = {"step": step, "value": value, "selection": self.selection}
-    checkpoints.save(self.manager, step, state)
-    self.manager.wait_until_finished()
+    with checkpoints.uninterrupted():   # Ctrl-C here waits for the whole best checkpoint
+      checkpoints.save(self.manager, step, state)
+      self.manager.wait_until_finished()
     if self.is_main:
       checkpoints.write_json_atomic(self.path, self.best)
     return True

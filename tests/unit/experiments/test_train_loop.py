@@ -889,3 +889,44 @@ class LegacyCheckpointTest(CheckpointDirTest):
     other = self.state(None)
     with self.assertRaisesRegex(ValueError, "holds checkpoints of a different model"):
       checkpoints.restore_readable(self.ckpt, other.replace(params={**other.params, "extra": {"w": jnp.ones(3)}}), 7)
+
+
+class UninterruptedTest(chex.TestCase):
+  """Ctrl-C held back while a checkpoint is written, then delivered as it would have been."""
+
+  def test_an_interrupt_is_delivered_when_the_block_ends(self):
+    import signal
+    import threading
+    import time
+
+    order = []
+    with self.assertRaises(KeyboardInterrupt):
+      with checkpoints.uninterrupted():
+        with checkpoints.uninterrupted():   # nested: the outer block delivers it
+          os.kill(os.getpid(), signal.SIGINT)
+          time.sleep(0.1)
+          order.append("inner")
+        order.append("outer")
+    self.assertEqual(order, ["inner", "outer"])
+    self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)   # restored
+    # Ignored before, ignored after; no interrupt, nothing raised.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+      with checkpoints.uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    finally:
+      signal.signal(signal.SIGINT, previous)
+    with checkpoints.uninterrupted():
+      order.append("quiet")
+    # Outside the main thread (no signal handlers there) the block runs as is.
+    done = []
+
+    def in_a_thread():
+      with checkpoints.uninterrupted():   # signal.signal would raise ValueError here
+        done.append(threading.current_thread().name)
+
+    worker = threading.Thread(target=in_a_thread, name="worker")
+    worker.start()
+    worker.join()
+    self.assertEqual(done, ["worker"])
