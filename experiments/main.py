@@ -34,11 +34,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from experiments.run_config import validate_config
   from experiments.train import train_and_evaluate
 
-  validate_config(FLAGS.config)   # a bad config is refused in one line, before anything starts
-
+  # A bad config is refused in one line before anything starts (train_and_evaluate validates it first).
   results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   summary = {"final (test)": {k: v for k, v in results["final"].items() if k != "num_queries_map@r"}}
   if results["best"]:
