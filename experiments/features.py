@@ -28,7 +28,8 @@ computed in inference mode (BatchNorm's moving statistics), in batches of
 ``features.cache_dir/<key>``, where the key is the SHA-256 of the weights
 file, the backbone, the input recipe (resize, crop, preprocessing), the view
 count and the photos themselves (their pixels and labels): any change makes
-a new entry, and a second run reads the cache.
+a new entry, and a second run reads the cache. A computation killed part way
+resumes at its first batch not yet written.
 """
 
 from __future__ import annotations
@@ -91,30 +92,50 @@ def cache_key(*, weights_sha256: str, backbone: str, recipe: dict, views: int, p
 
 
 def _embed(apply: Callable, load: Callable, n: int, prepare: Callable, batch_size: int, views: int,
-           desc: str) -> np.ndarray:
-  """``[n, 1 + views, ...]``: the centre view, then ``views`` augmented ones, in batches with a progress bar."""
+           desc: str, path: str) -> None:
+  """Writes ``path``: ``[n, 1 + views, ...]`` float32, the centre view, then ``views`` augmented ones, in batches
+  of photos with a progress bar.
+
+  Resumable: the rows are written into ``path.partial.npy`` as they come, and ``path.partial.json`` counts
+  the batches done (written after the batch's rows are flushed); a computation killed part way continues from
+  the first batch not counted (each batch's views are drawn from its own seed, so the rows are those of an
+  uninterrupted computation). The finished file is renamed to ``path``.
+  """
+  from numpy.lib.format import open_memmap
   from tqdm import tqdm
 
-  out = None
+  if n == 0:
+    raise ValueError(f"features: no photos to compute for {path}.")
+  partial, progress = path + ".partial.npy", path + ".partial.json"
+  plan = {"n": n, "views": views, "batch_size": batch_size, "view_seed": VIEW_SEED}
+  out, done = None, 0
+  if os.path.exists(partial) and os.path.exists(progress):
+    saved = json.load(open(progress))
+    if {k: saved.get(k) for k in plan} == plan:
+      out, done = open_memmap(partial, mode="r+"), int(saved["done"])
+      logging.info("features: %s resumes at batch %d of %d", path, done, -(-n // batch_size))
   starts = range(0, n, batch_size)
-  with tqdm(total=len(starts) * (1 + views), desc=desc, unit="batch", mininterval=5.0) as bar:
-    for start in starts:
+  with tqdm(total=len(starts) * (1 + views), initial=done * (1 + views), desc=desc, unit="batch",
+            mininterval=5.0) as bar:
+    for b, start in enumerate(starts):
+      if b < done:
+        continue
       idx = np.arange(start, min(start + batch_size, n))
       images = load(idx)
       for v in range(1 + views):
         rng = None if v == 0 else np.random.default_rng([VIEW_SEED, v, start])
         f = np.asarray(apply(prepare(images, v > 0, rng)), np.float32)
         if out is None:
-          out = np.empty((n, 1 + views) + f.shape[1:], np.float32)
+          out = open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, 1 + views) + f.shape[1:])
         out[idx, v] = f
         bar.update(1)
-  return out
-
-
-def _save(path: str, array: np.ndarray) -> None:
-  tmp = path + ".tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
+      out.flush()
+      with open(progress + ".tmp", "w") as f_out:
+        json.dump({**plan, "done": b + 1}, f_out)
+      os.replace(progress + ".tmp", progress)
+  del out
+  os.replace(partial, path)
+  os.remove(progress)
 
 
 def frozen_splits(cfg, train, test, prepare: Callable):
@@ -148,8 +169,8 @@ def frozen_splits(cfg, train, test, prepare: Callable):
     if os.path.exists(paths[name]):
       logging.info("features: %s read from the cache %s", name, paths[name])
       continue
-    rows = _embed(apply, split.load, len(split), prepare, f.batch_size, views, f"{f.backbone} features, {name}")
-    _save(paths[name], rows)
+    _embed(apply, split.load, len(split), prepare, f.batch_size, views, f"{f.backbone} features, {name}",
+           paths[name])
   with open(os.path.join(folder, "key.json"), "w") as out:
     json.dump({"backbone": f.backbone, "backbone_kwargs": kwargs, "pretrained": f.pretrained, "weights_sha256": digest, "views": f.views,
                "resize": d.resize, "crop": d.crop, "preprocess": d.preprocess, "photos": photos}, out, indent=1)

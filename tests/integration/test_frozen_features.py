@@ -77,6 +77,47 @@ def test_features_are_cached_and_read_back(monkeypatch):
   assert len(os.listdir(cfg.features.cache_dir)) == 2
 
 
+def test_a_killed_feature_computation_resumes_where_it_stopped():
+  # 10 photos in batches of 3 (4 batches), 2 augmented views: killed during the third batch, the second
+  # call computes the third and fourth batches only, and the file equals an uninterrupted computation's.
+  photos = np.arange(10 * 4, dtype=np.float32).reshape(10, 2, 2, 1)
+
+  def prepare(images, train, rng):
+    return images + (rng.normal(size=images.shape).astype(np.float32) if train else 0.0)
+
+  calls = []
+
+  def apply(x, fail_at=None):
+    calls.append(1)
+    if len(calls) == fail_at:
+      raise KeyboardInterrupt("killed")
+    return x.reshape(len(x), -1) * 2.0
+
+  folder = tempfile.mkdtemp()
+  whole = os.path.join(folder, "whole.npy")
+  features._embed(apply, lambda idx: photos[idx], 10, prepare, 3, 2, "whole", whole)
+  assert len(calls) == 12 and not os.path.exists(whole + ".partial.npy")
+  path = os.path.join(folder, "train.npy")
+  calls.clear()
+  with pytest.raises(KeyboardInterrupt):
+    features._embed(lambda x: apply(x, fail_at=8), lambda idx: photos[idx], 10, prepare, 3, 2, "killed", path)
+  assert not os.path.exists(path) and json.load(open(path + ".partial.json"))["done"] == 2
+  calls.clear()
+  features._embed(apply, lambda idx: photos[idx], 10, prepare, 3, 2, "resumed", path)
+  assert len(calls) == 6   # batches 3 and 4, 3 views each
+  np.testing.assert_array_equal(np.load(path), np.load(whole))
+  assert sorted(os.listdir(folder)) == ["train.npy", "whole.npy"]
+  # A partial file of another plan (here another batch size) is not continued: computed from the start.
+  calls.clear()
+  with pytest.raises(KeyboardInterrupt):
+    features._embed(lambda x: apply(x, fail_at=5), lambda idx: photos[idx], 10, prepare, 3, 2, "killed",
+                    path + "2")
+  calls.clear()
+  features._embed(apply, lambda idx: photos[idx], 10, prepare, 5, 2, "another plan", path + "2")
+  assert len(calls) == 6   # 2 batches of 5, 3 views each: all of them
+  assert np.load(path + "2")[:, 0].tolist() == np.load(whole)[:, 0].tolist()   # the centre views agree
+
+
 def _centre(cfg, idx):
   from hdml_jax.data import image_folder, preprocess
 
