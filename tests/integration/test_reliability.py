@@ -95,6 +95,8 @@ class ResumeTest(chex.TestCase):
       return real(manager, step, *args, **kwargs)
 
     cfg = fast_default(num_steps=12)
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own, whatever the runner's
+    self.addCleanup(signal.signal, signal.SIGINT, outside)
     with mock.patch.object(ocp.CheckpointManager, "save", interrupted_save):
       with self.assertRaises(KeyboardInterrupt):
         train_and_evaluate(cfg, workdir)

@@ -900,6 +900,8 @@ class UninterruptedTest(chex.TestCase):
     import time
 
     order = []
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's own, whatever the runner's
+    self.addCleanup(signal.signal, signal.SIGINT, outside)
     with self.assertRaises(KeyboardInterrupt):
       with checkpoints.uninterrupted():
         with checkpoints.uninterrupted():   # nested: the outer block delivers it
