@@ -104,6 +104,8 @@ def _embed(apply: Callable, load: Callable, n: int, prepare: Callable, batch_siz
   from numpy.lib.format import open_memmap
   from tqdm import tqdm
 
+  from experiments.checkpoints import write_json_atomic
+
   if n == 0:
     raise ValueError(f"features: no photos to compute for {path}.")
   partial, progress = path + ".partial.npy", path + ".partial.json"
@@ -130,9 +132,7 @@ def _embed(apply: Callable, load: Callable, n: int, prepare: Callable, batch_siz
         out[idx, v] = f
         bar.update(1)
       out.flush()
-      with open(progress + ".tmp", "w") as f_out:
-        json.dump({**plan, "done": b + 1}, f_out)
-      os.replace(progress + ".tmp", progress)
+      write_json_atomic(progress, {**plan, "done": b + 1})
   del out
   os.replace(partial, path)
   os.remove(progress)

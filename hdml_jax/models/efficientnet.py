@@ -171,10 +171,12 @@ class EfficientNetLite(nn.Module):
   last_block: int | None = None
   frozen_bn: bool = False
 
-  def _check(self) -> int:
+  def _specs(self) -> tuple[list, int]:
+    """``(block_specs(variant), the last block that runs)``, the fields checked."""
     if self.variant not in VARIANTS:
       raise ValueError(f"EfficientNetLite: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}.")
-    n = len(block_specs(self.variant))
+    specs = block_specs(self.variant)
+    n = len(specs)
     last = n - 1 if self.last_block is None else self.last_block
     for name, value in (("first_block", self.first_block), ("last_block", self.last_block)):
       if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n):
@@ -185,12 +187,11 @@ class EfficientNetLite(nn.Module):
                        f"{self.first_block}.")
     if self.classifier and self.last_block is not None:
       raise ValueError("EfficientNetLite: classifier=True needs the head (last_block=None).")
-    return last
+    return specs, last
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    last = self._check()
-    specs = block_specs(self.variant)
+    specs, last = self._specs()
     norm = train and not self.frozen_bn
     if self.first_block == 0:
       if images.ndim != 4 or images.shape[-1] != 3:
