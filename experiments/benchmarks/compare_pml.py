@@ -74,10 +74,11 @@ are, as the reference does).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
+
+from experiments.benchmarks import harness
 
 
 def _batches(seeds, shapes, scales):
@@ -322,9 +323,8 @@ def main(argv=None):
   for name, r in xbm.items():
     print(f"| {name} | {r['cases']} | {r['steps']} | {r['max_rel_value']:.1e} | {r['max_rel_grad']:.1e} |")
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows, "sampling": sampling,
-                 "cross_batch_memory": xbm}, f, indent=2)
+    harness.write_results(args.out, {"pml": pytorch_metric_learning.__version__, "margin": m, "rows": rows,
+                                     "sampling": sampling, "cross_batch_memory": xbm})
 
 
 def _compare_xbm(jax, jnp, torch, losses, miners, reducers, distances, seeds, steps: int = 5) -> dict:

@@ -3,19 +3,17 @@
 Runs the same first train step in fresh processes: once with an empty
 persistent compilation cache (cold), then again with the cache it filled
 (warm), and reports the time to the first finished step of each and their
-ratio. Each process is new, so nothing is cached in memory.
+ratio (medians over ``--rounds`` pairs, each with a new cache). Each process is new, so nothing is cached in memory.
 
     python -m experiments.benchmarks.compile --backbone small_cnn --image_size 64 --batch 48
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
 import tempfile
 import time
+
+from experiments.benchmarks import harness
 
 
 def _first_step(args, cache_dir: str) -> float:
@@ -42,32 +40,31 @@ def _first_step(args, cache_dir: str) -> float:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = harness.parser(__doc__, rounds=1, out="bench_compile.json")
   ap.add_argument("--backbone", default="small_cnn")
   ap.add_argument("--image_size", type=int, default=64)
   ap.add_argument("--batch", type=int, default=48)
   ap.add_argument("--loss", default="npair")
   ap.add_argument("--baseline", action="store_true")
-  ap.add_argument("--out", default="bench_compile.json")
-  ap.add_argument("--_cache", default=None, help=argparse.SUPPRESS)
-  args = ap.parse_args(argv)
-  if args._cache:
-    print(json.dumps({"seconds": _first_step(args, args._cache)}))
+  args = harness.parse(ap, argv)
+  if args._child:
+    harness.child_result({"seconds": _first_step(args, args._child)})
     return
-  cache = tempfile.mkdtemp(prefix="hdml_xla_cache_")
-  child = [sys.executable, "-m", "experiments.benchmarks.compile", "--backbone", args.backbone,
-           "--image_size", str(args.image_size), "--batch", str(args.batch), "--loss", args.loss,
-           "--_cache", cache] + (["--baseline"] if args.baseline else [])
-  times = {}
-  for label in ("cold", "warm"):
-    out = subprocess.run(child, capture_output=True, text=True, check=True)
-    times[label] = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+  child = ["--backbone", args.backbone, "--image_size", str(args.image_size), "--batch", str(args.batch),
+           "--loss", args.loss] + (["--baseline"] if args.baseline else [])
+
+  def pair():   # a new empty cache, then the same cache again
+    cache = tempfile.mkdtemp(prefix="hdml_xla_cache_")
+    return {label: harness.in_fresh_process(harness.REPO, __file__, [cache, *child])["seconds"]
+            for label in ("cold", "warm")}
+
+  rounds = harness.interleaved(args.rounds, {"pair": pair})["pair"]
+  times = {label: harness.median([r[label] for r in rounds]) for label in ("cold", "warm")}
   result = {"args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, **times,
-            "warm_over_cold": times["warm"] / times["cold"]}
+            "warm_over_cold": times["warm"] / times["cold"], "rounds": rounds}
   print(f"first step (compile + run): cold cache {times['cold']:.2f} s, warm cache {times['warm']:.2f} s, "
         f"ratio {result['warm_over_cold']:.2f}")
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  harness.write_results(args.out, result)
 
 
 if __name__ == "__main__":

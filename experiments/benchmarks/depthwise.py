@@ -11,17 +11,11 @@ EfficientNet-Lite0 backbone at the same batch, with either formulation.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 
 import numpy as np
 
-
-def _time(fn, rounds_out: list) -> None:
-  t = time.perf_counter()
-  fn()
-  rounds_out.append(time.perf_counter() - t)
+from experiments.benchmarks import harness
 
 
 def main(argv=None):
@@ -30,16 +24,14 @@ def main(argv=None):
 
   from hdml_jax.models.efficientnet import depthwise_conv
 
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = harness.parser(__doc__, rounds=5, out="bench_depthwise.json")
   ap.add_argument("--batch", type=int, default=32)
   ap.add_argument("--size", type=int, default=56)
   ap.add_argument("--channels", type=int, default=144)
   ap.add_argument("--kernel", type=int, default=3)
   ap.add_argument("--stride", type=int, default=1)
-  ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--network", action="store_true", help="also time EfficientNet-Lite0's forward pass at 224 px")
-  ap.add_argument("--out", default="bench_depthwise.json")
-  args = ap.parse_args(argv)
+  args = harness.parse(ap, argv)
   b, s, c, k, st = args.batch, args.size, args.channels, args.kernel, args.stride
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
@@ -98,11 +90,8 @@ def main(argv=None):
       jax.block_until_ready(f(v, images))
       cases[f"efficientnet_lite0_{name}/forward"] = lambda f=f, v=v, images=images: jax.block_until_ready(
           f(v, images))
-  times = {name: [] for name in cases}
-  for _ in range(args.rounds):   # interleaved: every case once per round
-    for name, fn in cases.items():
-      _time(fn, times[name])
-  medians = {name: float(np.median(t)) for name, t in times.items()}
+  times = harness.interleaved(args.rounds, {name: (lambda fn=fn: harness.timed(fn)) for name, fn in cases.items()})
+  medians = {name: harness.median(t) for name, t in times.items()}
   out = {"shape": [b, s, s, c], "kernel": k, "stride": st, "rounds": args.rounds, "median_seconds": medians,
          "speedup_over_xla": {kind: medians[f"xla_grouped/{kind}"] / medians[f"shifted/{kind}"]
                               for kind in ("forward", "forward+backward")}}
@@ -112,8 +101,7 @@ def main(argv=None):
   for name, m in medians.items():
     print(f"{name:40s} {m * 1e3:9.1f} ms")
   print(json.dumps(out, indent=1))
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=1)
+  harness.write_results(args.out, out)
 
 
 def _tf_same(size: int, kernel: int, stride: int):

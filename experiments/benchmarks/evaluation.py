@@ -40,15 +40,12 @@ before/after comparison under the same machine noise.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from experiments.benchmarks import harness
 
 SCALES = {"sop": (60502, 11316, 512, (1, 10, 100)), "cub": (5924, 100, 512, (1, 2, 4, 8))}
 FAMILIES = ("retrieval", "kmeans", "nmi_f1", "evaluate")
@@ -147,21 +144,16 @@ def run_one(scale: str, family: str, noise: str = "1.2") -> dict:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = harness.parser(__doc__, rounds=1, out="bench_evaluation.json", other_checkout=True)
   ap.add_argument("--scales", default="cub,sop")
   ap.add_argument("--families", default=",".join(FAMILIES))
-  ap.add_argument("--out", default="bench_evaluation.json")
   ap.add_argument("--peer", action="store_true", help="also time scikit-learn / faiss where importable")
-  ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every family")
   ap.add_argument("--noise", type=float, default=1.2,
                   help="spread of the synthetic classes (1.2: Recall@1 near 1 at both scales; 3.5: about 0.03 "
                        "at SOP scale, about 0.6 at CUB scale)")
-  ap.add_argument("--other_checkout", default=None,
-                  help="another checkout of this project, timed in the same interleaved rounds")
-  ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
-  args = ap.parse_args(argv)
-  if args._one:
-    print(json.dumps(run_one(*args._one.split(":"))))
+  args = harness.parse(ap, argv)
+  if args._child:
+    harness.child_result(run_one(*args._child.split(":")))
     return
   import importlib.util
 
@@ -174,43 +166,38 @@ def main(argv=None):
           print(f"--peer: {module} is not installed; {peer} skipped")
         else:
           families.append(peer)
-  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # this checkout
-  checkouts = {"this": here}
-  if args.other_checkout:
-    checkouts["other"] = os.path.abspath(args.other_checkout)
-  rows = []
+  checkouts = harness.checkouts(args.other_checkout)
+  cases = {}
+  for scale in args.scales.split(","):
+    for family in families:
+      if (scale, family) in SKIP:
+        continue
+      # A peer does not depend on the checkout: timed once per round, with this one's data.
+      for name, path in (checkouts.items() if family in FAMILIES else [("this", harness.REPO)]):
+        cases[(name, scale, family)] = (lambda path=path, scale=scale, family=family: harness.in_fresh_process(
+            path, __file__, [f"{scale}:{family}:{args.noise}"]))
   print(f"{'round':<6}{'checkout':<9}{'scale':<6}{'family':<15}{'seconds':>9}{'peak MiB':>10}  metrics")
-  for r in range(args.rounds):
-    for scale in args.scales.split(","):
-      for family in families:
-        if (scale, family) in SKIP:
-          continue
-        # A peer does not depend on the checkout: timed once per round, with this one's data.
-        for name, path in (checkouts.items() if family in FAMILIES else [("this", here)]):
-          env = dict(os.environ, PYTHONPATH=path + os.pathsep + os.environ.get("PYTHONPATH", ""))
-          out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.evaluation", "--_one",
-                                f"{scale}:{family}:{args.noise}"], capture_output=True, text=True, check=False,
-                               cwd=path, env=env)
-          if out.returncode:
-            raise RuntimeError(f"{scale}/{family} failed in {path}:\n{out.stderr[-3000:]}")
-          row = {"round": r, "checkout": name, **json.loads(out.stdout.strip().splitlines()[-1])}
-          rows.append(row)
-          shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row["metrics"].items()}
-          print(f"{r:<6}{name:<9}{scale:<6}{family:<15}{row['seconds']:>9.1f}{row['peak_rss_mib']:>10.0f}  "
-                f"{shown}", flush=True)
+  rows = []
+
+  def report(r, case, out):
+    row = {"round": r, "checkout": case[0], **out}
+    rows.append(row)
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row["metrics"].items()}
+    print(f"{r:<6}{case[0]:<9}{case[1]:<6}{case[2]:<15}{row['seconds']:>9.1f}{row['peak_rss_mib']:>10.0f}  "
+          f"{shown}", flush=True)
+
+  harness.interleaved(args.rounds, cases, report)
   for scale in args.scales.split(","):
     for name in checkouts:
-      median = {f: float(np.median([x["seconds"] for x in rows if x["scale"] == scale and x["family"] == f
-                                    and x["checkout"] == (name if f in FAMILIES else "this")]))
+      median = {f: harness.median([x["seconds"] for x in rows if x["scale"] == scale and x["family"] == f
+                                   and x["checkout"] == (name if f in FAMILIES else "this")])
                 for f in families if (scale, f) not in SKIP}
       for family, peers in PEERS.items():
         for peer in peers:
           if family in median and peer in median:
             print(f"{scale}, {name} checkout: {family} / {peer} = {median[family] / median[peer]:.2f} "
                   f"(median seconds {median[family]:.2f} / {median[peer]:.2f})")
-  with open(args.out, "w") as f:
-    json.dump(rows, f, indent=2)
-  print(f"wrote {args.out}")
+  harness.write_results(args.out, rows)
 
 
 if __name__ == "__main__":

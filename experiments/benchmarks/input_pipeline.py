@@ -17,14 +17,12 @@ consumes (128 / 0.0259 s = 4,942 images/s).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import tempfile
 import time
 
 from experiments import datasets
+from experiments.benchmarks import harness
 from experiments.configs import cub100
 
 #: Images per second a 25.9 ms GoogLeNet step of batch 128 consumes.
@@ -56,16 +54,14 @@ def _config(args, resize, crop, recipe, cache_gb, threads):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = harness.parser(__doc__, rounds=3, out="bench_input_pipeline.json")
   ap.add_argument("--images", default=cub100.get_config().dataset.data_dir)
   ap.add_argument("--tfds_data_dir", default=os.path.join(tempfile.gettempdir(), "hdml_bench_tfds"))
   ap.add_argument("--batch", type=int, default=120, help="a triplet batch (the reference: 120)")
   ap.add_argument("--batches", type=int, default=20)
   ap.add_argument("--threads", type=int, default=4)
-  ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--sizes", default="paper,cpu", help="paper (256 -> 227) and/or cpu (72 -> 64)")
-  ap.add_argument("--out", default="bench_input_pipeline.json")
-  args = ap.parse_args(argv)
+  args = harness.parse(ap, argv)
   sizes = {"paper": (256, 227, "paper"), "cpu": (72, 64, "standard")}
   chosen = args.sizes.split(",")
   if not chosen or set(chosen) - set(sizes):
@@ -80,13 +76,14 @@ def main(argv=None):
     t0 = time.perf_counter()
     row["data"] = datasets.load_data(row["cfg"])
     row["setup_s"] = time.perf_counter() - t0
-  for _ in range(args.rounds):
-    for row in settings:
-      row["rates"].append(_time(row["cfg"], row["data"], args.batches))
+  rates = harness.interleaved(args.rounds, {i: (lambda row=row: _time(row["cfg"], row["data"], args.batches))
+                                             for i, row in enumerate(settings)})
+  for i, row in enumerate(settings):
+    row["rates"] = rates[i]
   out = []
   print(f"{'size':<7}{'source':<15}{'threads':>8}{'img/s':>9}{'per thread':>11}{'vs 4,942/s':>11}")
   for row in settings:
-    ips = statistics.median(row["rates"])
+    ips = harness.median(row["rates"])
     rec = {k: row[k] for k in ("size", "resize", "crop", "source", "threads", "rates", "setup_s")}
     rec.update(images_per_s=ips, per_thread=ips / row["threads"], accelerator_fraction=ips / ACCELERATOR_RATE)
     out.append(rec)
@@ -96,10 +93,8 @@ def main(argv=None):
     for threads in sorted({1, args.threads}):
       rate = {r["source"]: r["images_per_s"] for r in out if r["size"] == size and r["threads"] == threads}
       print(f"{size}, {threads} thread(s): cache / JPEG = {rate['decoded cache'] / rate['jpeg']:.1f}x")
-  with open(args.out, "w") as f:
-    json.dump({"rows": out, "batch": args.batch, "batches": args.batches, "rounds": args.rounds,
-               "cpu_count": os.cpu_count(), "accelerator_rate": ACCELERATOR_RATE}, f, indent=2)
-  print(f"wrote {args.out}")
+  harness.write_results(args.out, {"rows": out, "batch": args.batch, "batches": args.batches, "rounds": args.rounds,
+                                   "cpu_count": os.cpu_count(), "accelerator_rate": ACCELERATOR_RATE})
 
 
 if __name__ == "__main__":

@@ -34,16 +34,13 @@ apart: it is paid once per machine, not per run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-from experiments.overrides import split_overrides
+from experiments.benchmarks import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = harness.REPO
 CUB100 = os.path.join(os.path.dirname(REPO), "shared", "data", "cub100")
 
 
@@ -85,140 +82,146 @@ def official_cub_tree(root: str, source: str = CUB100) -> str:
   return root
 
 
-# Runs inside the measured checkout: times train_and_evaluate's phases by wrapping
-# experiments.loop.run_loop (present, with its on_eval callback, in every checkout since the redesign).
-_DRIVER = r"""
-import json, sys, time
-t0 = time.perf_counter()
-from experiments import loop, train
-from experiments.overrides import apply_overrides, split_overrides
-from experiments.configs import paper
-cfg = paper.get_config("cub,npair,hdml")
-cfg.unlock()
-apply_overrides(cfg, split_overrides(sys.argv[3:])[1])
-phase = {}
-real = loop.run_loop
-def timed_loop(*args, on_eval=None, step_hook=None, **kwargs):
-  phase["loop_start"] = time.perf_counter()
-  phase["on_eval"] = 0.0
-  def timed_eval(step, state):
-    s = time.perf_counter()
-    on_eval(step, state)
-    phase["on_eval"] += time.perf_counter() - s
-  out = real(*args, on_eval=timed_eval if on_eval else None, step_hook=step_hook, **kwargs)
-  phase["loop_end"] = time.perf_counter()
-  return out
-loop.run_loop = timed_loop
-train.loop.run_loop = timed_loop
-from experiments import selection
-from hdml_jax import evaluation
-calls = {}
-def count(owner, name, label):
-  inner = getattr(owner, name)
-  def wrapped(*a, **k):
-    s = time.perf_counter()
-    try:
-      return inner(*a, **k)
-    finally:
-      n, t = calls.get(label, (0, 0.0))
-      calls[label] = (n + 1, t + time.perf_counter() - s)
-  setattr(owner, name, wrapped)
-count(selection, "embed_split", "embed_split")
-count(evaluation, "evaluate", "metrics")
-t1 = time.perf_counter()
-results = train.train_and_evaluate(cfg, sys.argv[2])
-t2 = time.perf_counter()
-out = {"import": t1 - t0, "setup": phase["loop_start"] - t1,
-       "train": phase["loop_end"] - phase["loop_start"] - phase["on_eval"],
-       "evaluation": phase["on_eval"] + (t2 - phase["loop_end"]), "total": t2 - t0,
-       "recall@1": results["final"]["recall@1"], "nmi": results["final"]["nmi"],
-       "calls": {k: {"count": n, "seconds": t} for k, (n, t) in calls.items()}}
-json.dump(out, open(sys.argv[1], "w"))
-"""
+def _paper_config(overrides: dict):
+  from experiments.configs import paper
 
-# Runs in this checkout: one forward pass of GoogLeNet over the decoded, centre-cropped test images.
-_FORWARD = r"""
-import json, sys, time
-import jax, numpy as np
-from experiments import datasets, runtime
-from experiments.overrides import apply_overrides, split_overrides
-from experiments.configs import paper
-cfg = paper.get_config("cub,npair,hdml")
-cfg.unlock()
-apply_overrides(cfg, split_overrides(sys.argv[2:])[1])
-s = time.perf_counter()
-data = datasets.load_data(cfg)
-data_s = time.perf_counter() - s
-images = np.concatenate([x for _, x in datasets.eval_batches(data, data.test, cfg.eval.batch_size)])
-state = runtime.build_state(cfg, data)
-params, stats = jax.device_put((state.params, state.batch_stats))
-b = cfg.eval.batch_size
-pad = (-len(images)) % b
-batches = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-batches = batches.reshape((-1, b) + images.shape[1:])
-s = time.perf_counter()
-state.apply_fn(params, stats, batches[0]).block_until_ready()
-first = time.perf_counter() - s
-s = time.perf_counter()
-for chunk in batches:
-  out = state.apply_fn(params, stats, chunk)
-out.block_until_ready()
-json.dump({"forward": time.perf_counter() - s, "first_call": first, "images": len(images), "load_data": data_s},
-          open(sys.argv[1], "w"))
-"""
+  cfg = paper.get_config("cub,npair,hdml")
+  cfg.unlock()
+  harness.overrides_module().apply_overrides(cfg, overrides)
+  return cfg
 
 
-def _run(code: str, cwd: str, args: list[str], env: dict) -> dict:
-  with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-    out = f.name
-  proc = subprocess.run([sys.executable, "-c", code, out, *args], cwd=cwd, env=env, capture_output=True, text=True)
-  if proc.returncode:
-    raise RuntimeError(f"run in {cwd} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  return json.load(open(out))
+def _driver(workdir: str, overrides: dict) -> dict:
+  """Runs inside the measured checkout: times train_and_evaluate's phases by wrapping
+  experiments.loop.run_loop (present, with its on_eval callback, in every checkout since the redesign)."""
+  t0 = time.perf_counter()
+  from experiments import loop, selection, train
+  from hdml_jax import evaluation
+
+  cfg = _paper_config(overrides)
+  phase = {}
+  real = loop.run_loop
+
+  def timed_loop(*args, on_eval=None, step_hook=None, **kwargs):
+    phase["loop_start"] = time.perf_counter()
+    phase["on_eval"] = 0.0
+
+    def timed_eval(step, state):
+      s = time.perf_counter()
+      on_eval(step, state)
+      phase["on_eval"] += time.perf_counter() - s
+    out = real(*args, on_eval=timed_eval if on_eval else None, step_hook=step_hook, **kwargs)
+    phase["loop_end"] = time.perf_counter()
+    return out
+
+  loop.run_loop = timed_loop
+  train.loop.run_loop = timed_loop
+  calls = {}
+
+  def count(owner, name, label):
+    inner = getattr(owner, name)
+
+    def wrapped(*a, **k):
+      s = time.perf_counter()
+      try:
+        return inner(*a, **k)
+      finally:
+        n, t = calls.get(label, (0, 0.0))
+        calls[label] = (n + 1, t + time.perf_counter() - s)
+    setattr(owner, name, wrapped)
+
+  count(selection, "embed_split", "embed_split")
+  count(evaluation, "evaluate", "metrics")
+  t1 = time.perf_counter()
+  results = train.train_and_evaluate(cfg, workdir)
+  t2 = time.perf_counter()
+  return {"import": t1 - t0, "setup": phase["loop_start"] - t1,
+          "train": phase["loop_end"] - phase["loop_start"] - phase["on_eval"],
+          "evaluation": phase["on_eval"] + (t2 - phase["loop_end"]), "total": t2 - t0,
+          "recall@1": results["final"]["recall@1"], "nmi": results["final"]["nmi"],
+          "calls": {k: {"count": n, "seconds": t} for k, (n, t) in calls.items()}}
+
+
+def _forward(overrides: dict) -> dict:
+  """Runs in this checkout: one forward pass of GoogLeNet over the decoded, centre-cropped test images."""
+  import jax
+  import numpy as np
+
+  from experiments import datasets, runtime
+
+  cfg = _paper_config(overrides)
+  s = time.perf_counter()
+  data = datasets.load_data(cfg)
+  data_s = time.perf_counter() - s
+  images = np.concatenate([x for _, x in datasets.eval_batches(data, data.test, cfg.eval.batch_size)])
+  state = runtime.build_state(cfg, data)
+  params, stats = jax.device_put((state.params, state.batch_stats))
+  b = cfg.eval.batch_size
+  pad = (-len(images)) % b
+  batches = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+  batches = batches.reshape((-1, b) + images.shape[1:])
+  s = time.perf_counter()
+  state.apply_fn(params, stats, batches[0]).block_until_ready()
+  first = time.perf_counter() - s
+  s = time.perf_counter()
+  for chunk in batches:
+    out = state.apply_fn(params, stats, chunk)
+  out.block_until_ready()
+  return {"forward": time.perf_counter() - s, "first_call": first, "images": len(images), "load_data": data_s}
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = harness.parser(__doc__, rounds=1, out="bench_paper_run.json", other_checkout=True, overrides=True)
   ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "hdml_paper_run"),
                   help="where the official-layout tree, the TFDS data and the runs go")
   ap.add_argument("--steps", type=int, default=3)
   ap.add_argument("--batch", type=int, default=16)
-  ap.add_argument("--rounds", type=int, default=1)
-  ap.add_argument("--other_checkout", default="", help="another checkout, run in the same rounds")
   ap.add_argument("--source", default=CUB100, help="the cub100 folder the tree is made from")
-  ap.add_argument("--out", default="bench_paper_run.json")
-  args, extra = ap.parse_known_args(argv)
-  rest, extra_overrides = split_overrides(extra)
-  if rest:
-    ap.error(f"unrecognised arguments: {' '.join(rest)} (extra settings are --config.<key>=<value>)")
+  ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+  args = harness.parse(ap, argv, overrides=True)
+  if args._child == "driver":
+    harness.child_result(_driver(args.workdir, args.overrides))
+    return
+  if args._child == "forward":
+    harness.child_result(_forward(args.overrides))
+    return
   manual = official_cub_tree(os.path.join(args.root, "manual"), args.source)
   tfds_dir = os.path.join(args.root, "tfds")
   overrides = [f"--config.dataset.data_dir={manual}", f"--config.dataset.tfds_data_dir={tfds_dir}",
                f"--config.num_steps={args.steps}", f"--config.batch_size={args.batch}",
                f"--config.eval_every={args.steps}", f"--config.checkpoint_every={args.steps}"]
-  overrides += [f"--config.{k}={v}" for k, v in extra_overrides.items()]
+  overrides += [f"--config.{k}={v}" for k, v in args.overrides.items()]
+  _paper_config(harness.overrides_module().split_overrides(overrides)[1])   # a bad key is refused before any run
   env = {**os.environ, "PYTHONPATH": ""}
   t = time.perf_counter()
-  forward = _run(_FORWARD, REPO, overrides, env)   # also prepares the TFDS dataset on first use
+  forward = harness.in_fresh_process(harness.REPO, __file__, ["forward", *overrides], env=env)
   print(f"dataset ready and one forward pass measured in {time.perf_counter() - t:.0f} s (of which "
         f"{forward['load_data']:.0f} s loading the data: the TFDS build and the decoded cache on first use)")
-  checkouts = {"this": REPO, **({"other": os.path.abspath(args.other_checkout)} if args.other_checkout else {})}
-  rounds = []
-  for r in range(args.rounds):
-    for name, path in checkouts.items():
+  checkouts = harness.checkouts(args.other_checkout)
+
+  def case(name, path):
+    def one():
       work = tempfile.mkdtemp(dir=args.root, prefix=f"run_{name}_")
       cache = tempfile.mkdtemp(dir=args.root, prefix="xla_")
-      row = _run(_DRIVER, path, [os.path.join(work, "wd"), f"--config.compilation_cache_dir={cache}",
-                                 *overrides], env)
-      row.update(checkout=name, round=r)
-      rounds.append(row)
-      print(f"round {r} {name:<6} setup {row['setup']:6.1f} s  train {row['train']:6.1f} s  "
-            f"evaluation {row['evaluation']:6.1f} s  total {row['total']:6.1f} s  "
-            f"(evaluation / forward {row['evaluation'] / forward['forward']:.2f})", flush=True)
+      return harness.in_fresh_process(path, __file__, ["driver", "--workdir", os.path.join(work, "wd"),
+                                                       f"--config.compilation_cache_dir={cache}", *overrides],
+                                      env=env)
+    return one
+
+  rounds = []
+
+  def report(r, name, row):
+    row.update(checkout=name, round=r)
+    rounds.append(row)
+    print(f"round {r} {name:<6} setup {row['setup']:6.1f} s  train {row['train']:6.1f} s  "
+          f"evaluation {row['evaluation']:6.1f} s  total {row['total']:6.1f} s  "
+          f"(evaluation / forward {row['evaluation'] / forward['forward']:.2f})", flush=True)
+
+  harness.interleaved(args.rounds, {name: case(name, path) for name, path in checkouts.items()}, report)
   print(f"one forward pass over {forward['images']} test images: {forward['forward']:.1f} s "
         f"(first call {forward['first_call']:.1f} s)")
-  json.dump({"forward": forward, "rounds": rounds, "steps": args.steps, "batch": args.batch},
-            open(args.out, "w"), indent=1)
+  harness.write_results(args.out, {"forward": forward, "rounds": rounds, "steps": args.steps,
+                                   "batch": args.batch})
 
 
 if __name__ == "__main__":

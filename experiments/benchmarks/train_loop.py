@@ -23,25 +23,11 @@ rounds, so both see the same machine noise: a before/after comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-import numpy as np
-
-
-def _overrides_module():
-  """``experiments/overrides.py`` of this checkout, loaded by path: the measured checkout may predate it."""
-  import importlib.util
-
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "overrides.py")
-  spec = importlib.util.spec_from_file_location("bench_overrides", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from experiments.benchmarks import harness
 
 
 def _config(path: str, overrides: dict, num_steps: int):
@@ -56,7 +42,7 @@ def _config(path: str, overrides: dict, num_steps: int):
   cfg.eval_every = num_steps
   cfg.selection.split = "none"
   cfg.plots = False
-  _overrides_module().apply_overrides(cfg, overrides)
+  harness.overrides_module().apply_overrides(cfg, overrides)
   return cfg
 
 
@@ -97,49 +83,39 @@ def _step_seconds(args) -> float:
 
 def _run(checkout: str, mode: str, steps: int, args) -> float:
   # This file runs with the other checkout first on the path, so it measures that checkout's loop.
-  cmd = [sys.executable, os.path.abspath(__file__), "--_one", mode, "--steps", str(steps),
-         "--config", os.path.abspath(args.config)] + [f"--config.{k}={v}" for k, v in args.overrides.items()]
-  env = dict(os.environ, PYTHONPATH=checkout)
-  out = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
-  if out.returncode:
-    raise RuntimeError(f"{' '.join(cmd)} failed in {checkout}:\n{out.stderr[-3000:]}")
-  return float(out.stdout.strip().splitlines()[-1])
+  return harness.in_fresh_process(checkout, __file__, [mode, "--steps", str(steps), "--config",
+                                                       os.path.abspath(args.config)]
+                                  + [f"--config.{k}={v}" for k, v in args.overrides.items()])
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                               epilog="--config.<key>=<value>: a config override (as in experiments.main).")
+  ap = harness.parser(__doc__, rounds=3, out="bench_train_loop.json", other_checkout=True, overrides=True)
   ap.add_argument("--config", default="experiments/configs/default.py")
   ap.add_argument("--short", type=int, default=100)
   ap.add_argument("--long", type=int, default=500)
-  ap.add_argument("--rounds", type=int, default=3)
-  ap.add_argument("--other_checkout", default=None,
-                  help="another checkout of this project, measured in the same interleaved rounds")
-  ap.add_argument("--out", default="bench_train_loop.json")
-  ap.add_argument("--_one", default=None, help=argparse.SUPPRESS)
   ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
-  argv, overrides = _overrides_module().split_overrides(sys.argv[1:] if argv is None else argv)
-  args = ap.parse_args(argv)
-  args.overrides = overrides
+  args = harness.parse(ap, argv, overrides=True)
 
-  if args._one:
-    print(_loop_seconds(args) if args._one == "loop" else _step_seconds(args))
+  if args._child:
+    harness.child_result(_loop_seconds(args) if args._child == "loop" else _step_seconds(args))
     return
 
   _config(args.config, args.overrides, args.long)   # a bad key or value is refused here, before any round
-  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # the checkout
-  checkouts = {"this": here}
-  if args.other_checkout:
-    checkouts["other"] = os.path.abspath(args.other_checkout)
-  times = {name: {"loop": [], "step": []} for name in checkouts}
-  for r in range(args.rounds):
-    for name, path in checkouts.items():
+  checkouts = harness.checkouts(args.other_checkout)
+
+  def case(path):
+    def one():
       long_s = _run(path, "loop", args.long, args)
       short_s = _run(path, "loop", args.short, args)
-      times[name]["loop"].append((long_s - short_s) / (args.long - args.short))
-      times[name]["step"].append(_run(path, "step", args.long - args.short, args))
-      print(f"round {r}: {name} loop {times[name]['loop'][-1] * 1e3:.2f} ms/step, "
-            f"step {times[name]['step'][-1] * 1e3:.2f} ms", flush=True)
+      return {"loop": (long_s - short_s) / (args.long - args.short),
+              "step": _run(path, "step", args.long - args.short, args)}
+    return one
+
+  def report(r, name, value):
+    print(f"round {r}: {name} loop {value['loop'] * 1e3:.2f} ms/step, step {value['step'] * 1e3:.2f} ms",
+          flush=True)
+
+  rounds = harness.interleaved(args.rounds, {name: case(path) for name, path in checkouts.items()}, report)
 
   import jax
 
@@ -147,17 +123,16 @@ def main(argv=None):
              "short": args.short, "long": args.long, "checkouts": {}}
   print(f"\n{'checkout':<10}{'loop ms/step':>14}{'step ms':>10}{'loop/step':>11}  path")
   for name, path in checkouts.items():
-    loop, step = float(np.median(times[name]["loop"])), float(np.median(times[name]["step"]))
+    times = {kind: [v[kind] for v in rounds[name]] for kind in ("loop", "step")}
+    loop, step = harness.median(times["loop"]), harness.median(times["step"])
     results["checkouts"][name] = {"path": path, "loop_s_median": loop, "step_s_median": step,
-                                  "loop_over_step": loop / step, **times[name]}
+                                  "loop_over_step": loop / step, **times}
     print(f"{name:<10}{loop * 1e3:>14.2f}{step * 1e3:>10.2f}{loop / step:>11.2f}  {path}")
   if "other" in checkouts:
     ratio = results["checkouts"]["this"]["loop_s_median"] / results["checkouts"]["other"]["loop_s_median"]
     results["this_over_other_loop"] = ratio
     print(f"loop time, this / other: {ratio:.2f}")
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {args.out}")
+  harness.write_results(args.out, results)
 
 
 if __name__ == "__main__":

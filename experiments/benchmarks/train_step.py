@@ -25,9 +25,7 @@ bfloat16, HDML and baseline, 100 timed steps each):
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import platform
 import resource
 import time
@@ -36,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.benchmarks import harness
 from hdml_jax.config import HDMLConfig, OptimizerConfig
 from hdml_jax.train_state import create_train_state
 from hdml_jax.train_step import make_train_step
@@ -55,7 +54,7 @@ def _batch(loss, batch_size, image_size, channels, seed=0):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap = harness.parser(__doc__, rounds=5, out="bench_train_step.json")
   ap.add_argument("--backbone", default="small_cnn")
   ap.add_argument("--widths", default="32,64,128,256", help="small_cnn stage widths")
   ap.add_argument("--hidden", default="256,256",
@@ -69,12 +68,10 @@ def main(argv=None):
   ap.add_argument("--dtypes", default="float32",
                   help="backbone compute dtypes, e.g. float32,bfloat16 (googlenet/small_cnn)")
   ap.add_argument("--steps_per_round", type=int, default=5)
-  ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--no_donate", action="store_true",
                   help="do not donate the state to the step (to measure what donation saves)")
   ap.add_argument("--hdml_only", action="store_true", help="time the HDML variants alone")
-  ap.add_argument("--out", default="bench_train_step.json")
-  args = ap.parse_args(argv)
+  args = harness.parse(ap, argv)
 
   kwargs = {}
   if args.backbone == "small_cnn":
@@ -98,19 +95,21 @@ def main(argv=None):
       t0 = time.perf_counter()
       state, m = step(state, batch, jax.random.key(0))
       jax.block_until_ready(m)
-      variants[name] = {"step": step, "state": state, "batch": batch,
-                        "compile_s": time.perf_counter() - t0, "times": []}
+      variants[name] = {"step": step, "state": state, "batch": batch, "compile_s": time.perf_counter() - t0}
       print(f"compiled {name} in {variants[name]['compile_s']:.1f} s", flush=True)
 
-  for _ in range(args.rounds):
-    for v in variants.values():
-      state = v["state"]
-      t0 = time.perf_counter()
-      for i in range(args.steps_per_round):
-        state, m = v["step"](state, v["batch"], jax.random.key(i))
-      jax.block_until_ready((state.params, m))
-      v["times"].append((time.perf_counter() - t0) / args.steps_per_round)
-      v["state"] = state
+  def steps(v):   # seconds per step of steps_per_round steps, the state carried over rounds
+    state = v["state"]
+    t0 = time.perf_counter()
+    for i in range(args.steps_per_round):
+      state, m = v["step"](state, v["batch"], jax.random.key(i))
+    jax.block_until_ready((state.params, m))
+    v["state"] = state
+    return (time.perf_counter() - t0) / args.steps_per_round
+
+  times = harness.interleaved(args.rounds, {name: (lambda v=v: steps(v)) for name, v in variants.items()})
+  for name, v in variants.items():
+    v["times"] = times[name]
 
   device_stats = jax.devices()[0].memory_stats() or {}
   results = {"device": str(jax.devices()[0]), "platform": platform.platform(),
@@ -123,16 +122,14 @@ def main(argv=None):
         + (f", peak device memory {results['peak_device_mib']:.0f} MiB" if results["peak_device_mib"] else ""))
   print(f"{'variant':<30}{'compile s':>10}{'step ms':>10}{'img/s':>10}{'vs baseline':>13}")
   for name, v in variants.items():
-    med = float(np.median(v["times"]))
+    med = harness.median(v["times"])
     base_name = name.rsplit('/', 1)[0] + "/baseline"
-    base = float(np.median(variants[base_name]["times"])) if base_name in variants else float("nan")
+    base = harness.median(variants[base_name]["times"]) if base_name in variants else float("nan")
     results["variants"][name] = {"compile_s": v["compile_s"], "step_s_median": med,
                                  "step_s_all": v["times"], "images_per_s": args.batch / med,
                                  "ratio_to_baseline": med / base}
     print(f"{name:<30}{v['compile_s']:>10.1f}{med * 1e3:>10.1f}{args.batch / med:>10.1f}{med / base:>13.2f}")
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {args.out}")
+  harness.write_results(args.out, results)
 
 
 if __name__ == "__main__":
