@@ -14,7 +14,7 @@ def main(port, pid, out_dir, loss, batch_size):
   import numpy as np
 
   from hdml_jax.train_step import make_train_step
-  from tests.helpers import synthetic_batches, tiny_state
+  from tests.helpers.library import synthetic_batches, tiny_state
 
   assert jax.process_count() == 2 and jax.device_count() == 2, (jax.process_count(), jax.devices())
   mesh = parallel.make_data_mesh()

@@ -15,7 +15,8 @@ import time
 import pytest
 
 from experiments import cli
-from tests.helpers import CUB100, REPO, photos
+from tests.helpers.library import CUB100, REPO
+from tests.helpers.photos import photos
 
 pytestmark = pytest.mark.slow   # subprocesses
 

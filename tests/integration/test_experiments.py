@@ -17,7 +17,8 @@ from experiments.evaluate import evaluate_checkpoint
 from experiments.loop import NonFiniteLossError, NonFiniteStateError
 from experiments.runtime import file_sha256
 from experiments.train import train_and_evaluate
-from tests.helpers import REPO, RESULT_KEYS, fast_default, max_abs_diff, restored_latest, saved_steps, tiny_cub
+from tests.helpers.library import REPO, max_abs_diff
+from tests.helpers.runs import RESULT_KEYS, fast_default, restored_latest, saved_steps, tiny_cub
 
 pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
@@ -239,7 +240,7 @@ class ExperimentsTest(chex.TestCase):
 class TfdsExperimentTest(chex.TestCase):
 
   def test_cub_official_layout_streams_through_a_run(self):
-    from tests.helpers import make_cub_tree
+    from tests.helpers.photos import make_cub_tree
 
     manual = tempfile.mkdtemp()
     make_cub_tree(manual, class_ids=(1, 2, 3, 101, 102))

@@ -15,7 +15,7 @@ from experiments import datasets, features
 from experiments.run_config import validate_config
 from hdml_jax import weights
 from hdml_jax.models import get_backbone
-from tests.helpers import tiny_cub
+from tests.helpers.runs import tiny_cub
 
 pytestmark = pytest.mark.slow
 
@@ -232,7 +232,7 @@ def test_the_study_table_runs_resumes_and_rebuilds_from_its_records(monkeypatch)
   weights_file = _weights(folder)
   config_file = os.path.join(folder, "study_config.py")
   with open(config_file, "w") as f:
-    f.write("from tests.helpers import tiny_cub\n\n"
+    f.write("from tests.helpers.runs import tiny_cub\n\n"
             "def get_config(regime='frozen'):\n"
             f"  return tiny_cub(**{{'features.backbone': 'small_cnn', 'features.pretrained': {weights_file!r},\n"
             "                     'features.views': 1, 'features.batch_size': 8, 'model.backbone': 'identity',\n"
@@ -258,7 +258,7 @@ def test_the_gpu_imagenet_script_at_toy_size():
   # The GPU script's command line on CPU, with the model and data made tiny (a "pretrained" tiny backbone).
   import subprocess
 
-  from tests.helpers import REPO
+  from tests.helpers.library import REPO
 
   out, workdir = tempfile.mkdtemp(), tempfile.mkdtemp()
   env = dict(os.environ, OUT=out, WORKDIR=workdir, SEEDS="0", STEPS="2", LRS="1e-4",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hdml_jax.losses import LOSS_NAMES, PROXY_LOSSES, TUPLE_LOSSES
-from tests.helpers import fast_default, restored_latest
+from tests.helpers.runs import fast_default, restored_latest
 
 pytestmark = pytest.mark.slow
 

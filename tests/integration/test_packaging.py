@@ -17,7 +17,7 @@ import zipfile
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers.library import REPO
 
 pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 

@@ -22,7 +22,9 @@ import pytest
 from experiments.runtime import file_sha256
 from hdml_jax import weights
 from hdml_jax.models import get_backbone
-from tests.helpers import REPO, make_cub_tree, write_caffemodel
+from tests.helpers.caffe import write_caffemodel
+from tests.helpers.library import REPO
+from tests.helpers.photos import make_cub_tree
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +89,7 @@ def _cub100_like(root, n_classes=4, per_class=3):
   """A folder in cub100's own format (comma-separated tables, ids from 0), of real photographs."""
   import shutil
 
-  from tests.helpers import photos
+  from tests.helpers.photos import photos
 
   os.makedirs(os.path.join(root, "images"))
   images, labels, classes, n = [], [], [], 0

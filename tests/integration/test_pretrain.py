@@ -13,7 +13,8 @@ from experiments import datasets, pretrain
 from experiments.runtime import build_state, file_sha256
 from experiments.train import train_and_evaluate
 from hdml_jax import weights
-from tests.helpers import fast_default, max_abs_diff, tiny_cub
+from tests.helpers.library import max_abs_diff
+from tests.helpers.runs import fast_default, tiny_cub
 
 pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 

@@ -19,7 +19,8 @@ from experiments import checkpoints, logs
 from experiments.evaluate import evaluate_checkpoint
 from experiments.train import train_and_evaluate
 from hdml_jax import weights
-from tests.helpers import REPO, fast_default, restored_latest, tiny_cub
+from tests.helpers.library import REPO
+from tests.helpers.runs import fast_default, restored_latest, tiny_cub
 
 pytestmark = pytest.mark.slow   # end-to-end runs, subprocesses, packaging
 
@@ -116,7 +117,7 @@ class ResumeTest(chex.TestCase):
   def test_rows_up_to_the_checkpoint_survive_a_hard_kill(self):
     # A kill -9 runs no `finally`: what was flushed with the checkpoint must be on disk.
     code = ("import os, sys; sys.path.insert(0, %r)\n"
-            "from tests.helpers import fast_default\n"
+            "from tests.helpers.runs import fast_default\n"
             "from experiments.train import train_and_evaluate\n"
             "def hook(step, m):\n"
             "  if step == 9: os._exit(9)\n"

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def fast(**overrides):
-  from tests.helpers import fast_default
+  from tests.helpers.runs import fast_default
 
   return fast_default(**{"dataset.num_val_classes": 2, "selection.split": "val", "batch_size": 6,
                          **overrides})
@@ -60,7 +60,7 @@ class SelectionAndCheckpointTest(chex.TestCase):
 
   def test_the_final_step_is_always_checkpointed(self):
     from experiments.train import train_and_evaluate
-    from tests.helpers import fast_default, restored_latest, saved_steps
+    from tests.helpers.runs import fast_default, restored_latest, saved_steps
 
     cfg = fast_default(num_steps=10, checkpoint_every=4, keep_checkpoints=5)
     workdir = tempfile.mkdtemp()

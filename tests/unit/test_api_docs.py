@@ -20,7 +20,7 @@ import tempfile
 from absl.testing import absltest
 
 import hdml_jax
-from tests.helpers import REPO
+from tests.helpers.library import REPO
 
 API = os.path.join(REPO, "docs", "api")
 

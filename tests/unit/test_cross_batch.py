@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 from hdml_jax import losses as ll
 from hdml_jax import losses as pl
 from hdml_jax import losses as xb
-from tests.helpers import numeric_grad
+from tests.helpers.library import numeric_grad
 
 # Every pair loss that takes references=, with its keyword arguments (reduction "none": one value per row).
 LOSSES = {

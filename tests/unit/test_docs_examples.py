@@ -9,7 +9,7 @@ import re
 import pytest
 from absl.testing import absltest, parameterized
 
-from tests.helpers import REPO
+from tests.helpers.library import REPO
 
 PAGES = ("README.md", "docs/evaluation.md")
 

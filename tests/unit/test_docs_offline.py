@@ -4,7 +4,7 @@ import importlib.util
 import os
 import tempfile
 
-from tests.helpers import REPO
+from tests.helpers.library import REPO
 
 _spec = importlib.util.spec_from_file_location("check_offline", os.path.join(REPO, "docs", "check_offline.py"))
 check_offline = importlib.util.module_from_spec(_spec)

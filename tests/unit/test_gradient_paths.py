@@ -13,7 +13,7 @@ import hdml_jax as hd
 from hdml_jax import objective
 from hdml_jax.config import HDMLConfig
 from hdml_jax.train_step import make_train_step
-from tests.helpers import digits_batch, tiny_state
+from tests.helpers.library import digits_batch, tiny_state
 
 
 def _tuple_loss(cfg, a, p, n):

@@ -8,6 +8,7 @@ import ast
 import importlib
 import inspect
 import pathlib
+import tempfile
 
 from absl.testing import absltest
 
@@ -142,3 +143,41 @@ class LayoutTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+TESTS = pathlib.Path(__file__).resolve().parents[1]
+
+
+def application_imports(path: pathlib.Path) -> list[str]:
+  """The imports of ``experiments`` (or of the helpers that import it) by one test file, as ``line: module``."""
+  out = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names = [node.module]
+    else:
+      continue
+    out += [f"{node.lineno}: {n}" for n in names
+            if n == "experiments" or n.startswith("experiments.") or n == "tests.helpers.runs"]
+  return out
+
+
+class TestLayoutTest(absltest.TestCase):
+  """The library's tests run without the application: ``tests/unit`` outside ``tests/unit/experiments``, and
+  the helpers they use, import nothing of ``experiments``."""
+
+  def test_the_library_tests_import_nothing_of_the_application(self):
+    library_tests = [p for p in sorted((TESTS / "unit").rglob("*.py")) if "experiments" not in p.parts]
+    helpers = [p for p in sorted((TESTS / "helpers").glob("*.py")) if p.name != "runs.py"]
+    found = {str(p.relative_to(TESTS)): application_imports(p) for p in library_tests + helpers}
+    self.assertEqual({k: v for k, v in found.items() if v}, {})
+    self.assertGreater(len(found), 30)
+
+  def test_the_check_finds_an_application_import(self):   # the check above can fail
+    with tempfile.TemporaryDirectory() as d:
+      path = pathlib.Path(d) / "t.py"
+      path.write_text("import os\nfrom experiments import datasets\nfrom tests.helpers.runs import tiny_cub\n"
+                      "import experiments.train as t\nfrom tests.helpers.library import REPO\n")
+      self.assertEqual(application_imports(path), ["2: experiments", "3: tests.helpers.runs",
+                                                   "4: experiments.train"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hdml_jax import losses as pl
-from tests.helpers import numeric_grad
+from tests.helpers.library import numeric_grad
 
 
 def unit(e):

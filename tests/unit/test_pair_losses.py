@@ -7,7 +7,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from hdml_jax import losses as pl
-from tests.helpers import numeric_grad
+from tests.helpers.library import numeric_grad
 
 # ---------------------------------------------------------------------------
 # References: loops over anchors and pairs, in float64, written from the papers' formulas.

@@ -14,7 +14,7 @@ from absl.testing import parameterized
 
 from hdml_jax import parallel
 from hdml_jax.train_step import make_train_step
-from tests.helpers import REPO, max_abs_diff, synthetic_batches, tiny_state
+from tests.helpers.library import REPO, max_abs_diff, synthetic_batches, tiny_state
 
 
 def run_on_mesh(devices, loss, batches):

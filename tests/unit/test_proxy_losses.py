@@ -10,7 +10,7 @@ import pytest
 from absl.testing import absltest, parameterized
 
 from hdml_jax import losses as xl
-from tests.helpers import numeric_grad
+from tests.helpers.library import numeric_grad
 
 # References in float64, loops written from the papers' formulas.
 

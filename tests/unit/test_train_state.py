@@ -17,7 +17,7 @@ from hdml_jax.networks import build_networks
 from hdml_jax.optimizers import GROUP_OF, make_optimizer, schedule
 from hdml_jax.statistics import AdaptiveStatistics
 from hdml_jax.train_state import HDMLTrainState, create_train_state
-from tests.helpers import tiny_state
+from tests.helpers.library import tiny_state
 
 NON_NEGATIVE = ("alpha", "beta", "alpha_relative", "beta_relative", "softmax_factor", "l2_reg", "weight_decay",
                 "margin", "contrastive_margin")

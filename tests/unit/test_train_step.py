@@ -13,7 +13,7 @@ from hdml_jax.head import synthetic_inputs
 from hdml_jax.inference import embed_in_batches
 from hdml_jax.train_state import create_train_state
 from hdml_jax.train_step import make_train_step
-from tests.helpers import digits_batch, max_abs_diff, recall_at_1, tiny_state
+from tests.helpers.library import digits_batch, max_abs_diff, recall_at_1, tiny_state
 
 
 def _run(state, batches):

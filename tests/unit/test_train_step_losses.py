@@ -53,6 +53,7 @@ def test_every_loss_steps_with_finite_values_and_moves_its_parameters(name):
   assert int(state.step) == 2
 
 
+@pytest.mark.slow   # compiles a whole network or step
 def test_the_loss_group_has_its_own_learning_rate():
   fast = _state("proxy_anchor")
   slow = create_train_state(jax.random.key(0), image_shape=(8, 8, 1), num_classes=5, embedding_dim=6,

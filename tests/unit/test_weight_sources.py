@@ -11,7 +11,7 @@ import pytest
 
 from hdml_jax import weights
 from hdml_jax.models import registry
-from tests.helpers import tiny_state
+from tests.helpers.library import tiny_state
 
 
 def test_every_backbone_module_registers_its_sources():

@@ -20,7 +20,8 @@ from hdml_jax.data import (
   preprocess,
   tfds_source,
 )
-from tests.helpers import CUB100, make_cub_tree, photos, pil_rgb
+from tests.helpers.library import CUB100
+from tests.helpers.photos import make_cub_tree, photos, pil_rgb
 
 
 class BuildersTest(chex.TestCase):

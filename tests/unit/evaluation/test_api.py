@@ -10,9 +10,7 @@ from absl.testing import parameterized
 from hdml_jax import evaluation as ev
 from hdml_jax.evaluation import _checks as ev_checks
 from hdml_jax.evaluation import _kmeans as ev_kmeans
-from tests.helpers import (
-  eval_data,
-)
+from tests.helpers.evaluation import eval_data
 
 
 class InputMessagesTest(chex.TestCase):

@@ -17,14 +17,7 @@ from hdml_jax.evaluation import _device as ev_device
 from hdml_jax.evaluation import _exact as ev_exact
 from hdml_jax.evaluation import _host as ev_host
 from hdml_jax.evaluation import _select as ev_select
-from tests.helpers import (
-  ProductSpy,
-  blas_threads,
-  blobs,
-  eval_data,
-  near_ties,
-  numpy_neighbors,
-)
+from tests.helpers.evaluation import ProductSpy, blas_threads, blobs, eval_data, near_ties, numpy_neighbors
 
 
 class HostEngineTest(chex.TestCase):

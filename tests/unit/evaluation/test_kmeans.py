@@ -14,11 +14,7 @@ from sklearn.metrics.cluster import contingency_matrix
 from hdml_jax import evaluation as ev
 from hdml_jax.evaluation import _device as ev_device
 from hdml_jax.evaluation import _kmeans as ev_kmeans
-from tests.helpers import (
-  blobs,
-  brute_pair_f1,
-  eval_data,
-)
+from tests.helpers.evaluation import blobs, brute_pair_f1, eval_data
 
 
 class ClusteringTest(chex.TestCase):

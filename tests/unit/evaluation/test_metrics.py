@@ -7,7 +7,7 @@ import numpy as np
 
 from hdml_jax import evaluation as ev
 from hdml_jax.evaluation import _metrics as ev_metrics
-from tests.helpers import OnDevice, SmallTiles, blobs, brute_metrics, brute_neighbors
+from tests.helpers.evaluation import OnDevice, SmallTiles, blobs, brute_metrics, brute_neighbors
 
 
 class RetrievalMetricsTest(chex.TestCase):

@@ -12,7 +12,7 @@ from hdml_jax.evaluation import _checks as ev_checks
 from hdml_jax.evaluation import _device as ev_device
 from hdml_jax.evaluation import _exact as ev_exact
 from hdml_jax.evaluation import _select as ev_select
-from tests.helpers import (
+from tests.helpers.evaluation import (
   OnDevice,
   SmallTiles,
   blobs,

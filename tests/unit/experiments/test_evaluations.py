@@ -7,7 +7,8 @@ import pytest
 
 from experiments import datasets, selection
 from hdml_jax.inference import embed_in_batches
-from tests.helpers import fast_default, tiny_state
+from tests.helpers.library import tiny_state
+from tests.helpers.runs import fast_default
 
 
 def _data(n_val=10, n_test=13, seed=0):

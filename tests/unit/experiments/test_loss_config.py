@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from experiments.run_config import validate_config
-from tests.helpers import REPO, fast_default
+from tests.helpers.library import REPO
+from tests.helpers.runs import fast_default
 
 
 def _cfg(**overrides):

@@ -1,4 +1,4 @@
-"""The .caffemodel reader, on files protobuf writes in Caffe's wire format (tests/helpers.write_caffemodel)."""
+"""The .caffemodel reader, on files protobuf writes in Caffe's wire format (tests/helpers/caffe.py)."""
 
 import os
 import tempfile
@@ -8,11 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.convert_weights import convert
 from hdml_jax import weights
 from hdml_jax.caffemodel import CaffeModelError, caffemodel_blobs, read_caffemodel
-from hdml_jax.models import get_backbone
-from tests.helpers import write_caffemodel
+from hdml_jax.models import get_backbone, registry
+from tests.helpers.caffe import write_caffemodel
 
 
 def _path(name="net.caffemodel"):
@@ -52,7 +51,8 @@ def test_reads_names_types_and_blobs(v1, double):
   blobs["conv1"][0, 0, 0, 0] = 1.0   # writable copies
 
 
-def test_googlenet_caffemodel_maps_to_the_backbone_and_convert_writes_it():
+@pytest.mark.slow   # compiles a whole network or step
+def test_googlenet_caffemodel_maps_to_the_backbone_and_its_conversion_loads_back():
   """A bvlc_googlenet-shaped file: the backbone's blobs, the auxiliary heads and classifier, blob-less layers."""
   net = get_backbone("googlenet")
   params = jax.jit(lambda: net.init(jax.random.key(7), jnp.zeros((1, 35, 35, 3)), train=False))()["params"]
@@ -72,7 +72,8 @@ def test_googlenet_caffemodel_maps_to_the_backbone_and_convert_writes_it():
   for (p, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(mapped), jax.tree_util.tree_leaves_with_path(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(p))
   out = os.path.join(os.path.dirname(path), "googlenet.npz")
-  convert("caffemodel", path, out)
+  converted, meta = registry.convert_weight_source("caffemodel", path)
+  weights.save_variables(out, converted, meta=meta)
   loaded = weights.load_variables(out)["params"]
   np.testing.assert_array_equal(loaded["conv1"]["7x7_s2"]["kernel"], np.asarray(params["conv1"]["7x7_s2"]["kernel"]))
 

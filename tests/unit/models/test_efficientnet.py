@@ -12,7 +12,7 @@ import pytest
 from hdml_jax.models import get_backbone
 from hdml_jax.models.efficientnet import VARIANTS, block_specs, depthwise_conv, from_torch_state, same_padding
 from hdml_jax.weights import WeightMismatchError
-from tests.helpers import REPO
+from tests.helpers.library import REPO
 
 
 def _grouped(x, kernel, stride):
@@ -73,6 +73,7 @@ def test_the_architecture(variant, blocks, params):
   assert features.shape == (2, 1280)
 
 
+@pytest.mark.slow   # compiles a whole network or step
 def test_a_part_of_the_network_continues_where_another_stops():
   # The activations after block 14, fed to the network from block 15, give the whole network's features
   # (the same variables serve both parts); frozen_bn trains with the moving statistics and leaves them as

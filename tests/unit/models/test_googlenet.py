@@ -9,11 +9,10 @@ import pytest
 from absl.testing import parameterized
 from scipy.signal import correlate
 
-from experiments.convert_weights import convert
 from hdml_jax import weights
-from hdml_jax.models import get_backbone
+from hdml_jax.models import get_backbone, registry
 from hdml_jax.models.googlenet import lrn
-from tests.helpers import tiny_state
+from tests.helpers.library import tiny_state
 
 
 def _init(name, size, seed=0, **kw):
@@ -187,6 +186,7 @@ class WeightImportTest(chex.TestCase):
     np.testing.assert_allclose(np.asarray(ours_train), theirs_train, rtol=1e-3,
                                atol=1e-4 * np.abs(theirs_train).max())
 
+  @pytest.mark.slow   # compiles a whole network or step
   def test_mismatches_listed_in_one_message(self):
     _, variables = _init("googlenet", 35)
     blobs = weights.params_to_caffe_blobs(variables["params"])
@@ -201,12 +201,13 @@ class WeightImportTest(chex.TestCase):
       weights.load_torchvision_state("weights.bin")
 
   @pytest.mark.slow
-  def test_convert_command_and_pretrained_config(self):
+  def test_converted_caffe_npz_and_pretrained_config(self):
     _, variables = _init("googlenet", 35, seed=5)
     d = tempfile.mkdtemp()
     np.savez(os.path.join(d, "blobs.npz"), **weights.params_to_caffe_blobs(variables["params"]))
-    out = os.path.join(d, "converted", "googlenet.npz")
-    convert("caffe_npz", os.path.join(d, "blobs.npz"), out)
+    out = os.path.join(d, "googlenet.npz")
+    converted, meta = registry.convert_weight_source("caffe_npz", os.path.join(d, "blobs.npz"))
+    weights.save_variables(out, converted, meta=meta)
     loaded = weights.load_variables(out)
     _same(loaded["params"], variables["params"])
     # Loading into a state whose backbone differs fails with the names.
@@ -226,3 +227,4 @@ class WeightImportTest(chex.TestCase):
     _same(loaded.params["backbone"], new_backbone["params"])
     _same(loaded.batch_stats["backbone"], new_backbone["batch_stats"])
     _same(loaded.params["embedding"], state.params["embedding"])
+

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hdml_jax import models
-from tests.helpers import tiny_state
+from tests.helpers.library import tiny_state
 
 
 class ModelsTest(chex.TestCase):

@@ -10,7 +10,7 @@ import pytest
 from experiments import datasets
 from experiments.configs import cub100
 from hdml_jax.data import image_cache, preprocess
-from tests.helpers import make_cub_tree
+from tests.helpers.photos import make_cub_tree
 
 
 def _key(count=5, size=4, source="toy/train", files=()):

@@ -11,7 +11,7 @@ from experiments.examples import own_loop
 from hdml_jax import HDMLConfig, OptimizerConfig, create_train_state, init_statistics, make_train_step
 from hdml_jax.data import load_digits_split, make_sampler
 from hdml_jax.head import hdml_objective, init_hdml_head
-from tests.helpers import max_abs_diff
+from tests.helpers.library import max_abs_diff
 
 
 def digits_batch(loss, size, step):
