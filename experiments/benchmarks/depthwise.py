@@ -7,6 +7,17 @@ reports the medians and the ratios to the grouped convolution (and to PyTorch's 
 EfficientNet-Lite0 backbone at the same batch, with either formulation.
 
     python -m experiments.benchmarks.depthwise --batch 32 --size 56 --channels 144 --kernel 3 --stride 1
+
+``--max_pool`` times the inception modules' 3x3 stride-1 max pool instead (``nn.max_pool``, whose gradient is
+XLA's ``select_and_scatter``, against :func:`hdml_jax.models.googlenet.max_pool_3x3`'s shifted comparisons, and
+PyTorch's channels-last ``max_pool2d``), forward and forward + backward:
+
+    python -m experiments.benchmarks.depthwise --max_pool --batch 32 --size 28 --channels 256
+
+``--pointwise`` times a 1x1 stride-1 convolution: XLA's convolution against the matrix product the backbones
+compute it as (:func:`hdml_jax.models.layers.conv_general_dilated`), and PyTorch's channels-last ``conv2d``:
+
+    python -m experiments.benchmarks.depthwise --pointwise --batch 32 --size 28 --channels 256 --out_channels 128
 """
 
 from __future__ import annotations
@@ -30,8 +41,17 @@ def main(argv=None):
   ap.add_argument("--channels", type=int, default=144)
   ap.add_argument("--kernel", type=int, default=3)
   ap.add_argument("--stride", type=int, default=1)
+  ap.add_argument("--max_pool", action="store_true",
+                  help="time the 3x3 stride-1 max pool (XLA's gradient, shifted comparisons, PyTorch) instead")
+  ap.add_argument("--pointwise", action="store_true",
+                  help="time a 1x1 convolution (XLA's, the product, PyTorch) instead, to --out_channels")
+  ap.add_argument("--out_channels", type=int, default=128, help="--pointwise: the output channels")
   ap.add_argument("--network", action="store_true", help="also time EfficientNet-Lite0's forward pass at 224 px")
   args = harness.parse(ap, argv)
+  if args.max_pool:
+    return _max_pool(args)
+  if args.pointwise:
+    return _pointwise(args)
   b, s, c, k, st = args.batch, args.size, args.channels, args.kernel, args.stride
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
@@ -102,6 +122,99 @@ def main(argv=None):
     print(f"{name:40s} {m * 1e3:9.1f} ms")
   print(json.dumps(out, indent=1))
   harness.write_results(args.out, out)
+
+
+def _max_pool(args) -> None:
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from hdml_jax.models.googlenet import max_pool_3x3
+
+  b, s, c = args.batch, args.size, args.channels
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
+  cases = {}
+  for name, f in (("xla", lambda x: nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))),
+                  ("shifted", max_pool_3x3)):
+    fwd = jax.jit(f)
+    both = jax.jit(jax.grad(lambda x, f=f: jnp.sum(g * f(x))))
+    jax.block_until_ready((fwd(x), both(x)))
+    cases[f"{name}/forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(x))
+    cases[f"{name}/forward+backward"] = lambda both=both: jax.block_until_ready(both(x))
+  try:
+    import torch
+
+    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+    def torch_both():
+      xx = tx.detach().requires_grad_(True)
+      (torch.nn.functional.max_pool2d(xx, 3, 1, 1) * tg).sum().backward()
+
+    cases["pytorch/forward"] = lambda: torch.no_grad()(torch.nn.functional.max_pool2d)(tx, 3, 1, 1)
+    cases["pytorch/forward+backward"] = torch_both
+    torch_both()
+  except ImportError:
+    print("torch is not installed: the PyTorch reference is skipped (pip install torch)")
+  _report(args, cases, "max_pool 3x3 stride 1", [b, s, s, c], "shifted")
+
+
+def _report(args, cases, op: str, shape, ours: str) -> None:
+  """Times ``cases`` (``xla/...``, ``<ours>/...``, maybe ``pytorch/...``) in interleaved rounds; prints and
+  writes the medians and ratios."""
+  times = harness.interleaved(args.rounds, {name: (lambda fn=fn: harness.timed(fn)) for name, fn in cases.items()})
+  medians = {name: harness.median(t) for name, t in times.items()}
+  kinds = ("forward", "forward+backward")
+  out = {"op": op, "shape": shape, "rounds": args.rounds, "median_seconds": medians,
+         "speedup_over_xla": {kind: medians[f"xla/{kind}"] / medians[f"{ours}/{kind}"] for kind in kinds}}
+  if "pytorch/forward" in medians:
+    out[f"{ours}_over_pytorch_time"] = {kind: medians[f"{ours}/{kind}"] / medians[f"pytorch/{kind}"]
+                                        for kind in kinds}
+  for name, m in medians.items():
+    print(f"{name:40s} {m * 1e3:9.1f} ms")
+  print(json.dumps(out, indent=1))
+  harness.write_results(args.out, out)
+
+
+def _pointwise(args) -> None:
+  import jax
+  import jax.numpy as jnp
+
+  from hdml_jax.models.layers import conv_general_dilated
+
+  b, s, c, d = args.batch, args.size, args.channels, args.out_channels
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(1, 1, c, d)).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=(b, s, s, d)).astype(np.float32))
+  dims = ("NHWC", "HWIO", "NHWC")
+  cases = {}
+  for name, conv in (("xla", jax.lax.conv_general_dilated), ("product", conv_general_dilated)):
+    f = lambda x, w, conv=conv: conv(x, w, (1, 1), "VALID", dimension_numbers=dims)
+    fwd = jax.jit(f)
+    both = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(g * f(x, w)), argnums=(0, 1)))
+    jax.block_until_ready((fwd(x, w), both(x, w)))
+    cases[f"{name}/forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(x, w))
+    cases[f"{name}/forward+backward"] = lambda both=both: jax.block_until_ready(both(x, w))
+  try:
+    import torch
+
+    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous()
+    tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+    def torch_both():
+      xx, ww = tx.detach().requires_grad_(True), tw.detach().requires_grad_(True)
+      (torch.nn.functional.conv2d(xx, ww) * tg).sum().backward()
+
+    cases["pytorch/forward"] = lambda: torch.no_grad()(torch.nn.functional.conv2d)(tx, tw)
+    cases["pytorch/forward+backward"] = torch_both
+    torch_both()
+  except ImportError:
+    print("torch is not installed: the PyTorch reference is skipped (pip install torch)")
+  _report(args, cases, "convolution 1x1 stride 1", [b, s, s, c, d], "product")
 
 
 def _tf_same(size: int, kernel: int, stride: int):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from hdml_jax.models.layers import conv_general_dilated
 from hdml_jax.models.registry import register_backbone
 
 __all__ = ["VARIANTS", "EfficientNetLite", "block_specs", "depthwise_conv", "efficientnet_lite0",
@@ -122,7 +123,7 @@ class _Conv(nn.Module):
       return depthwise_conv(x, kernel.astype(x.dtype), self.stride)
     pads = [same_padding(x.shape[1], k, self.stride), same_padding(x.shape[2], k, self.stride)]
     return nn.Conv(self.features, (k, k), strides=(self.stride, self.stride), padding=pads, use_bias=False,
-                   name="conv")(x)
+                   conv_general_dilated=conv_general_dilated, name="conv")(x)
 
 
 class _MBConv(nn.Module):

@@ -40,6 +40,7 @@ __all__ = [
     "InceptionBN",
     "ceil_max_pool",
     "lrn",
+    "max_pool_3x3",
 ]
 
 
@@ -76,6 +77,62 @@ def lrn(x: jax.Array, *, mode: str = "tf") -> jax.Array:
   window = jax.lax.reduce_window(padded, 0.0, jax.lax.add, (1,) * (x.ndim - 1) + (2 * radius + 1,),
                                  (1,) * x.ndim, "VALID")
   return x / jnp.power(1.0 + alpha * window, 0.75)
+
+
+def _max_pool_3x3(x: jax.Array) -> jax.Array:
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def max_pool_3x3(x: jax.Array) -> jax.Array:
+  """The inception modules' 3x3 stride-1 max pool of ``[B, H, W, C]``, padded by one row and column of -inf on
+  each side: ``nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))``, the same values.
+
+  Its gradient is written as nine shifted comparisons of the padded input with the output: each window's
+  output gradient goes to the first of its positions, in row-major order, that holds the window's maximum,
+  as XLA's ``select_and_scatter`` routes it (the same gradient, up to the order in which a position's
+  contributions are summed), forward + backward 2.5x faster than it on a CPU (batch 32, 28x28x256;
+  ``experiments.benchmarks.depthwise --max_pool``).
+  Reverse mode only (a ``custom_vjp``): ``jax.jvp`` through it is refused by JAX.
+
+  >>> x = jnp.array([[1., 5., 5.], [0., 2., 1.], [3., 0., 4.]])[None, :, :, None]
+  >>> max_pool_3x3(x)[0, :, :, 0]
+  Array([[5., 5., 5.],
+         [5., 5., 5.],
+         [3., 4., 4.]], dtype=float32)
+  >>> jax.grad(lambda x: max_pool_3x3(x).sum())(x)[0, :, :, 0]   # ties go to the first 5
+  Array([[0., 6., 0.],
+         [0., 0., 0.],
+         [1., 0., 2.]], dtype=float32)
+  """
+  return _shifted_max_pool_3x3(x)
+
+
+@jax.custom_vjp
+def _shifted_max_pool_3x3(x):
+  return _max_pool_3x3(x)
+
+
+def _max_pool_3x3_fwd(x):
+  y = _max_pool_3x3(x)
+  return y, (x, y)
+
+
+def _max_pool_3x3_bwd(residuals, g):
+  x, y = residuals
+  h, w = x.shape[1], x.shape[2]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  taken = jnp.zeros(y.shape, bool)   # windows whose maximum has been found
+  grad = jnp.zeros(padded.shape, g.dtype)
+  zero = jnp.zeros((), g.dtype)
+  for i in range(3):
+    for j in range(3):   # row-major: the first maximum of a window takes its gradient
+      hit = (padded[:, i:i + h, j:j + w] == y) & ~taken
+      taken = taken | hit
+      grad = grad.at[:, i:i + h, j:j + w].add(jnp.where(hit, g, zero))
+  return (grad[:, 1:1 + h, 1:1 + w],)
+
+
+_shifted_max_pool_3x3.defvjp(_max_pool_3x3_fwd, _max_pool_3x3_bwd)
 
 
 def ceil_max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
@@ -125,7 +182,7 @@ class Inception(nn.Module):
     b1 = conv(c1, 1, "1x1", x)
     b2 = conv(c3, 3, "3x3", conv(c3r, 1, "3x3_reduce", x))
     b3 = conv(c5, 5, "5x5", conv(c5r, 1, "5x5_reduce", x))
-    b4 = conv(pp, 1, "pool_proj", nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1))))
+    b4 = conv(pp, 1, "pool_proj", max_pool_3x3(x))
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
@@ -189,7 +246,7 @@ class InceptionBN(nn.Module):
     b2 = BasicConv(c3, 3, pad=1, name="branch2_1")(BasicConv(c3r, 1, name="branch2_0")(x, train=train), train=train)
     # torchvision's "5x5" branch uses a 3x3 convolution (kept for its weights).
     b3 = BasicConv(c5, 3, pad=1, name="branch3_1")(BasicConv(c5r, 1, name="branch3_0")(x, train=train), train=train)
-    pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+    pooled = max_pool_3x3(x)
     b4 = BasicConv(pp, 1, name="branch4_1")(pooled, train=train)
     return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 

@@ -87,7 +87,8 @@ def test_a_fresh_process_runs_this_file_against_the_other_checkouts_library():
 
 @pytest.mark.slow
 def test_the_benchmarks_share_the_harness_flags():
-  for name in ("compile", "depthwise", "evaluation", "input_pipeline", "paper_run", "train_loop", "train_step"):
+  for name in ("compile", "depthwise", "evaluation", "input_pipeline", "network_step", "paper_run", "train_loop",
+               "train_step"):
     proc = subprocess.run([sys.executable, "-m", f"experiments.benchmarks.{name}", "--help"], cwd=harness.REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -2,6 +2,7 @@ import os
 import tempfile
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,8 @@ from scipy.signal import correlate
 
 from hdml_jax import weights
 from hdml_jax.models import get_backbone, registry
-from hdml_jax.models.googlenet import lrn
-from tests.helpers.library import tiny_state
+from hdml_jax.models.googlenet import Inception, lrn
+from tests.helpers.library import numeric_grad, tiny_state
 
 
 def _init(name, size, seed=0, **kw):
@@ -228,3 +229,46 @@ class WeightImportTest(chex.TestCase):
     _same(loaded.batch_stats["backbone"], new_backbone["batch_stats"])
     _same(loaded.params["embedding"], state.params["embedding"])
 
+
+@pytest.mark.parametrize("kind", ["ties", "normal", "constant", "bfloat16"])
+def test_max_pool_3x3_equals_xlas_with_its_gradient(kind):
+  from hdml_jax.models.googlenet import max_pool_3x3
+
+  rng = np.random.default_rng(7)
+  shape = (2, 7, 6, 3)
+  x = {"ties": rng.integers(0, 3, shape).astype(np.float32), "normal": rng.normal(size=shape).astype(np.float32),
+       "constant": np.full(shape, -2.0, np.float32),
+       "bfloat16": rng.integers(-2, 3, shape).astype(jnp.bfloat16)}[kind]
+  g = jnp.asarray(rng.normal(size=shape), x.dtype)
+  plain = lambda x: nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))   # XLA's gradient
+  np.testing.assert_array_equal(np.asarray(max_pool_3x3(x), np.float32), np.asarray(plain(x), np.float32))
+  ours = jax.jit(jax.grad(lambda x: jnp.sum(g * max_pool_3x3(x)).astype(jnp.float32)))(x)
+  xla = jax.jit(jax.grad(lambda x: jnp.sum(g * plain(x)).astype(jnp.float32)))(x)
+  tol = 2e-2 if kind == "bfloat16" else 1e-6   # the order of a position's contributions differs
+  np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(xla, np.float32), rtol=tol, atol=tol)
+  # Where the windows tie, every window's gradient goes to exactly one position: the totals agree.
+  np.testing.assert_allclose(float(jnp.sum(ours.astype(jnp.float32))), float(jnp.sum(g.astype(jnp.float32))),
+                             rtol=tol, atol=tol * 10)
+
+
+def test_max_pool_3x3_gradient_against_finite_differences():
+  from hdml_jax.models.googlenet import max_pool_3x3
+
+  jax.config.update("jax_enable_x64", True)
+  try:
+    x = np.random.default_rng(3).permutation(40).reshape(1, 5, 4, 2).astype(np.float64) / 7   # no ties
+    g = np.random.default_rng(4).normal(size=x.shape)
+    f = lambda x: float(jnp.sum(g * max_pool_3x3(jnp.asarray(x))))
+    ours = np.asarray(jax.grad(lambda x: jnp.sum(g * max_pool_3x3(x)))(jnp.asarray(x)))
+    np.testing.assert_allclose(ours, numeric_grad(f, x, h=1e-4), atol=1e-8)
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
+def test_the_inception_modules_use_the_shifted_max_pool_gradient():
+  # The module's gradient has no select_and_scatter (XLA's slow max-pool gradient on CPU) in it.
+  module = Inception((4, 2, 4, 2, 4, 4))
+  x = jnp.ones((1, 6, 6, 3))
+  v = module.init(jax.random.key(0), x)
+  hlo = jax.jit(jax.grad(lambda x: jnp.sum(module.apply(v, x)))).lower(x).as_text()
+  assert "select_and_scatter" not in hlo and "select-and-scatter" not in hlo
