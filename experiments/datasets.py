@@ -47,9 +47,16 @@ class Data:
   train: Split
   val: Split | None
   test: Split
-  prepare: Callable          # (stored images, train: bool, rng) -> float32 model input
+  prepare: Callable          # (stored images, train: bool, rng) -> model input (uint8 when normalize is set)
   image_shape: tuple
   is_image: bool             # RGB photographs (retrieval grids make sense)
+  #: ``uint8 batch -> float32 model input``, on the device (jitted; traceable inside a step), when ``prepare``
+  #: gives ``uint8`` crops (``dataset.normalize_on_device``); None when ``prepare`` gives the model input itself.
+  normalize: Callable | None = None
+
+  def model_input(self, images):
+    """``prepare``'s output as the model takes it (normalised on the device when ``normalize`` is set)."""
+    return images if self.normalize is None else self.normalize(images)
 
 
 def _dense(labels: np.ndarray) -> np.ndarray:
@@ -111,6 +118,7 @@ def _decoded(d, builder, split: str, src, threads: int):
 def load_data(cfg) -> Data:
   """Loads the splits named by ``cfg.dataset`` (class-disjoint train/val/test)."""
   d = cfg.dataset
+  normalize = None
   if d.name == "digits":
     xtr, ytr = digits.load_digits_split("train")
     xte, yte = digits.load_digits_split("test")
@@ -141,11 +149,29 @@ def load_data(cfg) -> Data:
 
       train, test, prepare, shape = features.frozen_splits(cfg, train, test, prepare)
       is_image = False
+    elif d.normalize_on_device:   # the host crops and flips uint8; the device normalises
+      prepare = lambda images, train, rng: preprocess.crop_and_flip(images, crop=crop, train=train, rng=rng)
+      normalize = _device_normalize(recipe)
   else:
     raise ValueError(f"dataset.name must be one of {('digits', 'image_folder') + tuple(TFDS_NAMES)}, "
                      f"got {d.name!r}.")
   train, val = _split_val(train, d.num_val_classes)
-  return Data(train, val, test, prepare, tuple(shape), is_image)
+  return Data(train, val, test, prepare, tuple(shape), is_image, normalize)
+
+
+_NORMALIZERS: dict = {}
+
+
+def _device_normalize(recipe: str) -> Callable:
+  """The jitted :func:`hdml_jax.data.preprocess.normalize` of ``recipe`` (one per recipe and process, so each
+  evaluation reuses its compilations)."""
+  if recipe not in _NORMALIZERS:
+    import functools
+
+    import jax
+
+    _NORMALIZERS[recipe] = jax.jit(functools.partial(preprocess.normalize, recipe=recipe))
+  return _NORMALIZERS[recipe]
 
 
 class _MakeBatch:
@@ -158,7 +184,8 @@ class _MakeBatch:
     idx = self.sampler(step)[self.rows]
     rng = np.random.default_rng([self.seed, 1, step])
     images = self.data.prepare(self.data.train.load(idx), True, rng)
-    return {"images": np.ascontiguousarray(images, np.float32), "labels": self.data.train.labels[idx]}
+    dtype = np.uint8 if self.data.normalize is not None else np.float32
+    return {"images": np.ascontiguousarray(images, dtype), "labels": self.data.train.labels[idx]}
 
 
 def train_batches(cfg, data: Data, *, start_step: int, rows: slice):
@@ -174,7 +201,8 @@ def train_batches(cfg, data: Data, *, start_step: int, rows: slice):
 
 
 def eval_batches(data: Data, split: Split, batch_size: int):
-  """``(start, model-ready images)`` chunks of a split, in order."""
+  """``(start, prepared images)`` chunks of a split, in order (``uint8`` crops when ``data.normalize`` is set:
+  :meth:`Data.model_input` gives the model's input)."""
   for start in range(0, len(split), batch_size):
     idx = np.arange(start, min(start + batch_size, len(split)))
     yield start, data.prepare(split.load(idx), False, None)

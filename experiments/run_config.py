@@ -191,7 +191,7 @@ def selectable_metrics(cfg) -> list[str]:
 # Keys that only extend or observe a run: a resume may change them (recorded).
 RESUMABLE_KEYS = ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "plots",
                   "data_threads", "prefetch", "compilation_cache_dir",
-                  "dataset.decoded_cache_gb", "eval.batch_size", "eval.test_curves")
+                  "dataset.decoded_cache_gb", "dataset.normalize_on_device", "eval.batch_size", "eval.test_curves")
 
 CONFIG_FILE = "config.json"
 

@@ -115,13 +115,17 @@ def resume(ckpt, template, workdir: str):
   logging.info("resumed from step %d in %s", int(state.step), workdir)
   return state, int(state.step)
 
-def jit_step_with_rng(train_step, mesh):
+def jit_step_with_rng(train_step, mesh, normalize=None):
   """``(state, batch, key) -> (state, metrics)`` jitted over ``mesh``.
 
   The step's rng is ``fold_in(key, state.step)``, derived on the device (a
-  separate host call would cost a dispatch every step).
+  separate host call would cost a dispatch every step). ``normalize``
+  (``datasets.Data.normalize``): the batch's ``uint8`` images become the
+  model's input inside the step, on the device.
   """
   def step_at(state, batch, key):
+    if normalize is not None:
+      batch = {**batch, "images": normalize(batch["images"])}
     return train_step(state, batch, jax.random.fold_in(key, state.step))
 
   return parallel.jit_train_step(step_at, mesh)
@@ -176,7 +180,7 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str, *, make_template: 
   state, last_finite = resume(ckpt, template, workdir)
   start = int(state.step)
   state = parallel.replicate_state(state, mesh)
-  step_fn = jit_step_with_rng(make_step(state), mesh)
+  step_fn = jit_step_with_rng(make_step(state), mesh, normalize=data.normalize)
   batches = parallel.MeshPrefetcher(
       datasets.train_batches(cfg, data, start_step=start, rows=parallel.process_rows(cfg.batch_size)),
       mesh, size=2, global_batch_size=cfg.batch_size)

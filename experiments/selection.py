@@ -57,7 +57,7 @@ def embed_split(state, data: datasets.Data, split: datasets.Split, batch_size: i
       x = np.asarray(item[1])
       if x.shape[0] < batch_size:   # the last batch, padded: one compiled shape
         x = np.concatenate([x, np.zeros((batch_size - x.shape[0],) + x.shape[1:], x.dtype)])
-      out.append(state.apply_fn(params, stats, place(x)))   # dispatched, not waited for
+      out.append(state.apply_fn(params, stats, data.model_input(place(x))))   # dispatched, not waited for
   return np.concatenate([np.asarray(o) for o in out])[:n]
 
 def evaluate_split(cfg, state, data, split, *, clustering: bool = True, embeddings: np.ndarray | None = None) -> dict:

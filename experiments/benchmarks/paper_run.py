@@ -154,6 +154,7 @@ def _forward(overrides: dict) -> dict:
   data = datasets.load_data(cfg)
   data_s = time.perf_counter() - s
   images = np.concatenate([x for _, x in datasets.eval_batches(data, data.test, cfg.eval.batch_size)])
+  prepare = getattr(data, "model_input", lambda x: x)   # uint8 crops normalised on the device, where that is done
   state = runtime.build_state(cfg, data)
   params, stats = jax.device_put((state.params, state.batch_stats))
   b = cfg.eval.batch_size
@@ -161,11 +162,11 @@ def _forward(overrides: dict) -> dict:
   batches = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
   batches = batches.reshape((-1, b) + images.shape[1:])
   s = time.perf_counter()
-  state.apply_fn(params, stats, batches[0]).block_until_ready()
+  state.apply_fn(params, stats, prepare(batches[0])).block_until_ready()
   first = time.perf_counter() - s
   s = time.perf_counter()
   for chunk in batches:
-    out = state.apply_fn(params, stats, chunk)
+    out = state.apply_fn(params, stats, prepare(chunk))
   out.block_until_ready()
   return {"forward": time.perf_counter() - s, "first_call": first, "images": len(images), "load_data": data_s}
 

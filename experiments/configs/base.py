@@ -36,6 +36,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.decoded_cache_gb = 8.0     # TFDS datasets: decode each split once into a uint8 cache beside the
                                        # TFDS files when it takes at most this many GiB (CUB 2.3, Cars196 3.2,
                                        # SOP 23 at 256 px); 0 decodes JPEGs per batch
+  c.dataset.normalize_on_device = True  # photos: uint8 crops go to the device and are normalised there
+                                        # (the same values as on the host; False normalises on the host)
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "small_cnn"

@@ -74,7 +74,7 @@ def row_zero(make_config) -> dict:
 
   cfg = _frozen(make_config())
   data = datasets.load_data(cfg)
-  x = data.prepare(data.test.load(np.arange(len(data.test))), False, None)
+  x = np.asarray(data.model_input(data.prepare(data.test.load(np.arange(len(data.test))), False, None)))
   out = evaluation.evaluate(x, data.test.labels, recall_ks=tuple(cfg.eval.recall_ks), normalize=True,
                             kmeans_backend=cfg.eval.kmeans_backend, kmeans_seed=cfg.seed,
                             kmeans_protocol=cfg.eval.kmeans_protocol)

@@ -12,6 +12,9 @@ Three recipes for photographs:
   EfficientNet-Lite weights expect); same crop and flip rule.
 
 Inputs are ``[B, H, W, 3] uint8`` RGB already resized to ``resize``.
+:func:`preprocess` is :func:`crop_and_flip` (``uint8`` out) then :func:`normalize`
+(``float32`` out); the two halves can run apart, the crop on the host and the
+normalisation on the device (NumPy or JAX arrays alike, the same values).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RECIPES",
+    "crop_and_flip",
+    "normalize",
     "preprocess",
 ]
 
@@ -54,14 +59,7 @@ def _crop(images: np.ndarray, crop: int, rng: np.random.Generator | None) -> np.
   return out
 
 
-def preprocess(
-    images: np.ndarray, *, recipe: str, crop: int, train: bool, rng: np.random.Generator | None = None
-) -> np.ndarray:
-  """``[B, H, W, 3] uint8`` -> ``[B, crop, crop, 3] float32``.
-
-  ``train=True`` needs ``rng`` (random crop and flip); ``False`` centre-crops.
-  ``recipe="unit"`` only scales to [0, 1] (for small grey or synthetic data).
-  """
+def _check(images, recipe: str, train: bool, rng) -> np.ndarray:
   if recipe not in RECIPES:
     raise ValueError(f"preprocess: recipe must be one of {RECIPES}, got {recipe!r}.")
   images = np.asarray(images)
@@ -69,16 +67,71 @@ def preprocess(
     raise ValueError(f"preprocess: images must be [B, H, W, C], got shape {images.shape}.")
   if train and rng is None:
     raise ValueError("preprocess: training needs an rng for the random crop and flip.")
-  x = _crop(images, crop, rng if train else None)
-  # Each recipe converts to float32 in its first operation (no separate float copy of the batch).
-  if recipe == "paper":
-    return np.subtract(x[..., ::-1], CAFFE_MEAN_BGR, dtype=np.float32)
-  if recipe == "lite":
-    out = np.subtract(x, np.float32(127.0), dtype=np.float32)
-    out /= np.float32(128.0)
+  return images
+
+
+def crop_and_flip(
+    images: np.ndarray, *, crop: int, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+  """``[B, H, W, C]`` -> ``[B, crop, crop, C]`` of the same dtype: a random crop and horizontal flip with
+  p = 0.5 (``train=True``, which needs ``rng``), else the centre crop.
+
+  The host half of :func:`preprocess`: ``preprocess(x, ...) == normalize(crop_and_flip(x, ...), recipe)``.
+  """
+  images = _check(images, "unit", train, rng)
+  return _crop(images, crop, rng if train else None)
+
+
+def normalize(x, recipe: str):
+  """``[B, h, w, 3]`` pixels (``uint8``, or any dtype holding 0-255 values) -> ``float32`` model input, by
+  ``recipe`` (:data:`RECIPES`).
+
+  Takes NumPy arrays (returns NumPy) or JAX arrays (returns JAX, traceable: the normalisation can run on the
+  device, inside a jitted step, from ``uint8`` batches). Both compute the same float32 operations in the same
+  order, so they give the same values.
+  """
+  if recipe not in RECIPES:
+    raise ValueError(f"normalize: recipe must be one of {RECIPES}, got {recipe!r}.")
+  if isinstance(x, np.ndarray):
+    if recipe == "paper":
+      return np.subtract(x[..., ::-1], CAFFE_MEAN_BGR, dtype=np.float32)
+    if recipe == "lite":
+      out = np.subtract(x, np.float32(127.0), dtype=np.float32)
+      out /= np.float32(128.0)
+      return out
+    out = np.divide(x, np.float32(255.0), dtype=np.float32)
+    if recipe == "standard":
+      out -= IMAGENET_MEAN
+      out /= IMAGENET_STD
     return out
-  out = np.divide(x, np.float32(255.0), dtype=np.float32)
+  import jax
+  import jax.numpy as jnp
+
+  # XLA turns a division by a broadcast value into a product with its reciprocal, which can differ from the
+  # division in the last bit: the divisor is broadcast to the whole shape behind an optimisation barrier, so
+  # the division stays an element-wise division, as NumPy's is.
+  def divide(a, b):
+    return a / jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(b, jnp.float32), a.shape))
+
+  x = x.astype(jnp.float32)
+  if recipe == "paper":
+    return x[..., ::-1] - CAFFE_MEAN_BGR
+  if recipe == "lite":
+    return divide(x - np.float32(127.0), np.float32(128.0))
+  out = divide(x, np.float32(255.0))
   if recipe == "standard":
-    out -= IMAGENET_MEAN
-    out /= IMAGENET_STD
+    out = divide(out - IMAGENET_MEAN, IMAGENET_STD)
   return out
+
+
+def preprocess(
+    images: np.ndarray, *, recipe: str, crop: int, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+  """``[B, H, W, 3] uint8`` -> ``[B, crop, crop, 3] float32``.
+
+  ``train=True`` needs ``rng`` (random crop and flip); ``False`` centre-crops.
+  ``recipe="unit"`` only scales to [0, 1] (for small grey or synthetic data).
+  Each recipe converts to float32 in its first operation (no separate float copy of the batch).
+  """
+  images = _check(images, recipe, train, rng)
+  return normalize(_crop(images, crop, rng if train else None), recipe)

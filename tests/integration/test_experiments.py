@@ -474,3 +474,14 @@ class LossesTableTest(chex.TestCase):
       self.assertEqual(sorted(os.listdir(fresh)), ["losses.json", "losses_lr_choice.json", "table_losses.md"])
     finally:
       jax.config.update("jax_compilation_cache_dir", None)
+
+
+def test_a_run_normalising_on_the_device_equals_one_normalising_on_the_host():
+  # The same photos, steps and evaluations: uint8 crops to the device change no number of the run.
+  results = {}
+  for on_device in (False, True):
+    cfg = tiny_cub(**{"dataset.normalize_on_device": on_device, "dataset.preprocess": "standard"})
+    results[on_device] = train_and_evaluate(cfg, tempfile.mkdtemp())
+  for key in ("final", "best"):
+    assert results[True][key] == results[False][key], key
+  assert results[True]["final"]["step"] == 4
