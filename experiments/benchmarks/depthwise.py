@@ -29,6 +29,27 @@ import numpy as np
 from experiments.benchmarks import harness
 
 
+def _jax_cases(formulations, inputs: tuple, g) -> dict:
+  """``{"<name>/forward": fn, "<name>/forward+backward": fn}`` for each ``(name, f)``: jitted, run once, the
+  gradient taken of ``sum(g * f(*inputs))`` with respect to every input."""
+  import jax
+  import jax.numpy as jnp
+
+  cases = {}
+  for name, f in formulations:
+    fwd = jax.jit(f)
+    both = jax.jit(jax.grad(lambda *a, f=f: jnp.sum(g * f(*a)), argnums=tuple(range(len(inputs)))))
+    jax.block_until_ready((fwd(*inputs), both(*inputs)))
+    cases[f"{name}/forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(*inputs))
+    cases[f"{name}/forward+backward"] = lambda both=both: jax.block_until_ready(both(*inputs))
+  return cases
+
+
+def _channels_last(torch, a):
+  """An NHWC array as a channels-last NCHW torch tensor."""
+  return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
 def main(argv=None):
   import jax
   import jax.numpy as jnp
@@ -66,20 +87,12 @@ def main(argv=None):
   def shifted(x, w):
     return depthwise_conv(x, w, st)
 
-  cases = {}
-  for name, f in (("xla_grouped", grouped), ("shifted", shifted)):
-    fwd = jax.jit(f)
-    both = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(g * f(x, w)), argnums=(0, 1)))
-    jax.block_until_ready(fwd(x, w))
-    jax.block_until_ready(both(x, w))
-    cases[f"{name}/forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(x, w))
-    cases[f"{name}/forward+backward"] = lambda both=both: jax.block_until_ready(both(x, w))
+  cases = _jax_cases((("xla_grouped", grouped), ("shifted", shifted)), (x, w), g)
   try:
     import torch
 
-    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tx, tg = _channels_last(torch, x), _channels_last(torch, g)
     tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous()
-    tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     pads = _tf_same(s, k, st)   # (left, right, top, bottom): TensorFlow's SAME, as the JAX side pads
 
     def torch_forward(requires_grad=False):
@@ -126,7 +139,6 @@ def main(argv=None):
 
 def _max_pool(args) -> None:
   import flax.linen as nn
-  import jax
   import jax.numpy as jnp
 
   from hdml_jax.models.googlenet import max_pool_3x3
@@ -135,19 +147,12 @@ def _max_pool(args) -> None:
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
   g = jnp.asarray(rng.normal(size=(b, s, s, c)).astype(np.float32))
-  cases = {}
-  for name, f in (("xla", lambda x: nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))),
-                  ("shifted", max_pool_3x3)):
-    fwd = jax.jit(f)
-    both = jax.jit(jax.grad(lambda x, f=f: jnp.sum(g * f(x))))
-    jax.block_until_ready((fwd(x), both(x)))
-    cases[f"{name}/forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(x))
-    cases[f"{name}/forward+backward"] = lambda both=both: jax.block_until_ready(both(x))
+  cases = _jax_cases((("xla", lambda x: nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))),
+                      ("shifted", max_pool_3x3)), (x,), g)
   try:
     import torch
 
-    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tx, tg = _channels_last(torch, x), _channels_last(torch, g)
 
     def torch_both():
       xx = tx.detach().requires_grad_(True)
@@ -190,20 +195,14 @@ def _pointwise(args) -> None:
   w = jnp.asarray(rng.normal(size=(1, 1, c, d)).astype(np.float32))
   g = jnp.asarray(rng.normal(size=(b, s, s, d)).astype(np.float32))
   dims = ("NHWC", "HWIO", "NHWC")
-  cases = {}
-  for name, conv in (("xla", jax.lax.conv_general_dilated), ("product", conv_general_dilated)):
-    f = lambda x, w, conv=conv: conv(x, w, (1, 1), "VALID", dimension_numbers=dims)
-    fwd = jax.jit(f)
-    both = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(g * f(x, w)), argnums=(0, 1)))
-    jax.block_until_ready((fwd(x, w), both(x, w)))
-    cases[f"{name}/forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(x, w))
-    cases[f"{name}/forward+backward"] = lambda both=both: jax.block_until_ready(both(x, w))
+  cases = _jax_cases([(name, lambda x, w, conv=conv: conv(x, w, (1, 1), "VALID", dimension_numbers=dims))
+                      for name, conv in (("xla", jax.lax.conv_general_dilated), ("product", conv_general_dilated))],
+                     (x, w), g)
   try:
     import torch
 
-    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    tx, tg = _channels_last(torch, x), _channels_last(torch, g)
     tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous()
-    tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
     def torch_both():
       xx, ww = tx.detach().requires_grad_(True), tw.detach().requires_grad_(True)
