@@ -11,10 +11,14 @@ For each network of ``--networks`` (``googlenet_bn``: torchvision's GoogLeNet la
   layout (``BasicConv2d``: convolution without bias, BatchNorm with eps 1e-3, ReLU; the "5x5" branch a 3x3
   convolution; ceil-mode pools); EfficientNet-Lite0 is the ``efficientnet-lite-pytorch`` package's.
 
-Every variant is run once (compiled, warmed up); then the variants are timed in interleaved rounds of
-``--steps_per_round`` steps each, and the medians, images per second and the ratio JAX / PyTorch images per
-second (at least 1.0 is the goal) are reported. Both use every core (``torch.set_num_threads(os.cpu_count())``;
-XLA's CPU backend does by default). Without torch the PyTorch side is skipped with a message.
+Each variant runs in a fresh process of its own (one process holding both libraries slows XLA's threads: the
+PyTorch thread pool's waiting threads take the cores; EfficientNet-Lite0's JAX step measured 4.0 s alone and
+5.9-6.5 s beside PyTorch), once per round, in interleaved rounds: it builds and compiles the step, runs one
+step (reported as the first step: compilation and warm-up), then times ``--steps_per_round`` steps. The
+medians over rounds, images per second and the ratio JAX / PyTorch images per second (at least 1.0 is the goal)
+are reported. Both use every core (``torch.set_num_threads(os.cpu_count())``; XLA's CPU backend does by
+default). Without torch the PyTorch side is skipped with a message. ``--other_checkout DIR`` adds the JAX side of
+another checkout (its library, this file) to every round.
 
     python -m experiments.benchmarks.network_step --networks googlenet_bn,efficientnet_lite0 \\
         --batch 32 --image_size 224 --steps_per_round 2 --rounds 3
@@ -141,58 +145,78 @@ def _torch_step(name: str, batch: int, size: int, embedding_dim: int):
   return run, time.perf_counter() - t0
 
 
+def _child(spec: str, args) -> dict:
+  """One round of one variant in this (fresh) process: ``{"first": s, "step": s}``."""
+  name, side = spec.split(":")
+  if side == "pytorch":
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+  run, first = (_jax_step if side == "jax" else _torch_step)(name, args.batch, args.image_size, args.embedding_dim)
+  t0 = time.perf_counter()
+  for _ in range(args.steps_per_round):
+    run()
+  return {"first": first, "step": (time.perf_counter() - t0) / args.steps_per_round}
+
+
 def main(argv=None):
-  ap = harness.parser(__doc__, rounds=3, out="bench_network_step.json")
+  ap = harness.parser(__doc__, rounds=3, out="bench_network_step.json", other_checkout=True)
   ap.add_argument("--networks", default=",".join(NETWORKS))
   ap.add_argument("--batch", type=int, default=32, help="an even batch (N-pair: anchors then positives)")
   ap.add_argument("--image_size", type=int, default=224)
   ap.add_argument("--embedding_dim", type=int, default=512)
   ap.add_argument("--steps_per_round", type=int, default=2)
   args = harness.parse(ap, argv)
+  if args._child:
+    harness.child_result(_child(args._child, args))
+    return
   networks = args.networks.split(",")
   if not networks or set(networks) - set(NETWORKS):
     ap.error(f"--networks must name some of {', '.join(NETWORKS)}, got {args.networks!r}")
   if args.batch < 2 or args.batch % 2:
     ap.error(f"--batch must be even and at least 2 (N-pair), got {args.batch}")
-  try:
-    import torch
+  import importlib.util
 
-    torch.set_num_threads(os.cpu_count())
-  except ImportError:
-    torch = None
+  torch_here = importlib.util.find_spec("torch") is not None
+  if not torch_here:
     print("torch is not installed: the PyTorch reference is skipped (pip install torch efficientnet-lite-pytorch)")
-  steps, first = {}, {}
+  checkouts = harness.checkouts(args.other_checkout)
+  child = ["--batch", str(args.batch), "--image_size", str(args.image_size), "--embedding_dim",
+           str(args.embedding_dim), "--steps_per_round", str(args.steps_per_round)]
+  cases = {}
   for name in networks:
-    sides = [("jax", _jax_step)] + ([("pytorch", _torch_step)] if torch is not None else [])
-    for side, make in sides:
-      steps[f"{name}/{side}"], first[f"{name}/{side}"] = make(name, args.batch, args.image_size, args.embedding_dim)
-      print(f"{name}/{side}: first step (compile, warm-up) {first[f'{name}/{side}']:.1f} s", flush=True)
-
-  def timed_steps(run):
-    t0 = time.perf_counter()
-    for _ in range(args.steps_per_round):
-      run()
-    return (time.perf_counter() - t0) / args.steps_per_round
-
-  times = harness.interleaved(args.rounds, {k: (lambda run=run: timed_steps(run)) for k, run in steps.items()},
-                              lambda r, k, v: print(f"round {r}: {k} {v:.2f} s a step", flush=True))
+    for checkout, path in checkouts.items():
+      key = f"{name}/jax" + ("" if checkout == "this" else f"/{checkout}")
+      cases[key] = lambda path=path, name=name: harness.in_fresh_process(path, __file__, [f"{name}:jax", *child])
+    if torch_here:
+      cases[f"{name}/pytorch"] = lambda name=name: harness.in_fresh_process(harness.REPO, __file__,
+                                                                            [f"{name}:pytorch", *child])
+  rounds = harness.interleaved(args.rounds, cases, lambda r, k, v: print(
+      f"round {r}: {k} {v['step']:.2f} s a step (first step {v['first']:.1f} s)", flush=True))
   import jax
 
+  torch_version = None
+  if torch_here:
+    import torch
+
+    torch_version = torch.__version__
   results = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "jax": jax.__version__,
-             "torch": torch.__version__ if torch is not None else None, "args": {
-                 k: v for k, v in vars(args).items() if not k.startswith("_")}, "variants": {}, "jax_over_pytorch": {}}
-  print(f"\n{'variant':<28}{'first s':>9}{'step s':>9}{'img/s':>8}")
-  for k in steps:
-    med = harness.median(times[k])
-    results["variants"][k] = {"first_step_s": first[k], "step_s_median": med, "step_s_all": times[k],
+             "torch": torch_version, "checkouts": checkouts,
+             "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "variants": {},
+             "jax_over_pytorch": {}}
+  print(f"\n{'variant':<34}{'first s':>9}{'step s':>9}{'img/s':>8}")
+  for k, values in rounds.items():
+    med = harness.median([v["step"] for v in values])
+    first = harness.median([v["first"] for v in values])
+    results["variants"][k] = {"first_step_s": first, "step_s_median": med, "step_s_all": [v["step"] for v in values],
                               "images_per_s": args.batch / med}
-    print(f"{k:<28}{first[k]:>9.1f}{med:>9.2f}{args.batch / med:>8.1f}")
-  for name in networks:
-    if f"{name}/pytorch" in steps:
-      ratio = results["variants"][f"{name}/jax"]["images_per_s"] / results["variants"][f"{name}/pytorch"][
-          "images_per_s"]
-      results["jax_over_pytorch"][name] = ratio
-      print(f"{name}: JAX / PyTorch images per second = {ratio:.2f}")
+    print(f"{k:<34}{first:>9.1f}{med:>9.2f}{args.batch / med:>8.1f}")
+  for k in rounds:
+    name = k.split("/")[0]
+    if "/jax" in k and f"{name}/pytorch" in rounds:
+      ratio = results["variants"][k]["images_per_s"] / results["variants"][f"{name}/pytorch"]["images_per_s"]
+      results["jax_over_pytorch"][k] = ratio
+      print(f"{k}: JAX / PyTorch images per second = {ratio:.2f}")
   harness.write_results(args.out, results)
 
 
