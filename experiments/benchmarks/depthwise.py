@@ -123,18 +123,8 @@ def main(argv=None):
       jax.block_until_ready(f(v, images))
       cases[f"efficientnet_lite0_{name}/forward"] = lambda f=f, v=v, images=images: jax.block_until_ready(
           f(v, images))
-  times = harness.interleaved(args.rounds, {name: (lambda fn=fn: harness.timed(fn)) for name, fn in cases.items()})
-  medians = {name: harness.median(t) for name, t in times.items()}
-  out = {"shape": [b, s, s, c], "kernel": k, "stride": st, "rounds": args.rounds, "median_seconds": medians,
-         "speedup_over_xla": {kind: medians[f"xla_grouped/{kind}"] / medians[f"shifted/{kind}"]
-                              for kind in ("forward", "forward+backward")}}
-  if "pytorch/forward" in medians:
-    out["shifted_over_pytorch_time"] = {kind: medians[f"shifted/{kind}"] / medians[f"pytorch/{kind}"]
-                                        for kind in ("forward", "forward+backward")}
-  for name, m in medians.items():
-    print(f"{name:40s} {m * 1e3:9.1f} ms")
-  print(json.dumps(out, indent=1))
-  harness.write_results(args.out, out)
+  _report(args, cases, "depthwise convolution", [b, s, s, c], "shifted", xla="xla_grouped",
+          extra={"kernel": k, "stride": st})
 
 
 def _max_pool(args) -> None:
@@ -166,14 +156,14 @@ def _max_pool(args) -> None:
   _report(args, cases, "max_pool 3x3 stride 1", [b, s, s, c], "shifted")
 
 
-def _report(args, cases, op: str, shape, ours: str) -> None:
-  """Times ``cases`` (``xla/...``, ``<ours>/...``, maybe ``pytorch/...``) in interleaved rounds; prints and
-  writes the medians and ratios."""
+def _report(args, cases, op: str, shape, ours: str, *, xla: str = "xla", extra: dict | None = None) -> None:
+  """Times ``cases`` (``<xla>/...``, ``<ours>/...``, maybe ``pytorch/...`` and others) in interleaved rounds;
+  prints and writes the medians and ratios (and ``extra``'s entries)."""
   times = harness.interleaved(args.rounds, {name: (lambda fn=fn: harness.timed(fn)) for name, fn in cases.items()})
   medians = {name: harness.median(t) for name, t in times.items()}
   kinds = ("forward", "forward+backward")
-  out = {"op": op, "shape": shape, "rounds": args.rounds, "median_seconds": medians,
-         "speedup_over_xla": {kind: medians[f"xla/{kind}"] / medians[f"{ours}/{kind}"] for kind in kinds}}
+  out = {"op": op, "shape": shape, **(extra or {}), "rounds": args.rounds, "median_seconds": medians,
+         "speedup_over_xla": {kind: medians[f"{xla}/{kind}"] / medians[f"{ours}/{kind}"] for kind in kinds}}
   if "pytorch/forward" in medians:
     out[f"{ours}_over_pytorch_time"] = {kind: medians[f"{ours}/{kind}"] / medians[f"pytorch/{kind}"]
                                         for kind in kinds}
