@@ -59,9 +59,7 @@ def _crop(images: np.ndarray, crop: int, rng: np.random.Generator | None) -> np.
   return out
 
 
-def _check(images, recipe: str, train: bool, rng) -> np.ndarray:
-  if recipe not in RECIPES:
-    raise ValueError(f"preprocess: recipe must be one of {RECIPES}, got {recipe!r}.")
+def _check(images, train: bool, rng) -> np.ndarray:
   images = np.asarray(images)
   if images.ndim != 4:
     raise ValueError(f"preprocess: images must be [B, H, W, C], got shape {images.shape}.")
@@ -78,7 +76,7 @@ def crop_and_flip(
 
   The host half of :func:`preprocess`: ``preprocess(x, ...) == normalize(crop_and_flip(x, ...), recipe)``.
   """
-  images = _check(images, "unit", train, rng)
+  images = _check(images, train, rng)
   return _crop(images, crop, rng if train else None)
 
 
@@ -133,5 +131,6 @@ def preprocess(
   ``recipe="unit"`` only scales to [0, 1] (for small grey or synthetic data).
   Each recipe converts to float32 in its first operation (no separate float copy of the batch).
   """
-  images = _check(images, recipe, train, rng)
-  return normalize(_crop(images, crop, rng if train else None), recipe)
+  if recipe not in RECIPES:
+    raise ValueError(f"preprocess: recipe must be one of {RECIPES}, got {recipe!r}.")
+  return normalize(crop_and_flip(images, crop=crop, train=train, rng=rng), recipe)
